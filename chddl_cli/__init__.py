@@ -1,0 +1,1 @@
+"""The ``chddl`` command line: a thin Typer shell over :mod:`stages`."""

@@ -1,0 +1,3 @@
+from chddl_cli.app import main
+
+main()

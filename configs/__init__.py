@@ -1,0 +1,1 @@
+"""YAML presets shipped with chddl (installed as the ``chddl_configs`` package)."""

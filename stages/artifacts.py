@@ -1,0 +1,342 @@
+"""Content-keyed artifacts (safetensors + meta.yaml) and the workspace.
+
+Layout of a workspace::
+
+    <workdir>/artifacts/<prefix>-<hash>/tensors.safetensors
+    <workdir>/artifacts/<prefix>-<hash>/meta.yaml
+    <workdir>/latest.yaml          # stage -> artifact name
+    <workdir>/tmp/                 # writes in progress (renamed into place)
+    <workdir>/partial/<name>/      # checkpoints of interrupted long stages
+
+Every on-disk schema of chddl is defined here. No pickle is used: tensors
+go through safetensors, metadata through ``yaml.safe_dump``/``safe_load``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import safetensors.torch
+import torch
+import yaml
+
+from stages import __version__
+from stages.errors import ChddlError
+
+SCHEMA = "chddl-artifact/1"
+TENSORS_FILE = "tensors.safetensors"
+META_FILE = "meta.yaml"
+KEY_LENGTH = 12
+
+
+def artifact_key(stage: str, config: Mapping[str, Any], inputs: Mapping[str, str], schema_version: int) -> str:
+    """Short stable hash of what determines an artifact's content."""
+    payload = json.dumps(
+        {"stage": stage, "config": config, "inputs": dict(inputs), "schema_version": schema_version},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def tensor_fingerprint(*tensors: torch.Tensor | None) -> str:
+    """Content hash of tensors (values, dtypes and shapes)."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        if t is None:
+            h.update(b"none")
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "chddl": __version__,
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "numpy": str(np.__version__),
+    }
+
+
+def _to_yaml_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _to_yaml_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_yaml_safe(v) for v in value]
+    if isinstance(value, (Path, str)):
+        return str(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return value
+
+
+@dataclass
+class Artifact:
+    """A validated artifact directory; tensors are loaded on first use."""
+
+    path: Path
+    meta: dict[str, Any]
+    _tensors: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def stage(self) -> str:
+        return self.meta["stage"]
+
+    @property
+    def key(self) -> str:
+        return self.meta["key"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.meta.get("config", {})
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.meta.get("info", {})
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.meta.get("metrics", {})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """All tensors, checked against the checksum recorded at write time."""
+        if self._tensors is None:
+            self._tensors = _read_tensors(self.path, self.meta)
+        return self._tensors
+
+    def tensor(self, name: str) -> torch.Tensor:
+        tensors = self.tensors()
+        if name not in tensors:
+            raise ChddlError(f"artifact {self.path} has no tensor '{name}'; it may be from an older chddl")
+        return tensors[name]
+
+    def has_tensor(self, name: str) -> bool:
+        return name in self.meta.get("tensors", {}).get("entries", {})
+
+
+def _read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    file = path / TENSORS_FILE
+    try:
+        data = file.read_bytes()
+    except OSError:
+        raise ChddlError(f"artifact {path} is incomplete: {TENSORS_FILE} is missing; delete it and re-run") from None
+    expected = meta.get("tensors", {})
+    if len(data) != expected.get("bytes") or hashlib.blake2b(data, digest_size=16).hexdigest() != expected.get("blake2b"):
+        raise ChddlError(f"artifact {path} is corrupt (tensor checksum mismatch); delete it and re-run with --force")
+    try:
+        return safetensors.torch.load(data)
+    except Exception as exc:  # safetensors raises its own error types
+        raise ChddlError(f"artifact {path} is corrupt ({exc}); delete it and re-run with --force") from None
+
+
+def read_artifact(path: Path, stage: str | None = None) -> Artifact:
+    """Open and validate an artifact directory (tensors are checked on load).
+
+    A missing, partial, foreign or corrupt directory, or one of another
+    stage than ``stage``, is a ChddlError saying so.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ChddlError(f"{path} is not an artifact directory (no such directory)")
+    meta_file = path / META_FILE
+    if not meta_file.is_file():
+        raise ChddlError(f"{path} is not a chddl artifact (no {META_FILE}); pass an artifact directory")
+    try:
+        meta = yaml.safe_load(meta_file.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        raise ChddlError(f"artifact {path} is corrupt ({META_FILE} does not parse); delete it and re-run") from None
+    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
+        raise ChddlError(f"{path} is not a chddl artifact (unknown schema in {META_FILE})")
+    missing = [k for k in ("stage", "key", "name", "tensors") if k not in meta]
+    if missing:
+        raise ChddlError(f"artifact {path} is corrupt ({META_FILE} lacks {', '.join(missing)}); delete it and re-run")
+    if stage is not None and meta["stage"] != stage:
+        raise ChddlError(f"{path} is a '{meta['stage']}' artifact, but a '{stage}' artifact is needed here")
+    if not (path / TENSORS_FILE).is_file():
+        raise ChddlError(f"artifact {path} is incomplete: {TENSORS_FILE} is missing; delete it and re-run")
+    return Artifact(path=path, meta=meta)
+
+
+class Workspace:
+    """A folder of artifacts that remembers the latest artifact of each stage."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def latest_file(self) -> Path:
+        return self.root / "latest.yaml"
+
+    def ensure_writable(self) -> None:
+        """Create the workspace folders or fail with a clear message."""
+        try:
+            for sub in ("artifacts", "tmp", "partial"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            probe = self.root / "tmp" / f".probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ChddlError(
+                f"workspace {self.root} is not writable ({exc.strerror}); pass --workdir or set CHDDL_WORKDIR"
+            ) from None
+
+    def partial_dir(self, name: str) -> Path:
+        """Folder for the checkpoints of an artifact still being computed."""
+        return self.root / "partial" / name
+
+    # -- lookup -------------------------------------------------------------
+    def _recover(self, name: str) -> None:
+        """Put back an artifact moved aside by a replacing write that died
+        between its two renames."""
+        trash, final = self.root / "tmp" / f"{name}.old", self.artifacts_dir / name
+        if trash.is_dir() and not final.exists():
+            os.replace(trash, final)
+
+    def find(self, name: str) -> Artifact | None:
+        """The artifact called ``name`` if it exists and is valid; a broken
+        one counts as absent (it is replaced on the next write)."""
+        self._recover(name)
+        path = self.artifacts_dir / name
+        if not path.exists():
+            return None
+        try:
+            art = read_artifact(path)
+            art.tensors()
+            return art
+        except ChddlError:
+            return None
+
+    def latest(self, stage: str) -> Artifact | None:
+        """The most recently written or used artifact of ``stage``."""
+        name = self._read_latest().get(stage)
+        return self.find(name) if name else None
+
+    def all(self) -> list[Artifact]:
+        """Every valid artifact in the workspace, oldest first."""
+        out = []
+        if self.artifacts_dir.is_dir():
+            for path in sorted(self.artifacts_dir.iterdir()):
+                try:
+                    out.append(read_artifact(path))
+                except ChddlError:
+                    continue
+        return sorted(out, key=lambda a: a.meta.get("created", ""))
+
+    def _read_latest(self) -> dict[str, str]:
+        try:
+            data = yaml.safe_load(self.latest_file.read_text())
+        except (OSError, yaml.YAMLError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def set_latest(self, art: Artifact) -> None:
+        """Record ``art`` as the latest of its stage (atomic replace)."""
+        self.ensure_writable()
+        data = self._read_latest()
+        data[art.stage] = art.name
+        tmp = self.root / "tmp" / f"latest-{uuid.uuid4().hex}.yaml"
+        tmp.write_text(yaml.safe_dump(data, sort_keys=True))
+        os.replace(tmp, self.latest_file)
+
+    # -- writing ------------------------------------------------------------
+    def write(
+        self,
+        *,
+        stage: str,
+        name: str,
+        key: str,
+        config: Mapping[str, Any],
+        inputs: Mapping[str, str],
+        tensors: Mapping[str, torch.Tensor],
+        seed: int | None = None,
+        fingerprint: str | None = None,
+        info: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        cost: Mapping[str, Any] | None = None,
+        files: Mapping[str, bytes] | None = None,
+        schema_version: int = 1,
+    ) -> Artifact:
+        """Write an artifact atomically: a temporary folder renamed into place.
+
+        An existing artifact of the same name is replaced only after the new
+        one is complete, so an interrupted write never loses the old one.
+        """
+        self.ensure_writable()
+        tmp = self.root / "tmp" / f"{name}.{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+            blob = safetensors.torch.save(flat)
+            (tmp / TENSORS_FILE).write_bytes(blob)
+            for fname, content in (files or {}).items():
+                (tmp / fname).write_bytes(content)
+            meta = {
+                "schema": SCHEMA,
+                "stage": stage,
+                "schema_version": schema_version,
+                "name": name,
+                "key": key,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "versions": _versions(),
+                "seed": seed,
+                "fingerprint": fingerprint,
+                "config": dict(config),
+                "inputs": dict(inputs),
+                "info": dict(info or {}),
+                "metrics": dict(metrics or {}),
+                "cost": dict(cost or {}),
+                "files": sorted(files or {}),
+                "tensors": {
+                    "file": TENSORS_FILE,
+                    "bytes": len(blob),
+                    "blake2b": hashlib.blake2b(blob, digest_size=16).hexdigest(),
+                    "entries": {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)} for k, v in flat.items()},
+                },
+            }
+            (tmp / META_FILE).write_text(yaml.safe_dump(_to_yaml_safe(meta), sort_keys=False, allow_unicode=True))
+            final = self.artifacts_dir / name
+            trash = self.root / "tmp" / f"{name}.old"
+            if final.exists():
+                shutil.rmtree(trash, ignore_errors=True)
+                os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self._recover(name)
+            raise
+        art = read_artifact(final, stage)
+        self.set_latest(art)
+        return art
+
+
+def stage_artifact_name(prefix: str, key: str) -> str:
+    """Readable directory name: ``<prefix>-<key>`` with unsafe characters replaced."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in prefix)
+    return f"{safe}-{key}"

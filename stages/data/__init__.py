@@ -1,0 +1,1 @@
+"""Dataset readers, the built-in demo dataset, ingestion and the cached view."""

@@ -1,0 +1,73 @@
+"""A typed, validated view of a ``dataset`` artifact for the later stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from stages.artifacts import Artifact
+from stages.data.raw import TEST, TRAIN
+from stages.errors import ChddlError
+
+
+@dataclass
+class Dataset:
+    """Cached images (N, 3, S, S) uint8 with labels, split and optional true domains.
+
+    True domains are kept for scoring and protocol selection only; no method
+    reads them.
+    """
+
+    artifact: Artifact
+    images: torch.Tensor
+    labels: torch.Tensor
+    split: torch.Tensor
+    domains: torch.Tensor | None
+    class_names: list[str]
+    domain_names: list[str] | None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.artifact.meta["fingerprint"]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def indices(self, split: int) -> torch.Tensor:
+        """Indices of the images in ``split`` (0 train, 1 test)."""
+        return torch.nonzero(self.split == split).flatten()
+
+    @property
+    def train_indices(self) -> torch.Tensor:
+        return self.indices(TRAIN)
+
+    @property
+    def test_indices(self) -> torch.Tensor:
+        return self.indices(TEST)
+
+
+def load_dataset(art: Artifact) -> Dataset:
+    """Open a dataset artifact (checksum-verified)."""
+    if art.stage != "dataset":
+        raise ChddlError(f"{art.path} is a '{art.stage}' artifact, not a dataset")
+    t = art.tensors()
+    info = art.info
+    return Dataset(
+        artifact=art,
+        images=t["images"],
+        labels=t["labels"],
+        split=t["split"],
+        domains=t.get("domains"),
+        class_names=list(info["class_names"]),
+        domain_names=list(info["domain_names"]) if info.get("domain_names") else None,
+        mean=tuple(info["mean"]),
+        std=tuple(info["std"]),
+    )

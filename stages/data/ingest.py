@@ -1,0 +1,184 @@
+"""Ingestion: read a source, split it, cache it as a ``dataset`` artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from stages.artifacts import Artifact, Workspace, artifact_key, stage_artifact_name, tensor_fingerprint
+from stages.config import option, require, to_dict
+from stages.data import demo
+from stages.data.cifar import find_cifar_dir, read_cifar
+from stages.data.folder import read_folder
+from stages.data.npz import read_npz
+from stages.data.raw import TEST, TRAIN, RawDataset
+from stages.errors import ChddlError
+from stages.metering import measure
+from stages.progress import NullProgress, Progress
+from stages.registry import Registry
+
+STAGE = "dataset"
+SCHEMA_VERSION = 1
+BUILTIN_PREFIX = "builtin:"
+
+Reader = Callable[[Path, "DatasetConfig", Progress], RawDataset]
+DATASETS: Registry[Reader] = Registry("dataset format")
+
+
+@DATASETS.register("npz")
+def _npz(path: Path, cfg: "DatasetConfig", progress: Progress) -> RawDataset:
+    return read_npz(path, cfg.size)
+
+
+@DATASETS.register("folder")
+def _folder(path: Path, cfg: "DatasetConfig", progress: Progress) -> RawDataset:
+    return read_folder(path, cfg.size, progress)
+
+
+@DATASETS.register("cifar")
+def _cifar(path: Path, cfg: "DatasetConfig", progress: Progress) -> RawDataset:
+    return read_cifar(path, cfg.size)
+
+
+@DATASETS.register("builtin")
+def _builtin(path: Path, cfg: "DatasetConfig", progress: Progress) -> RawDataset:
+    if path.name != "demo":
+        raise ChddlError(f"unknown built-in dataset '{path.name}'; valid: demo")
+    return demo.generate(cfg.size, seed=0)
+
+
+@dataclass
+class DatasetConfig:
+    """How a source is turned into a cached dataset."""
+
+    size: int = option(32, "image side in pixels after resizing (square)")
+    format: str = option("auto", "source format: auto, npz, folder, cifar or builtin")
+    test_fraction: float = option(0.2, "test share of a seeded stratified split, used only when the source has no split")
+    split_seed: int = option(0, "seed of that stratified split")
+    strict: bool = option(False, "fail on undecodable image files instead of skipping and counting them")
+
+    def validate(self) -> None:
+        require(4 <= self.size <= 1024, f"--size must be between 4 and 1024 pixels, got {self.size}")
+        require(0.0 < self.test_fraction < 1.0, f"--test-fraction must lie in (0, 1), got {self.test_fraction}")
+        require(self.format == "auto" or self.format in DATASETS, f"unknown dataset format '{self.format}'; valid: auto, {', '.join(DATASETS.names())}")
+
+
+def detect_format(source: str) -> tuple[str, Path]:
+    """The reader for ``source`` and its path, or a ChddlError naming the fix."""
+    if source.startswith(BUILTIN_PREFIX):
+        return "builtin", Path(source[len(BUILTIN_PREFIX):])
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ChddlError(f"no such file or directory: {source}")
+    if path.is_file():
+        if path.suffix.lower() == ".npz":
+            return "npz", path
+        if path.name.endswith((".tar.gz", ".tgz", ".tar", ".zip")):
+            raise ChddlError(f"{source} is an archive; extract it first (e.g. tar xzf {source}) and pass the folder")
+        raise ChddlError(f"{source} is not a dataset: pass an image folder, a CIFAR folder, an .npz file or builtin:demo")
+    if find_cifar_dir(path) is not None:
+        return "cifar", path
+    return "folder", path
+
+
+def source_fingerprint(fmt: str, path: Path) -> str:
+    """Cheap identity of the source's content, part of the dataset's key.
+
+    Files are hashed; folder trees are identified by their files' relative
+    paths, sizes and modification times (decoding every image would cost
+    more than the cache saves).
+    """
+    h = hashlib.blake2b(digest_size=16)
+    if fmt == "builtin":
+        h.update(f"builtin:{path.name}:v{demo.VERSION}".encode())
+    elif path.is_file():
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    else:
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            for f in sorted(filenames):
+                st = os.stat(os.path.join(dirpath, f))
+                h.update(f"{os.path.relpath(os.path.join(dirpath, f), path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def stratified_split(labels: torch.Tensor, domains: torch.Tensor | None, fraction: float, seed: int) -> torch.Tensor:
+    """0/1 split putting ``round(fraction * n)`` of every (class, domain) cell
+    in the test split (at least one when a cell has two or more images)."""
+    g = torch.Generator().manual_seed(seed)
+    cell = labels * (int(domains.max()) + 1) + domains if domains is not None else labels
+    split = torch.full_like(labels, TRAIN)
+    for c in torch.unique(cell):
+        idx = torch.nonzero(cell == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_test = int(round(fraction * len(idx)))
+        if len(idx) >= 2:
+            n_test = min(max(n_test, 1), len(idx) - 1)
+        split[idx[:n_test]] = TEST
+    return split
+
+
+def _dataset_name(fmt: str, path: Path, size: int) -> str:
+    stem = path.name.split(".")[0] or "data"
+    return f"dataset-{stem}-{size}px"
+
+
+def ingest(source: str, cfg: DatasetConfig, workspace: Workspace, *, force: bool = False,
+           progress: Progress = NullProgress()) -> tuple[Artifact, bool]:
+    """Read ``source`` into a cached dataset artifact; returns (artifact, cache_hit).
+
+    ``source`` is an .npz file, an image-folder tree, a CIFAR-10/100 folder,
+    or ``builtin:demo``.
+    """
+    fmt, path = detect_format(source) if cfg.format == "auto" else (cfg.format, Path(source.removeprefix(BUILTIN_PREFIX)))
+    if not path.exists() and fmt != "builtin":
+        raise ChddlError(f"no such file or directory: {source}")
+    workspace.ensure_writable()
+    config = {k: v for k, v in to_dict(cfg).items() if k != "strict"} | {"format": fmt}
+    key = artifact_key(STAGE, config, {"source": source_fingerprint(fmt, path)}, SCHEMA_VERSION)
+    name = stage_artifact_name(_dataset_name(fmt, path, cfg.size), key)
+    if not force and (hit := workspace.find(name)) is not None:
+        if cfg.strict and hit.info.get("skipped_files"):
+            raise ChddlError(f"{len(hit.info['skipped_files'])} image file(s) under {source} cannot be decoded (--strict), e.g. {hit.info['skipped_files'][0]}")
+        workspace.set_latest(hit)
+        return hit, True
+    with measure() as cost:
+        raw = DATASETS.get(fmt)(path, cfg, progress)
+        if raw.skipped and cfg.strict:
+            raise ChddlError(f"{len(raw.skipped)} image file(s) cannot be decoded (--strict), e.g. {raw.skipped[0]}")
+        split = raw.split if raw.split is not None else stratified_split(raw.labels, raw.domains, cfg.test_fraction, cfg.split_seed)
+        train = split == TRAIN
+        if int(train.sum()) == 0:
+            raise ChddlError(f"{source} has no training images after splitting")
+        pixels = raw.images[train].to(torch.float64).div_(255.0)
+        mean = pixels.mean(dim=(0, 2, 3))
+        std = pixels.std(dim=(0, 2, 3))
+    tensors = {"images": raw.images, "labels": raw.labels, "split": split}
+    if raw.domains is not None:
+        tensors["domains"] = raw.domains
+    info = {
+        "source": str(source),
+        "format": raw.source_format or fmt,
+        "class_names": raw.class_names,
+        "domain_names": raw.domain_names,
+        "num_images": int(len(raw.labels)),
+        "num_train": int(train.sum()),
+        "num_test": int((~train).sum()),
+        "split_from": "source" if raw.split is not None else f"stratified(test_fraction={cfg.test_fraction}, seed={cfg.split_seed})",
+        "mean": [round(float(m), 6) for m in mean],
+        "std": [round(float(s), 6) for s in std],
+        "skipped_files": raw.skipped,
+    }
+    art = workspace.write(
+        stage=STAGE, name=name, key=key, config=to_dict(cfg) | {"format": fmt}, inputs={"source": str(source)},
+        tensors=tensors, seed=cfg.split_seed, info=info, cost=cost, schema_version=SCHEMA_VERSION,
+        fingerprint=tensor_fingerprint(raw.images, raw.labels, raw.domains, split),
+    )
+    return art, False

@@ -1,0 +1,25 @@
+"""The one place that chooses the compute device."""
+
+from __future__ import annotations
+
+import torch
+
+from stages.errors import ChddlError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Turn ``auto|cpu|cuda`` (or ``cuda:N``) into a torch device, refusing
+    a CUDA request on a machine without one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ChddlError(
+                f"device '{name}' requested but CUDA is not available here; use --device cpu or auto"
+            )
+        return torch.device(name)
+    raise ChddlError(f"unknown device '{name}'; valid: {', '.join(DEVICE_CHOICES)}")

@@ -1,0 +1,1 @@
+"""Pseudo-domain labelers and the domain-aware module."""

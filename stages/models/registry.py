@@ -1,0 +1,29 @@
+"""The architecture registry and its factory."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from stages.registry import Registry
+
+ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("architecture")
+
+
+def create_model(name: str, num_classes: int, image_size: int, channels: int = 3,
+                 seed: int | None = None, **kwargs: Any) -> nn.Module:
+    """Build architecture ``name``; with ``seed`` the initialisation is
+    reproducible and leaves the global RNG untouched."""
+    factory = ARCHITECTURES.get(name)
+    if seed is None:
+        return factory(num_classes=num_classes, image_size=image_size, channels=channels, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory(num_classes=num_classes, image_size=image_size, channels=channels, **kwargs)
+
+
+def list_models() -> list[str]:
+    """Names of all registered architectures."""
+    return ARCHITECTURES.names()

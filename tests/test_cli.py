@@ -1,0 +1,104 @@
+"""The command line, through Typer's CliRunner."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from chddl_cli.app import app
+from tests.conftest import make_npz
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_help_lists_the_implemented_commands() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    assert "label" in result.output and "demo" in result.output
+    for future in ("condense", "evaluate", "report", "pretrain-experts"):
+        assert not re.search(rf"\b{future}\b", result.output)
+
+
+def test_label_help_documents_the_options() -> None:
+    result = invoke("label", "--help")
+    assert result.exit_code == 0
+    for option in ("--num-domains", "--beta", "--labeler", "--size", "--force", "--config"):
+        assert option in result.output
+
+
+def test_label_prints_agreement_and_then_hits_the_cache(tmp_path) -> None:
+    npz = make_npz(tmp_path / "d.npz", n=80)
+    first = invoke("--workdir", str(tmp_path / "ws"), "label", str(npz), "--size", "16", "-D", "2")
+    assert first.exit_code == 0, first.output
+    assert "NMI" in first.output and "computed" in first.output
+    second = invoke("--workdir", str(tmp_path / "ws"), "label", str(npz), "--size", "16", "-D", "2")
+    assert second.exit_code == 0
+    assert "cached - skipping" in second.output
+
+
+def test_label_without_path_uses_the_workspace_dataset(tmp_path) -> None:
+    npz = make_npz(tmp_path / "d.npz", n=80)
+    assert invoke("-w", str(tmp_path / "ws"), "label", str(npz), "--size", "16").exit_code == 0
+    result = invoke("-w", str(tmp_path / "ws"), "label", "--labeler", "random")
+    assert result.exit_code == 0 and "labels-random-D4" in result.output
+
+
+def test_label_accepts_an_explicit_dataset_artifact(tmp_path) -> None:
+    npz = make_npz(tmp_path / "d.npz", n=80)
+    invoke("-w", str(tmp_path / "ws"), "label", str(npz), "--size", "16")
+    dataset_dir = next((tmp_path / "ws" / "artifacts").glob("dataset-*"))
+    result = invoke("-w", str(tmp_path / "ws2"), "label", str(dataset_dir), "--labeler", "oracle")
+    assert result.exit_code == 0 and "1.000" in result.output
+
+
+def test_workdir_comes_from_the_environment(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CHDDL_WORKDIR", str(tmp_path / "envws"))
+    npz = make_npz(tmp_path / "d.npz", n=80)
+    assert invoke("label", str(npz), "--size", "16").exit_code == 0
+    assert (tmp_path / "envws" / "latest.yaml").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["label", "/no/such/path"], "no such file or directory"),
+    (["label", "DATA", "--beta", "0"], "--beta must lie in (0, 1]"),
+    (["label", "DATA", "--beta", "1.5"], "--beta must lie in (0, 1]"),
+    (["label", "DATA", "-D", "1000"], "exceeds the"),
+    (["label", "DATA", "--labeler", "nope"], "unknown labeler 'nope'"),
+    (["--device", "warp", "label", "DATA"], "unknown device"),
+    (["label"], "no dataset artifact in workspace"),
+])
+def test_bad_input_gives_one_line_error_and_nonzero_exit(tmp_path, args, message) -> None:
+    npz = make_npz(tmp_path / "d.npz", n=40)
+    args = [str(npz) if a == "DATA" else a for a in args]
+    result = invoke("-w", str(tmp_path / "ws"), *args)
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in result.output
+
+
+def test_bad_input_does_not_damage_existing_artifacts(tmp_path) -> None:
+    npz = make_npz(tmp_path / "d.npz", n=80)
+    invoke("-w", str(tmp_path / "ws"), "label", str(npz), "--size", "16")
+    before = sorted(p.name for p in (tmp_path / "ws" / "artifacts").iterdir())
+    assert invoke("-w", str(tmp_path / "ws"), "label", str(npz), "--beta", "7").exit_code == 1
+    assert sorted(p.name for p in (tmp_path / "ws" / "artifacts").iterdir()) == before
+
+
+def test_unwritable_workspace_is_a_clean_error(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = invoke("-w", str(blocker / "ws"), "label", "builtin:demo")
+    assert result.exit_code == 1 and "not writable" in result.output
+
+
+def test_demo_runs_and_summarises(tmp_path) -> None:
+    result = invoke("-w", str(tmp_path / "ws"), "demo")
+    assert result.exit_code == 0, result.output
+    assert "demo done" in result.output and "NMI" in result.output
