@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chddl_cli import demo, label
+from chddl_cli import condense, demo, label
 from chddl_cli.common import Globals
 from stages import __version__
 
@@ -42,6 +42,7 @@ def global_options(
 
 
 app.command("label")(label.label)
+app.command("condense")(condense.condense)
 app.command("demo")(demo.demo)
 
 

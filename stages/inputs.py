@@ -11,6 +11,7 @@ from stages.errors import ChddlError
 CREATED_BY = {
     "dataset": "chddl label PATH",
     "labels": "chddl label PATH",
+    "condensed": "chddl condense",
 }
 
 
@@ -31,3 +32,11 @@ def resolve(workspace: Workspace, stage: str, path: str | Path | None = None) ->
     if art is None:
         raise ChddlError(f"no {stage} artifact in workspace {workspace.root}; create one with `{CREATED_BY.get(stage, 'chddl')}` or pass its path")
     return art
+
+
+def upstream(workspace: Workspace, art: Artifact, role: str, stage: str) -> Artifact | None:
+    """The artifact that ``art`` was built from under ``role`` (e.g. a labels
+    artifact's dataset), if it is still in the workspace."""
+    name = art.meta.get("inputs", {}).get(role)
+    found = workspace.find(name) if name else None
+    return found if found is not None and found.stage == stage else None

@@ -21,7 +21,8 @@ def test_help_lists_the_implemented_commands() -> None:
     result = invoke("--help")
     assert result.exit_code == 0
     assert "label" in result.output and "demo" in result.output
-    for future in ("condense", "evaluate", "report", "pretrain-experts"):
+    assert "condense" in result.output
+    for future in ("evaluate", "report", "pretrain-experts"):
         assert not re.search(rf"\b{future}\b", result.output)
 
 
@@ -102,3 +103,45 @@ def test_demo_runs_and_summarises(tmp_path) -> None:
     result = invoke("-w", str(tmp_path / "ws"), "demo")
     assert result.exit_code == 0, result.output
     assert "demo done" in result.output and "NMI" in result.output
+
+
+def _labelled_workspace(tmp_path) -> str:
+    npz = make_npz(tmp_path / "d.npz", n=60)
+    ws = str(tmp_path / "ws")
+    assert invoke("-w", ws, "label", str(npz), "--size", "16", "-D", "2").exit_code == 0
+    return ws
+
+
+def test_condense_uses_the_workspace_labels_and_reports(tmp_path) -> None:
+    ws = _labelled_workspace(tmp_path)
+    args = ["-w", ws, "condense", "--ipc", "2", "--iterations", "2", "--batch-real", "8", "--compile", "off"]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    assert "DM + CHDDL" in first.output and "2 per class x 3 classes" in first.output
+    again = invoke(*args)
+    assert "cached - skipping" in again.output
+
+
+def test_condense_without_labels_names_the_command_to_run(tmp_path) -> None:
+    result = invoke("-w", str(tmp_path / "ws"), "condense", "--ipc", "1")
+    assert result.exit_code == 1 and "chddl label PATH" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["condense", "--ipc", "500"], "exceeds the smallest class"),
+    (["condense", "--base", "kip"], "unknown base method 'kip'; valid: dm, dc"),
+    (["condense", "--arch", "nope"], "unknown architecture 'nope'; valid: convnet"),
+    (["condense", "--lam", "nan"], "--lam must be a finite number"),
+    (["--device", "cuda", "condense"], "CUDA is not available"),
+])
+def test_condense_bad_input_fails_cleanly(tmp_path, args, message) -> None:
+    import torch
+
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    ws = _labelled_workspace(tmp_path)
+    result = invoke("-w", ws, *args)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert not list((tmp_path / "ws" / "artifacts").glob("condensed-*"))

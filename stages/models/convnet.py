@@ -36,7 +36,8 @@ def _norm(kind: str, width: int, size: int) -> nn.Module:
 
 
 def _act(kind: str) -> nn.Module:
-    table = {"relu": nn.ReLU, "leakyrelu": lambda: nn.LeakyReLU(0.01), "sigmoid": nn.Sigmoid}
+    # In-place activations: the norm before them does not need its output for backward.
+    table = {"relu": lambda: nn.ReLU(inplace=True), "leakyrelu": lambda: nn.LeakyReLU(0.01, inplace=True), "sigmoid": nn.Sigmoid}
     if kind not in table:
         raise ChddlError(f"unknown activation '{kind}'; valid: {', '.join(ACTIVATIONS)}")
     return table[kind]()

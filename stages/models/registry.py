@@ -27,3 +27,14 @@ def create_model(name: str, num_classes: int, image_size: int, channels: int = 3
 def list_models() -> list[str]:
     """Names of all registered architectures."""
     return ARCHITECTURES.names()
+
+
+def reinitialize(model: nn.Module, seed: int) -> nn.Module:
+    """Draw fresh initial parameters in place (same distribution as building
+    the model anew), reproducibly and without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.modules():
+            if module is not model and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return model

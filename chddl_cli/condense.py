@@ -1,0 +1,87 @@
+"""``chddl condense``: synthesise a condensed set with DM or DC, with or without CHDDL."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from chddl_cli.common import console, globals_of, guarded, human_bytes, progress_for
+from stages import condense as condense_stage
+from stages.artifacts import Artifact, Workspace
+from stages.config import build, load_preset, section
+from stages.data.dataset import load_dataset
+from stages.device import resolve_device
+from stages.inputs import resolve, upstream
+from stages.label import load_labels
+
+
+def condensed_table(art: Artifact) -> Table:
+    cfg, info, m = art.config, art.info, art.metrics
+    table = Table(title=f"condensed set {art.name}", show_header=False, title_justify="left")
+    table.add_row("method", f"{cfg['base'].upper()}{' + CHDDL' if cfg['domain_aware'] else ''} ({cfg['arch']}, init {cfg['init']})")
+    table.add_row("images", f"{info['ipc']} per class x {info['num_classes']} classes, {info['image_size']} px")
+    table.add_row("iterations", f"{cfg['iterations']} ({m.get('s_per_iteration')} s/iteration, resumed from {m.get('resumed_from')})")
+    losses = f"class {m.get('final_loss_cls'):.4g}"
+    if cfg["domain_aware"]:
+        losses += f", domain {m.get('final_loss_dom'):.4g} (lambda {cfg['lam']}, tau {cfg['tau']})"
+    table.add_row("final loss", losses)
+    cost = art.meta.get("cost", {})
+    table.add_row("cost", f"{cost.get('wall_s', 0):.1f} s, peak RSS {human_bytes(cost.get('peak_rss_bytes'))}"
+                  + (f", peak CUDA {human_bytes(cost['peak_cuda_bytes'])}" if cost.get("peak_cuda_bytes") else ""))
+    table.add_row("image grid", str(art.path / "grid.png"))
+    return table
+
+
+@guarded
+def condense(
+    ctx: typer.Context,
+    base: Annotated[Optional[str], typer.Option(help="base method: dm | dc [default: dm]")] = None,
+    ipc: Annotated[Optional[int], typer.Option(help="images per class [default: 10]")] = None,
+    domain_aware: Annotated[Optional[bool], typer.Option("--domain-aware/--no-domain-aware", help="add CHDDL's domain-aware module [default: on]")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help="outer iterations [dm 20000, dc 1000]")] = None,
+    lam: Annotated[Optional[float], typer.Option(help="domain loss weight lambda [0.1]")] = None,
+    tau: Annotated[Optional[float], typer.Option(help="mask softmax temperature [0.1]")] = None,
+    mask_init: Annotated[Optional[float], typer.Option(help="mask init value (constant) or std (normal) [0.01]")] = None,
+    mask_init_mode: Annotated[Optional[str], typer.Option(help="constant | normal [constant]")] = None,
+    mask_lr: Annotated[Optional[float], typer.Option(help="mask learning rate [same as --lr-img]")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="summed | sequential (Algorithm 1) [summed]")] = None,
+    init: Annotated[Optional[str], typer.Option(help="noise | real [noise]")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="matching network [convnet]")] = None,
+    lr_img: Annotated[Optional[float], typer.Option(help="image learning rate [dm 1.0, dc 0.1]")] = None,
+    batch_real: Annotated[Optional[int], typer.Option(help="real images per group per step [256]")] = None,
+    dsa: Annotated[Optional[bool], typer.Option("--dsa/--no-dsa", help="siamese augmentation while matching [dm on, dc off]")] = None,
+    compile: Annotated[Optional[str], typer.Option(help="torch.compile the real forward: auto | on | off [auto]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="seed [default: the global --seed]")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML preset (path or shipped name, e.g. dm_pacs)")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="dataset artifact directory [the labels' dataset, else the workspace's latest]")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="labels artifact directory [the workspace's latest]")] = None,
+    force: Annotated[bool, typer.Option("--force", help="recompute even when a cached artifact exists")] = False,
+) -> None:
+    """Condense the dataset into IPC synthetic images per class (DM or DC, optionally + CHDDL).
+
+    Long runs checkpoint every 100 iterations; re-running the same command
+    after an interruption resumes from the last checkpoint.
+    """
+    g = globals_of(ctx)
+    preset = load_preset(config)
+    cfg = build(condense_stage.CondenseConfig, {"seed": g.seed}, section(preset, "condense"), {
+        "base": base, "ipc": ipc, "domain_aware": domain_aware, "iterations": iterations, "lam": lam, "tau": tau,
+        "mask_init": mask_init, "mask_init_mode": mask_init_mode, "mask_lr": mask_lr, "schedule": schedule,
+        "init": init, "arch": arch, "lr_img": lr_img, "batch_real": batch_real, "dsa": dsa, "compile": compile, "seed": seed})
+    device = resolve_device(g.device)
+    ws = Workspace(g.workdir)
+    label_art = resolve(ws, "labels", labels) if cfg.domain_aware else None
+    if dataset is not None:
+        data_art = resolve(ws, "dataset", dataset)
+    else:
+        data_art = (upstream(ws, label_art, "dataset", "dataset") if label_art else None) or resolve(ws, "dataset")
+    ds = load_dataset(data_art)
+    pseudo = load_labels(label_art, ds) if label_art is not None else None
+    progress = progress_for(g)
+    art, hit = condense_stage.run(ds, pseudo, cfg, ws, device=device, force=force, progress=progress)
+    progress.note(f"condensed {art.name}: " + ("cached - skipping (use --force to recompute)" if hit else "done"))
+    if not g.quiet:
+        console.print(condensed_table(art))
+    console.print(f"condensed: {art.path}")

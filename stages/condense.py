@@ -1,0 +1,355 @@
+"""Stage ``condense``: synthesise IPC images per class with a base method,
+optionally domain-aware (CHDDL)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from stages.artifacts import Artifact, Workspace, artifact_key, stage_artifact_name
+from stages.config import option, require, require_finite, to_dict
+from stages.data.augment import DEFAULT_STRATEGY, DSA
+from stages.data.dataset import Dataset
+from stages.domain.aware import MASK_INITS, ClassObjective, DomainAwareObjective, DomainMasks
+from stages.errors import ChddlError
+from stages.label import PseudoLabels
+from stages.methods import METHODS, RealPool
+from stages.methods.checkpoint import load_checkpoint, save_checkpoint
+from stages.methods.dc import default_loops
+from stages.metering import measure
+from stages.models import ARCHITECTURES, create_model
+from stages.progress import NullProgress, Progress
+from stages.visual import denormalize, grid_png
+
+STAGE = "condensed"
+SCHEMA_VERSION = 1
+
+#: per-base defaults of the reference implementations (REFERENCE.md)
+BASE_DEFAULTS = {
+    "dm": {"iterations": 20000, "lr_img": 1.0, "dsa": True, "lam": 0.1},
+    "dc": {"iterations": 1000, "lr_img": 0.1, "dsa": False, "lam": 0.1},
+}
+#: settings that change how fast the run goes, not what it computes
+EXECUTION_ONLY = ("checkpoint_every", "log_every", "compile")
+
+
+@dataclass
+class CondenseConfig:
+    """Condensation settings; ``None`` means "the base method's default"."""
+
+    base: str = option("dm", "base method: dm or dc")
+    ipc: int = option(10, "synthetic images per class")
+    domain_aware: bool = option(True, "add the CHDDL domain-aware module")
+    iterations: int | None = option(None, "outer iterations [dm 20000, dc 1000]")
+    lam: float | None = option(None, "weight lambda of the domain loss [0.1 for dm and dc]")
+    tau: float = option(0.1, "softmax temperature of the domain masks")
+    mask_init: float = option(0.01, "initial mask value (constant) or std (normal)")
+    mask_init_mode: str = option("constant", "constant (uniform alpha, the paper) or normal (random alpha)")
+    mask_lr: float | None = option(None, "learning rate of the masks [same as lr_img]")
+    schedule: str = option("summed", "summed: one step on L_cls + lambda L_dom; sequential: Algorithm 1's two steps")
+    init: str = option("noise", "synthetic image init: noise (Gaussian, the paper) or real (random real images)")
+    arch: str = option("convnet", "network architecture used for matching")
+    lr_img: float | None = option(None, "learning rate of the synthetic images [dm 1.0, dc 0.1]")
+    momentum_img: float = option(0.5, "SGD momentum of images and masks")
+    batch_real: int = option(256, "real images per group (class or pseudo-domain) per step")
+    dsa: bool | None = option(None, "differentiable siamese augmentation while matching [dm on, dc off]")
+    dsa_strategy: str = option(DEFAULT_STRATEGY, "DSA families, joined by _")
+    lr_net: float = option(0.01, "dc: learning rate of the network in the inner loop")
+    outer_loop: int | None = option(None, "dc: image updates per round [by IPC, reference table]")
+    inner_loop: int | None = option(None, "dc: network epochs between image updates [by IPC]")
+    batch_train: int = option(256, "dc: batch size of the inner loop")
+    compile: str = option("auto", "torch.compile the real-image forward: auto (long runs), on, off")
+    seed: int = option(0, "seed of init, networks, batches and augmentation")
+    checkpoint_every: int = option(100, "iterations between checkpoints (resume point)")
+    log_every: int = option(10, "iterations between progress updates and NaN checks")
+
+    def validate(self) -> None:
+        require(self.base in BASE_DEFAULTS, f"unknown base method '{self.base}'; valid: {', '.join(BASE_DEFAULTS)}")
+        require(self.ipc >= 1, f"--ipc must be at least 1, got {self.ipc}")
+        require(self.arch in ARCHITECTURES, f"unknown architecture '{self.arch}'; valid: {', '.join(ARCHITECTURES.names())}")
+        for name in ("lam", "tau", "mask_init", "mask_lr", "lr_img", "momentum_img", "lr_net"):
+            value = getattr(self, name)
+            if value is not None:
+                require_finite(f"--{name.replace('_', '-')}", value)
+        require(self.tau > 0, f"--tau must be positive, got {self.tau}")
+        require(self.lam is None or self.lam >= 0, f"--lam must be >= 0, got {self.lam}")
+        require(self.mask_init_mode in MASK_INITS, f"--mask-init-mode must be one of {', '.join(MASK_INITS)}")
+        require(self.schedule in ("summed", "sequential"), "--schedule must be summed or sequential")
+        require(self.init in ("noise", "real"), f"--init must be noise or real, got {self.init}")
+        require(self.iterations is None or self.iterations >= 1, "--iterations must be at least 1")
+        require(self.lr_img is None or self.lr_img > 0, "--lr-img must be positive")
+        require(self.batch_real >= 1 and self.batch_train >= 1, "batch sizes must be at least 1")
+        require(self.compile in ("auto", "on", "off"), "--compile must be auto, on or off")
+        require(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1")
+        DSA(self.dsa_strategy)
+
+    def resolved(self) -> "CondenseConfig":
+        """A copy with every base-dependent default filled in."""
+        d = BASE_DEFAULTS[self.base]
+        outer, inner = default_loops(self.ipc)
+        lr_img = self.lr_img if self.lr_img is not None else d["lr_img"]
+        lam = self.lam if self.lam is not None else d["lam"]
+        return replace(
+            self,
+            iterations=self.iterations or d["iterations"],
+            lr_img=lr_img,
+            mask_lr=self.mask_lr if self.mask_lr is not None else lr_img,
+            lam=lam,
+            dsa=d["dsa"] if self.dsa is None else self.dsa,
+            outer_loop=self.outer_loop or outer,
+            inner_loop=self.inner_loop or inner,
+        )
+
+    def key_fields(self) -> dict:
+        out = {k: v for k, v in to_dict(self).items() if k not in EXECUTION_ONLY}
+        if not self.domain_aware:
+            for k in ("lam", "tau", "mask_init", "mask_init_mode", "mask_lr", "schedule"):
+                out.pop(k)
+        if self.base != "dc":
+            for k in ("lr_net", "outer_loop", "inner_loop", "batch_train"):
+                out.pop(k)
+        return out
+
+
+def _check_inputs(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig) -> None:
+    train = dataset.train_indices
+    counts = torch.bincount(dataset.labels[train], minlength=dataset.num_classes)
+    smallest = int(counts.min())
+    if cfg.ipc > smallest:
+        raise ChddlError(f"--ipc {cfg.ipc} exceeds the smallest class ({dataset.class_names[int(counts.argmin())]}: {smallest} training images)")
+    if cfg.domain_aware:
+        if labels is None:
+            raise ChddlError("--domain-aware needs pseudo-domain labels; run `chddl label` first or pass --no-domain-aware")
+        if labels.artifact.meta.get("fingerprint") != dataset.fingerprint:
+            raise ChddlError(f"labels {labels.artifact.name} were made from another dataset than {dataset.artifact.name}; re-run chddl label on it")
+
+
+def _normalized(dataset: Dataset, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    mean = torch.tensor(dataset.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(dataset.std, device=device).view(1, 3, 1, 1)
+    return (dataset.images[idx].to(device).float().div_(255.0) - mean) / std
+
+
+def _initial_images(dataset: Dataset, pool: RealPool, cfg: CondenseConfig, g: torch.Generator) -> torch.Tensor:
+    c, size = dataset.num_classes, dataset.size
+    if cfg.init == "noise":
+        return torch.randn(c * cfg.ipc, 3, size, size, generator=g).to(pool.images.device)
+    labels = pool.labels.cpu()
+    picks = [torch.nonzero(labels == k).flatten()[torch.randperm(int((labels == k).sum()), generator=g)[: cfg.ipc]] for k in range(c)]
+    return pool.images[torch.cat(picks).to(pool.images.device)].clone()
+
+
+def _iteration_generator(seed: int, iteration: int) -> torch.Generator:
+    # Per-iteration seeding: resuming at iteration k needs no saved RNG state.
+    return torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+
+
+def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, workspace: Workspace, *,
+        device: torch.device = torch.device("cpu"), force: bool = False, progress: Progress = NullProgress(),
+        stop_after: int | None = None) -> tuple[Artifact, bool]:
+    """Condense ``dataset`` into IPC images per class; returns (artifact, cache_hit).
+
+    Interrupted runs resume from their last checkpoint (same key).
+    ``stop_after`` ends the process of this call after that many iterations
+    with a KeyboardInterrupt, as an interruption would (for tests).
+    """
+    cfg = config.resolved()
+    _check_inputs(dataset, labels, cfg)
+    inputs = {"dataset": dataset.artifact.key} | ({"labels": labels.artifact.key} if cfg.domain_aware else {})
+    key = artifact_key(STAGE, cfg.key_fields(), inputs, SCHEMA_VERSION)
+    tag = f"{cfg.base}{'+chddl' if cfg.domain_aware else ''}-ipc{cfg.ipc}"
+    name = stage_artifact_name(f"condensed-{tag}", key)
+    if not force and (hit := workspace.find(name)) is not None:
+        workspace.set_latest(hit)
+        return hit, True
+    workspace.ensure_writable()
+    partial = workspace.partial_dir(name)
+    if force:
+        shutil.rmtree(partial, ignore_errors=True)
+    with measure() as cost:
+        result = _condense(dataset, labels, cfg, key, partial, device, progress, stop_after)
+    images, syn_labels, extras, stats = result
+    mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
+    files = {"grid.png": grid_png(denormalize(images, mean, std), nrow=cfg.ipc)}
+    if extras:
+        files["extra_domain_masks.safetensors"] = extras.pop("_blob")
+        files["extra_domain_views.png"] = extras.pop("_views_png")
+    info = {
+        "class_names": dataset.class_names, "ipc": cfg.ipc, "num_classes": dataset.num_classes, "image_size": dataset.size,
+        "base": cfg.base, "domain_aware": cfg.domain_aware, "arch": cfg.arch, "dataset": dataset.artifact.name,
+        "labels": labels.artifact.name if cfg.domain_aware else None,
+        "normalization": {"mean": list(dataset.mean), "std": list(dataset.std)},
+        "eval_lr": 0.01, "device": str(device),
+    }
+    art = workspace.write(
+        stage=STAGE, name=name, key=key, config=to_dict(cfg), inputs={"dataset": dataset.artifact.name} | (
+            {"labels": labels.artifact.name} if cfg.domain_aware else {}),
+        tensors={"images": images, "labels": syn_labels, "mean": mean, "std": std, "loss_history": stats.pop("history")},
+        seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=stats, cost=cost | {
+            "s_per_iteration": stats["s_per_iteration"]}, files=files, schema_version=SCHEMA_VERSION,
+    )
+    shutil.rmtree(partial, ignore_errors=True)
+    return art, False
+
+
+def _build(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig, device: torch.device):
+    train = dataset.train_indices
+    pool = RealPool(_normalized(dataset, train, device), dataset.labels[train].to(device))
+    factory = lambda: create_model(cfg.arch, dataset.num_classes, dataset.size)  # noqa: E731
+    dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
+    compile_embed = cfg.compile == "on" or (cfg.compile == "auto" and cfg.iterations >= 2000)
+    base = METHODS.create(cfg.base, net_factory=factory, device=device, dsa=dsa, compile_embed=compile_embed,
+                          lr_net=cfg.lr_net, outer_loop=cfg.outer_loop, inner_loop=cfg.inner_loop, batch_train=cfg.batch_train)
+    g0 = _iteration_generator(cfg.seed, -1)
+    images = _initial_images(dataset, pool, cfg, g0).requires_grad_(True)
+    syn_labels = torch.arange(dataset.num_classes, device=device).repeat_interleave(cfg.ipc)
+    if cfg.domain_aware:
+        if labels.labels.shape[0] != len(train):
+            raise ChddlError(f"labels {labels.artifact.name} do not cover this dataset's training split; re-run chddl label")
+        masks = DomainMasks(len(images), labels.num_domains, tuple(images.shape[1:]), cfg.mask_init, cfg.mask_init_mode, cfg.tau, g0).to(device)
+        objective = DomainAwareObjective(base, pool, pool.labels, dataset.num_classes, syn_labels, cfg.batch_real, labels.labels, masks)
+    else:
+        objective = ClassObjective(base, pool, pool.labels, dataset.num_classes, syn_labels, cfg.batch_real)
+    return base, objective, images, syn_labels
+
+
+def _condense(dataset, labels, cfg: CondenseConfig, key: str, partial, device, progress: Progress, stop_after):
+    base, objective, images, syn_labels = _build(dataset, labels, cfg, device)
+    extra = objective.extra_parameters()
+    opt_img = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum_img)
+    opt_mask = torch.optim.SGD(extra, lr=cfg.mask_lr, momentum=cfg.momentum_img) if extra else None
+    start, history = 0, torch.zeros(cfg.iterations, 2)
+    resumed = load_checkpoint(partial, key)
+    if resumed is not None:
+        start, saved = resumed
+        _restore(saved, images, extra, opt_img, opt_mask)
+        history[:start] = saved["history"][:start]
+        progress.note(f"resuming from the checkpoint at iteration {start} ({partial})")
+    pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    timings: list[float] = []
+    with progress.task(f"condense {cfg.base}{'+CHDDL' if cfg.domain_aware else ''} IPC {cfg.ipc}", total=cfg.iterations) as task:
+        task.advance(start)
+        for it in range(start, cfg.iterations):
+            t0 = time.perf_counter()
+            g = _iteration_generator(cfg.seed, it)
+            base.new_round(it, objective.roles, g)
+            cls_sum, dom_sum = images.new_zeros(()), images.new_zeros(())
+            for step in range(base.steps_per_round()):
+                l_cls, l_dom = _step(objective, cfg, images, opt_img, opt_mask, g)
+                cls_sum, dom_sum = cls_sum + l_cls, dom_sum + l_dom
+                base.after_step(step, objective.training_sets(images), g)
+            pending.append((it, cls_sum, dom_sum))
+            timings.append(time.perf_counter() - t0)
+            done = it + 1
+            if done % cfg.log_every == 0 or done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+                _flush(pending, history, images, extra, partial)  # the only host sync of the loop
+                task.advance(len(pending), loss=float(history[done - 1, 0]), dom=float(history[done - 1, 1]))
+                pending = []
+                if done % cfg.checkpoint_every == 0 and done < cfg.iterations:
+                    save_checkpoint(partial, key, done, _state(images, extra, opt_img, opt_mask, history))
+            if stop_after is not None and done - start >= stop_after:
+                _flush(pending, history, images, extra, partial)
+                save_checkpoint(partial, key, done, _state(images, extra, opt_img, opt_mask, history))
+                raise KeyboardInterrupt
+    steady = sorted(timings[1:] if len(timings) > 1 else timings)
+    stats = {
+        "history": history,
+        "final_loss_cls": round(float(history[-1, 0]), 6),
+        "final_loss_dom": round(float(history[-1, 1]), 6),
+        "s_per_iteration": round(steady[len(steady) // 2], 4) if steady else None,
+        "iterations_run": len(timings),
+        "resumed_from": start,
+    }
+    extras = _mask_extras(objective, images, dataset) if cfg.domain_aware else {}
+    return images.detach().cpu(), syn_labels.cpu(), extras, stats
+
+
+def _step(objective, cfg: CondenseConfig, images, opt_img, opt_mask, g):
+    """One image update; returns the (detached) class and domain losses."""
+    zero = images.new_zeros(())
+    if cfg.schedule == "summed" or opt_mask is None:
+        l_cls = objective.class_loss(images, g)
+        l_dom = objective.domain_loss(images, g)
+        total = l_cls if l_dom is None else l_cls + cfg.lam * l_dom
+        opt_img.zero_grad(set_to_none=True)
+        if opt_mask:
+            opt_mask.zero_grad(set_to_none=True)
+        total.backward()
+        opt_img.step()
+        if opt_mask:
+            opt_mask.step()
+        return l_cls.detach(), zero if l_dom is None else l_dom.detach()
+    # Algorithm 1: a class step on the images, then a domain step on images and masks.
+    l_cls = objective.class_loss(images, g)
+    opt_img.zero_grad(set_to_none=True)
+    l_cls.backward()
+    opt_img.step()
+    l_dom = objective.domain_loss(images, g)
+    opt_img.zero_grad(set_to_none=True)
+    opt_mask.zero_grad(set_to_none=True)
+    (cfg.lam * l_dom).backward()
+    opt_img.step()
+    opt_mask.step()
+    return l_cls.detach(), l_dom.detach()
+
+
+def _flush(pending, history, images, extra, partial) -> None:
+    """Copy pending losses to the history and stop on anything non-finite."""
+    if not pending:
+        return
+    values = torch.stack([torch.stack([c, d]) for _, c, d in pending]).cpu()
+    for (it, _, _), row in zip(pending, values):
+        history[it] = row
+    finite = bool(torch.isfinite(values).all()) and bool(torch.isfinite(images).all()) and all(bool(torch.isfinite(p).all()) for p in extra)
+    if not finite:
+        bad = next((it for (it, _, _), row in zip(pending, values) if not torch.isfinite(row).all()), pending[-1][0])
+        raise ChddlError(
+            f"non-finite loss or images at iteration {bad + 1}; stopped. The last good checkpoint is kept in {partial} "
+            "(re-running resumes from it); lower --lr-img or --mask-lr, or check the input data"
+        )
+
+
+def _state(images, extra, opt_img, opt_mask, history) -> dict[str, torch.Tensor]:
+    state = {"images": images, "history": history}
+    for name, opt, params in (("img", opt_img, [images]), ("mask", opt_mask, extra)):
+        for i, p in enumerate(params):
+            buf = opt.state.get(p, {}).get("momentum_buffer") if opt else None
+            if buf is not None:
+                state[f"momentum_{name}_{i}"] = buf
+    for i, p in enumerate(extra):
+        state[f"extra_{i}"] = p
+    return state
+
+
+def _restore(saved, images, extra, opt_img, opt_mask) -> None:
+    with torch.no_grad():
+        images.copy_(saved["images"].to(images.device))
+        for i, p in enumerate(extra):
+            p.copy_(saved[f"extra_{i}"].to(p.device))
+    for name, opt, params in (("img", opt_img, [images]), ("mask", opt_mask, extra)):
+        for i, p in enumerate(params):
+            key = f"momentum_{name}_{i}"
+            if opt is not None and key in saved:
+                opt.state[p]["momentum_buffer"] = saved[key].to(p.device).clone()
+
+
+def _mask_extras(objective: DomainAwareObjective, images: torch.Tensor, dataset: Dataset) -> dict:
+    """The final masks and views, saved beside (never inside) the condensed set."""
+    import safetensors.torch
+
+    with torch.no_grad():
+        alpha = objective.masks.alpha().cpu()
+        views = objective.masks.views(images).cpu()
+    mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
+    shown = views[: min(len(views), 8)]
+    d = shown.shape[1]
+    panel = torch.cat([denormalize(images[: len(shown)].detach().cpu(), mean, std).unsqueeze(1),
+                       (shown * std.view(1, 1, 3, 1, 1)).clamp(-1, 1).add(1).div(2), alpha[: len(shown)]], dim=1)
+    return {
+        "_blob": safetensors.torch.save({"z": objective.masks.z.detach().cpu().contiguous(), "alpha": alpha.contiguous()}),
+        "_views_png": grid_png(panel.flatten(0, 1), nrow=1 + 2 * d),
+    }

@@ -1,0 +1,101 @@
+"""The domain-aware module (paper section 3.2-3.3) as a wrapper of any base method.
+
+Each synthetic image x_m has a learnable mask z_m of shape D x C x H x W;
+alpha_m = softmax(z_m / tau) over D and the domain views
+x_m^d = x_m * alpha_m^d sum back to x_m exactly. The objective is
+L = L_cls + lambda * L_dom: L_cls is the base method's loss on real batches
+grouped by class (parameters Theta), L_dom the same kind of loss on real
+batches grouped by pseudo-domain against the views of all synthetic images
+(parameters Theta'). Masks are discarded after condensation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from stages.methods.base import BaseMethod, MatchBatch, RealPool
+
+MASK_INITS = ("constant", "normal")
+
+
+class DomainMasks(nn.Module):
+    """Masks z (M, D, C, H, W). ``constant`` init gives uniform alpha = 1/D
+    whatever the value; ``normal`` draws z ~ N(0, value^2), breaking the
+    symmetry between domains from the start."""
+
+    def __init__(self, num_images: int, num_domains: int, shape: tuple[int, int, int], init_value: float,
+                 init_mode: str, tau: float, g: torch.Generator) -> None:
+        super().__init__()
+        size = (num_images, num_domains, *shape)
+        z = torch.full(size, init_value) if init_mode == "constant" else torch.randn(size, generator=g) * init_value
+        self.z = nn.Parameter(z)
+        self.tau = tau
+
+    def alpha(self) -> torch.Tensor:
+        return torch.softmax(self.z / self.tau, dim=1)
+
+    def views(self, images: torch.Tensor) -> torch.Tensor:
+        """(M, D, C, H, W) domain views of (M, C, H, W) images."""
+        return images.unsqueeze(1) * self.alpha()
+
+
+class ClassObjective:
+    """The base method alone: L = L_cls on class-grouped real batches."""
+
+    roles: tuple[str, ...] = ("class",)
+
+    def __init__(self, base: BaseMethod, pool: RealPool, class_of_pool: torch.Tensor, num_classes: int,
+                 syn_labels: torch.Tensor, batch_real: int) -> None:
+        self.base, self.pool = base, pool
+        self.class_of_pool, self.num_classes = class_of_pool.cpu(), num_classes
+        self.syn_labels, self.batch_real = syn_labels, batch_real
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def class_loss(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        idx, groups = self.pool.draw(self.class_of_pool, self.num_classes, self.batch_real, g)
+        batch = MatchBatch(idx, groups, images, self.syn_labels, self.syn_labels, self.num_classes)
+        return self.base.loss("class", batch, self.pool, g)
+
+    def domain_loss(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor | None:
+        return None
+
+    def training_sets(self, images: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """What each role's network trains on between steps (DC's inner loop)."""
+        return {"class": (images.detach(), self.syn_labels)}
+
+
+class DomainAwareObjective(ClassObjective):
+    """CHDDL: adds lambda * L_dom on pseudo-domain batches vs the domain views."""
+
+    roles = ("class", "domain")
+
+    def __init__(self, base: BaseMethod, pool: RealPool, class_of_pool: torch.Tensor, num_classes: int,
+                 syn_labels: torch.Tensor, batch_real: int, domain_of_pool: torch.Tensor, masks: DomainMasks) -> None:
+        super().__init__(base, pool, class_of_pool, num_classes, syn_labels, batch_real)
+        self.domain_of_pool = domain_of_pool.cpu()
+        self.masks = masks
+        self.num_domains = masks.z.shape[1]
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        return [self.masks.z]
+
+    def _flat_views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        views = self.masks.views(images)
+        m, d = views.shape[:2]
+        labels = self.syn_labels.repeat_interleave(d)
+        domains = torch.arange(d, device=images.device).repeat(m)
+        return views.flatten(0, 1), labels, domains
+
+    def domain_loss(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        views, labels, domains = self._flat_views(images)
+        idx, groups = self.pool.draw(self.domain_of_pool, self.num_domains, self.batch_real, g)
+        batch = MatchBatch(idx, groups, views, labels, domains, self.num_domains)
+        return self.base.loss("domain", batch, self.pool, g)
+
+    def training_sets(self, images: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        with torch.no_grad():
+            views, labels, _ = self._flat_views(images)
+        return {"class": (images.detach(), self.syn_labels), "domain": (views, labels)}

@@ -1,0 +1,61 @@
+"""Pieces shared by the base methods: networks per role, augmentation, group means."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from stages.data.augment import DSA
+from stages.methods.base import MatchBatch, RealPool
+from stages.models import reinitialize
+
+NetFactory = Callable[[], nn.Module]
+
+
+def round_seed(g: torch.Generator) -> int:
+    """A seed for one network initialisation, drawn from the round's generator."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+
+
+class RoleNets:
+    """One network per role, built once and re-initialised in place each round
+    (cheaper than rebuilding, and keeps a compiled forward valid)."""
+
+    def __init__(self, factory: NetFactory, device: torch.device) -> None:
+        self.factory, self.device = factory, device
+        self.nets: dict[str, nn.Module] = {}
+
+    def renew(self, roles: tuple[str, ...], g: torch.Generator, shared: bool) -> None:
+        """Fresh parameters for each role; ``shared`` makes all roles one network."""
+        for i, role in enumerate(roles):
+            if shared and i > 0:
+                self.nets[role] = self.nets[roles[0]]
+                continue
+            if role not in self.nets:
+                self.nets[role] = self.factory().to(self.device).to(memory_format=torch.channels_last)
+            reinitialize(self.nets[role], round_seed(g))
+
+    def __getitem__(self, role: str) -> nn.Module:
+        return self.nets[role]
+
+
+def augmented_pair(dsa: DSA | None, batch: MatchBatch, real: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real and synthetic images with the same DSA transform per group (siamese)."""
+    if dsa is None:
+        return real, batch.syn
+    params = dsa.sample(batch.num_groups, tuple(real.shape[-2:]), g)
+    return dsa.apply(real, params.index(batch.real_groups)), dsa.apply(batch.syn, params.index(batch.syn_groups.cpu()))
+
+
+def real_images(pool: RealPool, batch: MatchBatch) -> torch.Tensor:
+    return pool.images[batch.real_index.to(pool.images.device)]
+
+
+def group_means(x: torch.Tensor, groups: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(num_groups, F) means of the rows of ``x`` per group, and which groups are present."""
+    groups = groups.to(x.device)
+    sums = torch.zeros(num_groups, x.shape[1], device=x.device, dtype=x.dtype).index_add(0, groups, x)
+    counts = torch.bincount(groups, minlength=num_groups).to(x.dtype)
+    return sums / counts.clamp(min=1).unsqueeze(1), counts > 0

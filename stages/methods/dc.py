@@ -1,0 +1,104 @@
+"""DC: gradient matching (Zhao et al., 2021).
+
+Each round starts a new network; for ``outer_loop`` steps it matches, per
+group, the gradients of the cross-entropy on real vs synthetic images with
+the reference's layer-wise distance (1 - cosine per output channel, summed;
+1-D parameters skipped), updating the images, then trains the network
+``inner_loop`` epochs on the synthetic set. Theta' (the domain role) is a
+second network with its own initialisation on the same schedule, trained in
+its inner loop on the domain views (DESIGN.md 1.3).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from stages.data.augment import DSA
+from stages.methods.base import METHODS, BaseMethod, MatchBatch, RealPool
+from stages.methods.common import NetFactory, RoleNets, augmented_pair, real_images
+
+#: (outer_loop, inner_loop) by IPC, from the reference implementation
+LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+
+
+def default_loops(ipc: int) -> tuple[int, int]:
+    """The reference's loops for ``ipc``; other IPCs take the nearest listed one."""
+    return LOOPS[min(LOOPS, key=lambda k: (abs(k - ipc), k))]
+
+
+def gradient_distance(real: list[torch.Tensor], syn: list[torch.Tensor]) -> torch.Tensor:
+    """Sum over layers of sum over output channels of (1 - cosine similarity)."""
+    total = syn[0].new_zeros(())
+    for gr, gs in zip(real, syn):
+        if gr.ndim == 1:
+            continue
+        gr, gs = gr.reshape(gr.shape[0], -1), gs.reshape(gs.shape[0], -1)
+        total = total + (1 - (gr * gs).sum(-1) / (gr.norm(dim=-1) * gs.norm(dim=-1) + 1e-6)).sum()
+    return total
+
+
+class DC(BaseMethod):
+    default_lambda = 0.1
+
+    def __init__(self, net_factory: NetFactory, device: torch.device, dsa: DSA | None, lr_net: float,
+                 outer_loop: int, inner_loop: int, batch_train: int) -> None:
+        self.nets = RoleNets(net_factory, device)
+        self.dsa, self.lr_net = dsa, lr_net
+        self.outer_loop, self.inner_loop, self.batch_train = outer_loop, inner_loop, batch_train
+
+    def new_round(self, round_index: int, roles: tuple[str, ...], g: torch.Generator) -> None:
+        self.nets.renew(roles, g, shared=False)
+        self.optimizers = {r: torch.optim.SGD(self.nets[r].parameters(), lr=self.lr_net) for r in roles}
+        for r in roles:
+            self.nets[r].requires_grad_(True).train()
+
+    def steps_per_round(self) -> int:
+        return self.outer_loop
+
+    def loss(self, role: str, batch: MatchBatch, pool: RealPool, g: torch.Generator) -> torch.Tensor:
+        net = self.nets[role]
+        params = [p for p in net.parameters() if p.ndim > 1]  # 1-D gradients are ignored by the distance
+        real, syn = augmented_pair(self.dsa, batch, real_images(pool, batch), g)
+        real_labels = pool.labels[batch.real_index.to(pool.labels.device)]
+        syn_groups = batch.syn_groups.cpu()
+        total = syn.new_zeros(())
+        for group in range(batch.num_groups):
+            ri = torch.nonzero(batch.real_groups == group).flatten().to(real.device)
+            si = torch.nonzero(syn_groups == group).flatten().to(syn.device)
+            if len(ri) == 0 or len(si) == 0:
+                continue
+            g_real = torch.autograd.grad(F.cross_entropy(net(real[ri]), real_labels[ri]), params)
+            g_syn = torch.autograd.grad(F.cross_entropy(net(syn[si]), batch.syn_labels[si]), params, create_graph=True)
+            total = total + gradient_distance([x.detach() for x in g_real], list(g_syn))
+        return total
+
+    def after_step(self, step: int, role_data: dict[str, tuple[torch.Tensor, torch.Tensor]], g: torch.Generator) -> None:
+        if step == self.outer_loop - 1:
+            return  # the reference does not train the network after the last outer step
+        for role, (images, labels) in role_data.items():
+            train_epochs(self.nets[role], self.optimizers[role], images, labels, self.inner_loop, self.batch_train, self.dsa, g)
+
+
+def train_epochs(net: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+                 epochs: int, batch_size: int, dsa: DSA | None, g: torch.Generator) -> None:
+    """Plain SGD epochs on an in-memory set (shuffled with ``g``, no DataLoader)."""
+    n = len(images)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=g).to(images.device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            x = images[idx]
+            if dsa is not None:
+                x = dsa.apply(x, dsa.sample(len(idx), tuple(x.shape[-2:]), g, one_family=True))
+            loss = F.cross_entropy(net(x), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+
+@METHODS.register("dc")
+def dc(net_factory: NetFactory, device: torch.device, dsa: DSA | None, lr_net: float = 0.01, outer_loop: int = 1,
+       inner_loop: int = 1, batch_train: int = 256, **_: object) -> DC:
+    """Gradient matching with the reference's outer/inner loops."""
+    return DC(net_factory, device, dsa, lr_net, outer_loop, inner_loop, batch_train)

@@ -1,0 +1,186 @@
+"""Condensation: DM, DC and the domain-aware module on tiny data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stages.artifacts import read_artifact
+from stages.condense import CondenseConfig, run
+from stages.config import build
+from stages.data.dataset import load_dataset
+from stages.data.ingest import DatasetConfig, ingest
+from stages.domain.aware import DomainMasks
+from stages.errors import ChddlError
+from stages.label import LabelConfig, load_labels
+from stages.label import run as label_run
+from stages.methods import RealPool
+from tests.conftest import make_npz
+
+TINY = {"iterations": 3, "batch_real": 8, "ipc": 2, "checkpoint_every": 2, "log_every": 1, "compile": "off"}
+
+
+@pytest.fixture
+def data(tmp_path, workspace):
+    art, _ = ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)
+    ds = load_dataset(art)
+    lab, _ = label_run(ds, build(LabelConfig, {"num_domains": 3}), workspace)
+    return ds, load_labels(lab, ds)
+
+
+def _run(data, workspace, **kw):
+    ds, labels = data
+    cfg = build(CondenseConfig, TINY, kw)
+    art, _ = run(ds, labels, cfg, workspace)
+    return art
+
+
+@pytest.mark.parametrize("base", ["dm", "dc"])
+@pytest.mark.parametrize("aware", [False, True])
+def test_output_has_exactly_ipc_times_classes_images(data, workspace, base, aware) -> None:
+    art = _run(data, workspace, base=base, domain_aware=aware)
+    assert art.tensor("images").shape == (6, 3, 16, 16)
+    assert art.tensor("labels").tolist() == [0, 0, 1, 1, 2, 2]
+    assert torch.isfinite(art.tensor("images")).all()
+    assert (art.path / "grid.png").is_file()
+    assert (art.path / "extra_domain_masks.safetensors").is_file() == aware
+    assert art.meta["cost"]["wall_s"] > 0 and art.meta["cost"]["peak_rss_bytes"] > 0
+
+
+def test_output_size_does_not_depend_on_the_number_of_domains(tmp_path, workspace) -> None:
+    art, _ = ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)
+    ds = load_dataset(art)
+    for d in (1, 2, 5):
+        lab, _ = label_run(ds, build(LabelConfig, {"num_domains": d}), workspace)
+        out, _ = run(ds, load_labels(lab, ds), build(CondenseConfig, TINY, {"iterations": 1}), workspace)
+        assert out.tensor("images").shape[0] == 6
+
+
+def test_views_sum_to_the_image() -> None:
+    g = torch.Generator().manual_seed(0)
+    masks = DomainMasks(5, 4, (3, 8, 8), 0.01, "normal", 0.1, g)
+    images = torch.randn(5, 3, 8, 8)
+    views = masks.views(images)
+    assert views.shape == (5, 4, 3, 8, 8)
+    assert torch.allclose(views.sum(dim=1), images, atol=1e-6)
+
+
+def test_constant_mask_init_gives_uniform_alpha() -> None:
+    masks = DomainMasks(2, 4, (3, 4, 4), 0.01, "constant", 0.1, torch.Generator())
+    assert torch.allclose(masks.alpha(), torch.full((2, 4, 3, 4, 4), 0.25))
+
+
+@pytest.mark.parametrize("base", ["dm", "dc"])
+def test_gradients_reach_images_and_masks(data, base) -> None:
+    from stages.condense import _build
+
+    ds, labels = data
+    cfg = build(CondenseConfig, TINY, {"base": base, "mask_init_mode": "normal"}).resolved()
+    method, objective, images, _ = _build(ds, labels, cfg, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    method.new_round(0, objective.roles, g)
+    (objective.class_loss(images, g) + 0.1 * objective.domain_loss(images, g)).backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    z = objective.extra_parameters()[0]
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_same_seed_gives_identical_output(data, tmp_path) -> None:
+    from stages.artifacts import Workspace
+
+    a = _run(data, Workspace(tmp_path / "a"), base="dm")
+    b = _run(data, Workspace(tmp_path / "b"), base="dm")
+    assert torch.equal(a.tensor("images"), b.tensor("images"))
+    c = _run(data, Workspace(tmp_path / "c"), base="dm", seed=1)
+    assert not torch.equal(a.tensor("images"), c.tensor("images"))
+
+
+@pytest.mark.parametrize("base", ["dm", "dc"])
+def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(data, tmp_path, base) -> None:
+    from stages.artifacts import Workspace
+
+    ds, labels = data
+    cfg = build(CondenseConfig, TINY, {"base": base, "iterations": 5})
+    full, _ = run(ds, labels, cfg, Workspace(tmp_path / "full"))
+    ws = Workspace(tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        run(ds, labels, cfg, ws, stop_after=3)
+    resumed, _ = run(ds, labels, cfg, ws)
+    assert resumed.metrics["resumed_from"] == 3
+    assert torch.equal(full.tensor("images"), resumed.tensor("images"))
+    assert torch.equal(full.tensor("loss_history"), resumed.tensor("loss_history"))
+
+
+def test_a_second_run_is_a_cache_hit(data, workspace) -> None:
+    ds, labels = data
+    cfg = build(CondenseConfig, TINY)
+    first, hit1 = run(ds, labels, cfg, workspace)
+    second, hit2 = run(ds, labels, cfg, workspace)
+    assert (hit1, hit2) == (False, True) and first.path == second.path
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(data, workspace, monkeypatch) -> None:
+    from stages.methods import dm
+
+    ds, labels = data
+    real_loss = dm.DM.loss
+    calls = {"n": 0}
+
+    def poisoned(self, role, batch, pool, g):
+        calls["n"] += 1
+        out = real_loss(self, role, batch, pool, g)
+        return out * float("nan") if calls["n"] > 8 else out  # 2 losses per iteration: NaN from iteration 5
+
+    monkeypatch.setattr(dm.DM, "loss", poisoned)
+    cfg = build(CondenseConfig, TINY, {"iterations": 6})
+    with pytest.raises(ChddlError, match="non-finite loss or images at iteration 5"):
+        run(ds, labels, cfg, workspace)
+    assert not list(workspace.artifacts_dir.glob("condensed-*"))
+    partial = next((workspace.root / "partial").iterdir())
+    from stages.methods.checkpoint import load_checkpoint
+
+    iteration, tensors = load_checkpoint(partial, partial.name.rsplit("-", 1)[1])
+    assert iteration == 4 and torch.isfinite(tensors["images"]).all()
+
+
+def test_dm_chddl_loss_decreases_on_the_demo_data(workspace) -> None:
+    art, _ = ingest("builtin:demo", build(DatasetConfig, {"size": 16}), workspace)
+    ds = load_dataset(art)
+    lab, _ = label_run(ds, build(LabelConfig), workspace)
+    cfg = build(CondenseConfig, {"ipc": 1, "iterations": 30, "batch_real": 32, "compile": "off", "checkpoint_every": 100})
+    out, _ = run(ds, load_labels(lab, ds), cfg, workspace)
+    history = out.tensor("loss_history")
+    assert history[-5:, 0].mean() < 0.8 * history[:5, 0].mean()
+    assert history[-5:, 1].mean() < history[:5, 1].mean()
+
+
+def test_real_pool_draws_per_group_without_replacement() -> None:
+    pool = RealPool(torch.zeros(10, 3, 2, 2), torch.zeros(10, dtype=torch.long))
+    groups = torch.tensor([0, 1, 0, 1, 0, 1, 0, 2, 2, 0])
+    idx, gid = pool.draw(groups, 3, 2, torch.Generator().manual_seed(0))
+    assert torch.bincount(gid, minlength=3).tolist() == [2, 2, 2]
+    assert torch.equal(groups[idx], gid) and len(set(idx.tolist())) == 6
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"ipc": 100}, "exceeds the smallest class"),
+    ({"ipc": 0}, "--ipc must be at least 1"),
+    ({"base": "kip"}, "unknown base method 'kip'"),
+    ({"arch": "resnet9000"}, "unknown architecture 'resnet9000'; valid: convnet"),
+    ({"lam": float("inf")}, "finite"),
+    ({"lr_img": float("nan")}, "finite"),
+    ({"init": "zeros"}, "--init must be noise or real"),
+])
+def test_bad_settings_fail_cleanly_without_partial_artifact(data, workspace, overrides, message) -> None:
+    with pytest.raises(ChddlError, match=message):
+        _run(data, workspace, **overrides)
+    assert not list(workspace.artifacts_dir.glob("condensed-*"))
+
+
+def test_labels_from_another_dataset_are_refused(data, tmp_path, workspace) -> None:
+    ds, _ = data
+    other, _ = ingest(str(make_npz(tmp_path / "o.npz", n=60, size=16, domains=3)), build(DatasetConfig, {"size": 8}), workspace)
+    other_ds = load_dataset(other)
+    lab, _ = label_run(other_ds, build(LabelConfig), workspace)
+    with pytest.raises(ChddlError, match="another dataset"):
+        load_labels(lab, ds)
