@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chddl_cli import condense, demo, label
+from chddl_cli import condense, demo, evaluate, label
 from chddl_cli.common import Globals
 from stages import __version__
 
@@ -43,6 +43,7 @@ def global_options(
 
 app.command("label")(label.label)
 app.command("condense")(condense.condense)
+app.command("evaluate")(evaluate.evaluate)
 app.command("demo")(demo.demo)
 
 

@@ -52,6 +52,8 @@ def condense(
     lr_img: Annotated[Optional[float], typer.Option(help="image learning rate [dm 1.0, dc 0.1]")] = None,
     batch_real: Annotated[Optional[int], typer.Option(help="real images per group per step [256]")] = None,
     dsa: Annotated[Optional[bool], typer.Option("--dsa/--no-dsa", help="siamese augmentation while matching [dm on, dc off]")] = None,
+    domains: Annotated[Optional[str], typer.Option(help="protocols: comma-separated true domains to condense from [all]")] = None,
+    exclude_domain: Annotated[Optional[str], typer.Option(help="protocols: leave this true domain out (leave-one-domain-out)")] = None,
     compile: Annotated[Optional[str], typer.Option(help="torch.compile the real forward: auto | on | off [auto]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed [default: the global --seed]")] = None,
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML preset (path or shipped name, e.g. dm_pacs)")] = None,
@@ -69,7 +71,8 @@ def condense(
     cfg = build(condense_stage.CondenseConfig, {"seed": g.seed}, section(preset, "condense"), {
         "base": base, "ipc": ipc, "domain_aware": domain_aware, "iterations": iterations, "lam": lam, "tau": tau,
         "mask_init": mask_init, "mask_init_mode": mask_init_mode, "mask_lr": mask_lr, "schedule": schedule,
-        "init": init, "arch": arch, "lr_img": lr_img, "batch_real": batch_real, "dsa": dsa, "compile": compile, "seed": seed})
+        "init": init, "arch": arch, "lr_img": lr_img, "batch_real": batch_real, "dsa": dsa, "compile": compile, "seed": seed,
+        "domains": tuple(d.strip() for d in domains.split(",") if d.strip()) if domains else None, "exclude_domain": exclude_domain})
     device = resolve_device(g.device)
     ws = Workspace(g.workdir)
     label_art = resolve(ws, "labels", labels) if cfg.domain_aware else None

@@ -51,6 +51,8 @@ class CondenseConfig:
     mask_init_mode: str = option("constant", "constant (uniform alpha, the paper) or normal (random alpha)")
     mask_lr: float | None = option(None, "learning rate of the masks [same as lr_img]")
     schedule: str = option("summed", "summed: one step on L_cls + lambda L_dom; sequential: Algorithm 1's two steps")
+    share_real: bool = option(True, "dm, summed schedule: one real forward pass serves both losses "
+                              "(class-stratified draw re-weighted per domain; augmentation siamese per class)")
     init: str = option("noise", "synthetic image init: noise (Gaussian, the paper) or real (random real images)")
     arch: str = option("convnet", "network architecture used for matching")
     lr_img: float | None = option(None, "learning rate of the synthetic images [dm 1.0, dc 0.1]")
@@ -62,6 +64,8 @@ class CondenseConfig:
     outer_loop: int | None = option(None, "dc: image updates per round [by IPC, reference table]")
     inner_loop: int | None = option(None, "dc: network epochs between image updates [by IPC]")
     batch_train: int = option(256, "dc: batch size of the inner loop")
+    domains: tuple = option((), "protocols: condense only real images of these true domains (empty: all)")
+    exclude_domain: str | None = option(None, "protocols: leave this true domain out of condensation")
     compile: str = option("auto", "torch.compile the real-image forward: auto (long runs), on, off")
     seed: int = option(0, "seed of init, networks, batches and augmentation")
     checkpoint_every: int = option(100, "iterations between checkpoints (resume point)")
@@ -106,8 +110,12 @@ class CondenseConfig:
 
     def key_fields(self) -> dict:
         out = {k: v for k, v in to_dict(self).items() if k not in EXECUTION_ONLY}
+        if not self.domains:
+            out.pop("domains")
+        if self.exclude_domain is None:
+            out.pop("exclude_domain")
         if not self.domain_aware:
-            for k in ("lam", "tau", "mask_init", "mask_init_mode", "mask_lr", "schedule"):
+            for k in ("lam", "tau", "mask_init", "mask_init_mode", "mask_lr", "schedule", "share_real"):
                 out.pop(k)
         if self.base != "dc":
             for k in ("lr_net", "outer_loop", "inner_loop", "batch_train"):
@@ -115,8 +123,30 @@ class CondenseConfig:
         return out
 
 
-def _check_inputs(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig) -> None:
+def selected_train(dataset: Dataset, cfg: CondenseConfig) -> torch.Tensor:
+    """Boolean mask over the training split of the images condensation may use.
+
+    True domain labels serve only this selection (protocols of DESIGN.md 2).
+    """
     train = dataset.train_indices
+    if not cfg.domains and cfg.exclude_domain is None:
+        return torch.ones(len(train), dtype=torch.bool)
+    if not dataset.domain_names:
+        raise ChddlError("--domains/--exclude-domain need a dataset with true domain labels")
+    wanted = list(cfg.domains) or list(dataset.domain_names)
+    if cfg.exclude_domain is not None:
+        wanted = [d for d in wanted if d != cfg.exclude_domain]
+    unknown = [d for d in [*cfg.domains, *([cfg.exclude_domain] if cfg.exclude_domain else [])] if d not in dataset.domain_names]
+    if unknown:
+        raise ChddlError(f"unknown domain '{unknown[0]}'; this dataset has: {', '.join(dataset.domain_names)}")
+    if not wanted:
+        raise ChddlError("the domain selection leaves no training images")
+    ids = torch.tensor([dataset.domain_names.index(d) for d in wanted])
+    return torch.isin(dataset.domains[train], ids)
+
+
+def _check_inputs(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig) -> None:
+    train = dataset.train_indices[selected_train(dataset, cfg)]
     counts = torch.bincount(dataset.labels[train], minlength=dataset.num_classes)
     smallest = int(counts.min())
     if cfg.ipc > smallest:
@@ -162,6 +192,8 @@ def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, w
     inputs = {"dataset": dataset.artifact.key} | ({"labels": labels.artifact.key} if cfg.domain_aware else {})
     key = artifact_key(STAGE, cfg.key_fields(), inputs, SCHEMA_VERSION)
     tag = f"{cfg.base}{'+chddl' if cfg.domain_aware else ''}-ipc{cfg.ipc}"
+    if cfg.domains or cfg.exclude_domain:
+        tag += "-" + "+".join(cfg.domains) + (f"-no_{cfg.exclude_domain}" if cfg.exclude_domain else "")
     name = stage_artifact_name(f"condensed-{tag}", key)
     if not force and (hit := workspace.find(name)) is not None:
         workspace.set_latest(hit)
@@ -183,7 +215,7 @@ def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, w
         "base": cfg.base, "domain_aware": cfg.domain_aware, "arch": cfg.arch, "dataset": dataset.artifact.name,
         "labels": labels.artifact.name if cfg.domain_aware else None,
         "normalization": {"mean": list(dataset.mean), "std": list(dataset.std)},
-        "eval_lr": 0.01, "device": str(device),
+        "eval_lr": 0.01, "device": str(device), "train_images_used": int(selected_train(dataset, cfg).sum()),
     }
     art = workspace.write(
         stage=STAGE, name=name, key=key, config=to_dict(cfg), inputs={"dataset": dataset.artifact.name} | (
@@ -197,7 +229,8 @@ def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, w
 
 
 def _build(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig, device: torch.device):
-    train = dataset.train_indices
+    keep = selected_train(dataset, cfg)
+    train = dataset.train_indices[keep]
     pool = RealPool(_normalized(dataset, train, device), dataset.labels[train].to(device))
     factory = lambda: create_model(cfg.arch, dataset.num_classes, dataset.size)  # noqa: E731
     dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
@@ -208,17 +241,19 @@ def _build(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig, d
     images = _initial_images(dataset, pool, cfg, g0).requires_grad_(True)
     syn_labels = torch.arange(dataset.num_classes, device=device).repeat_interleave(cfg.ipc)
     if cfg.domain_aware:
-        if labels.labels.shape[0] != len(train):
+        if labels.labels.shape[0] != len(keep):
             raise ChddlError(f"labels {labels.artifact.name} do not cover this dataset's training split; re-run chddl label")
         masks = DomainMasks(len(images), labels.num_domains, tuple(images.shape[1:]), cfg.mask_init, cfg.mask_init_mode, cfg.tau, g0).to(device)
-        objective = DomainAwareObjective(base, pool, pool.labels, dataset.num_classes, syn_labels, cfg.batch_real, labels.labels, masks)
+        share = cfg.share_real and cfg.schedule == "summed"
+        objective = DomainAwareObjective(base, pool, pool.labels, dataset.num_classes, syn_labels, cfg.batch_real,
+                                         labels.labels[keep], masks, share_real=share)
     else:
         objective = ClassObjective(base, pool, pool.labels, dataset.num_classes, syn_labels, cfg.batch_real)
-    return base, objective, images, syn_labels
+    return base, objective, images, syn_labels, train
 
 
 def _condense(dataset, labels, cfg: CondenseConfig, key: str, partial, device, progress: Progress, stop_after):
-    base, objective, images, syn_labels = _build(dataset, labels, cfg, device)
+    base, objective, images, syn_labels, _ = _build(dataset, labels, cfg, device)
     extra = objective.extra_parameters()
     opt_img = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum_img)
     opt_mask = torch.optim.SGD(extra, lr=cfg.mask_lr, momentum=cfg.momentum_img) if extra else None
@@ -272,8 +307,7 @@ def _step(objective, cfg: CondenseConfig, images, opt_img, opt_mask, g):
     """One image update; returns the (detached) class and domain losses."""
     zero = images.new_zeros(())
     if cfg.schedule == "summed" or opt_mask is None:
-        l_cls = objective.class_loss(images, g)
-        l_dom = objective.domain_loss(images, g)
+        l_cls, l_dom = objective.losses(images, g)
         total = l_cls if l_dom is None else l_cls + cfg.lam * l_dom
         opt_img.zero_grad(set_to_none=True)
         if opt_mask:

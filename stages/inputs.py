@@ -12,6 +12,7 @@ CREATED_BY = {
     "dataset": "chddl label PATH",
     "labels": "chddl label PATH",
     "condensed": "chddl condense",
+    "evaluation": "chddl evaluate",
 }
 
 

@@ -21,9 +21,9 @@ def test_help_lists_the_implemented_commands() -> None:
     result = invoke("--help")
     assert result.exit_code == 0
     assert "label" in result.output and "demo" in result.output
-    assert "condense" in result.output
-    for future in ("evaluate", "report", "pretrain-experts"):
-        assert not re.search(rf"\b{future}\b", result.output)
+    assert "condense" in result.output and "evaluate" in result.output
+    for future in ("report", "pretrain-experts"):
+        assert not re.search(rf"^│ {future}\s", result.output, re.MULTILINE)
 
 
 def test_label_help_documents_the_options() -> None:
@@ -130,7 +130,7 @@ def test_condense_without_labels_names_the_command_to_run(tmp_path) -> None:
 @pytest.mark.parametrize("args,message", [
     (["condense", "--ipc", "500"], "exceeds the smallest class"),
     (["condense", "--base", "kip"], "unknown base method 'kip'; valid: dm, dc"),
-    (["condense", "--arch", "nope"], "unknown architecture 'nope'; valid: convnet"),
+    (["condense", "--arch", "nope"], "unknown architecture 'nope'; valid: alexnet, convnet"),
     (["condense", "--lam", "nan"], "--lam must be a finite number"),
     (["--device", "cuda", "condense"], "CUDA is not available"),
 ])
@@ -145,3 +145,33 @@ def test_condense_bad_input_fails_cleanly(tmp_path, args, message) -> None:
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0]
     assert not list((tmp_path / "ws" / "artifacts").glob("condensed-*"))
+
+
+def test_evaluate_prints_mean_and_std_per_domain(tmp_path) -> None:
+    ws = _labelled_workspace(tmp_path)
+    assert invoke("-w", ws, "condense", "--ipc", "2", "--iterations", "1", "--batch-real", "8", "--compile", "off").exit_code == 0
+    result = invoke("-w", ws, "evaluate", "--runs", "2", "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert "±" in result.output and "d0" in result.output and "d1" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["evaluate", "--runs", "0"], "--runs must be at least 1"),
+    (["evaluate", "--arch", "convnet,lenet"], "unknown architecture 'lenet'"),
+    (["evaluate", "--target-domain", "mars"], "unknown target domain 'mars'"),
+    (["evaluate", "--baseline", "median"], "unknown baseline 'median'"),
+])
+def test_evaluate_bad_input_fails_cleanly(tmp_path, args, message) -> None:
+    ws = _labelled_workspace(tmp_path)
+    invoke("-w", ws, "condense", "--ipc", "1", "--iterations", "1", "--batch-real", "8", "--compile", "off")
+    result = invoke("-w", ws, *args)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+
+
+def test_evaluating_a_non_condensed_artifact_is_refused(tmp_path) -> None:
+    ws = _labelled_workspace(tmp_path)
+    dataset_dir = next((tmp_path / "ws" / "artifacts").glob("dataset-*"))
+    result = invoke("-w", ws, "evaluate", str(dataset_dir))
+    assert result.exit_code == 1 and "a 'condensed' artifact is needed" in result.output

@@ -76,7 +76,7 @@ def test_gradients_reach_images_and_masks(data, base) -> None:
 
     ds, labels = data
     cfg = build(CondenseConfig, TINY, {"base": base, "mask_init_mode": "normal"}).resolved()
-    method, objective, images, _ = _build(ds, labels, cfg, torch.device("cpu"))
+    method, objective, images, _, _ = _build(ds, labels, cfg, torch.device("cpu"))
     g = torch.Generator().manual_seed(0)
     method.new_round(0, objective.roles, g)
     (objective.class_loss(images, g) + 0.1 * objective.domain_loss(images, g)).backward()
@@ -121,26 +121,65 @@ def test_a_second_run_is_a_cache_hit(data, workspace) -> None:
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(data, workspace, monkeypatch) -> None:
     from stages.methods import dm
+    from stages.methods.checkpoint import load_checkpoint
 
     ds, labels = data
-    real_loss = dm.DM.loss
+    real_joint = dm.DM.joint_loss
     calls = {"n": 0}
 
-    def poisoned(self, role, batch, pool, g):
+    def poisoned(self, *args):
         calls["n"] += 1
-        out = real_loss(self, role, batch, pool, g)
-        return out * float("nan") if calls["n"] > 8 else out  # 2 losses per iteration: NaN from iteration 5
+        l_cls, l_dom = real_joint(self, *args)
+        return (l_cls * float("nan"), l_dom) if calls["n"] >= 5 else (l_cls, l_dom)  # NaN from iteration 5
 
-    monkeypatch.setattr(dm.DM, "loss", poisoned)
+    monkeypatch.setattr(dm.DM, "joint_loss", poisoned)
     cfg = build(CondenseConfig, TINY, {"iterations": 6})
     with pytest.raises(ChddlError, match="non-finite loss or images at iteration 5"):
         run(ds, labels, cfg, workspace)
     assert not list(workspace.artifacts_dir.glob("condensed-*"))
     partial = next((workspace.root / "partial").iterdir())
-    from stages.methods.checkpoint import load_checkpoint
-
     iteration, tensors = load_checkpoint(partial, partial.name.rsplit("-", 1)[1])
     assert iteration == 4 and torch.isfinite(tensors["images"]).all()
+
+
+def test_shared_real_draw_estimates_uniform_domain_means() -> None:
+    """The shared forward pass draws real images by class; re-weighting by
+    1 / inclusion probability makes each domain's real mean unbiased for the
+    mean of that domain (the expectation of a uniform per-domain draw)."""
+    from stages.methods.common import group_means
+
+    g = torch.Generator().manual_seed(0)
+    # class 0: 300 images, 90% in domain 0; class 1: 60 images, 10% in domain 0
+    classes = torch.cat([torch.zeros(300, dtype=torch.long), torch.ones(60, dtype=torch.long)])
+    domains = torch.cat([(torch.arange(300) >= 270).long(), (torch.arange(60) >= 6).long()])
+    feature = (classes * 10.0 + torch.randn(360, generator=g)).unsqueeze(1).double()
+    true = torch.stack([feature[domains == d].mean(0) for d in (0, 1)])
+    pool = RealPool(torch.zeros(360, 1, 1, 1), classes)
+    sizes = torch.bincount(classes).double()
+    weights_of_class = sizes / sizes.clamp(max=32)
+    weighted, plain = torch.zeros(2, 1, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64)
+    for _ in range(400):
+        idx, cls = pool.draw(classes, 2, 32, g)
+        weighted += group_means(feature[idx], domains[idx], 2, weights_of_class[cls])[0] / 400
+        plain += group_means(feature[idx], domains[idx], 2)[0] / 400
+    assert torch.allclose(weighted, true, atol=0.15)
+    assert (plain - true).abs().max() > 1.0  # without weights the class mix of each domain is wrong
+
+
+def test_shared_and_separate_real_passes_give_the_same_class_loss_distribution(data) -> None:
+    from stages.condense import _build
+
+    ds, labels = data
+    out = {}
+    for share in (True, False):
+        cfg = build(CondenseConfig, TINY, {"share_real": share, "dsa": False, "batch_real": 1000}).resolved()
+        method, objective, images, _, _ = _build(ds, labels, cfg, torch.device("cpu"))
+        g = torch.Generator().manual_seed(0)
+        method.new_round(0, objective.roles, g)
+        out[share] = objective.losses(images, g)
+    # with all real images drawn and no augmentation, both paths see identical batches
+    assert torch.allclose(out[True][0], out[False][0], rtol=1e-4)
+    assert torch.allclose(out[True][1], out[False][1], rtol=1e-4)
 
 
 def test_dm_chddl_loss_decreases_on_the_demo_data(workspace) -> None:
@@ -166,7 +205,7 @@ def test_real_pool_draws_per_group_without_replacement() -> None:
     ({"ipc": 100}, "exceeds the smallest class"),
     ({"ipc": 0}, "--ipc must be at least 1"),
     ({"base": "kip"}, "unknown base method 'kip'"),
-    ({"arch": "resnet9000"}, "unknown architecture 'resnet9000'; valid: convnet"),
+    ({"arch": "resnet9000"}, "unknown architecture 'resnet9000'; valid: alexnet, convnet"),
     ({"lam": float("inf")}, "finite"),
     ({"lr_img": float("nan")}, "finite"),
     ({"init": "zeros"}, "--init must be noise or real"),
@@ -184,3 +223,30 @@ def test_labels_from_another_dataset_are_refused(data, tmp_path, workspace) -> N
     lab, _ = label_run(other_ds, build(LabelConfig), workspace)
     with pytest.raises(ChddlError, match="another dataset"):
         load_labels(lab, ds)
+
+
+def test_leave_one_domain_out_never_uses_a_target_domain_image(data) -> None:
+    from stages.condense import _build
+
+    ds, labels = data
+    cfg = build(CondenseConfig, TINY, {"exclude_domain": "d1"}).resolved()
+    _, objective, _, _, used = _build(ds, labels, cfg, torch.device("cpu"))
+    assert len(used) > 0 and bool((ds.domains[used] != 1).all())
+    assert len(objective.pool.images) == len(used)
+    g = torch.Generator().manual_seed(0)
+    idx, _ = objective.pool.draw(objective.class_of_pool, 3, 1000, g)
+    assert bool((ds.domains[used[idx]] != 1).all())
+
+
+def test_single_domain_selection_uses_only_that_domain(data) -> None:
+    from stages.condense import _build
+
+    ds, labels = data
+    cfg = build(CondenseConfig, TINY, {"domains": ("d0",), "domain_aware": False}).resolved()
+    *_, used = _build(ds, labels, cfg, torch.device("cpu"))
+    assert bool((ds.domains[used] == 0).all()) and len(used) == int((ds.domains[ds.train_indices] == 0).sum())
+
+
+def test_unknown_domain_in_a_selection_is_refused(data, workspace) -> None:
+    with pytest.raises(ChddlError, match="unknown domain 'sketch'; this dataset has: d0, d1"):
+        _run(data, workspace, exclude_domain="sketch")

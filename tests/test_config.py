@@ -7,11 +7,12 @@ import pytest
 from stages.config import build, list_presets, load_preset, load_yaml, presets_dir, section
 from stages.condense import CondenseConfig
 from stages.data.ingest import DatasetConfig
+from stages.evaluate import EvaluateConfig
 from stages.errors import ChddlError
 from stages.label import LabelConfig
 
 #: the config class of each preset section
-SECTIONS = {"dataset": DatasetConfig, "label": LabelConfig, "condense": CondenseConfig}
+SECTIONS = {"dataset": DatasetConfig, "label": LabelConfig, "condense": CondenseConfig, "evaluate": EvaluateConfig}
 
 
 @pytest.mark.parametrize("name", list_presets())

@@ -62,6 +62,10 @@ class ClassObjective:
     def domain_loss(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor | None:
         return None
 
+    def losses(self, images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(L_cls, L_dom) for one summed step; L_dom is None without CHDDL."""
+        return self.class_loss(images, g), self.domain_loss(images, g)
+
     def training_sets(self, images: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """What each role's network trains on between steps (DC's inner loop)."""
         return {"class": (images.detach(), self.syn_labels)}
@@ -73,11 +77,16 @@ class DomainAwareObjective(ClassObjective):
     roles = ("class", "domain")
 
     def __init__(self, base: BaseMethod, pool: RealPool, class_of_pool: torch.Tensor, num_classes: int,
-                 syn_labels: torch.Tensor, batch_real: int, domain_of_pool: torch.Tensor, masks: DomainMasks) -> None:
+                 syn_labels: torch.Tensor, batch_real: int, domain_of_pool: torch.Tensor, masks: DomainMasks,
+                 share_real: bool = False) -> None:
         super().__init__(base, pool, class_of_pool, num_classes, syn_labels, batch_real)
         self.domain_of_pool = domain_of_pool.cpu()
         self.masks = masks
         self.num_domains = masks.z.shape[1]
+        self.share_real = share_real
+        class_sizes = torch.bincount(self.class_of_pool, minlength=num_classes).to(torch.float64)
+        # 1 / inclusion probability of an image of each class in a class-grouped draw
+        self.class_weight = class_sizes / class_sizes.clamp(max=batch_real)
 
     def extra_parameters(self) -> list[nn.Parameter]:
         return [self.masks.z]
@@ -94,6 +103,21 @@ class DomainAwareObjective(ClassObjective):
         idx, groups = self.pool.draw(self.domain_of_pool, self.num_domains, self.batch_real, g)
         batch = MatchBatch(idx, groups, views, labels, domains, self.num_domains)
         return self.base.loss("domain", batch, self.pool, g)
+
+    def losses(self, images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """With ``share_real``, one class-grouped real draw (one forward pass)
+        serves both losses when the base method supports it. Within a domain
+        each real image is weighted by 1 / its class's inclusion probability,
+        so the domain's real mean estimates that of a uniform draw from the
+        domain (a ratio estimator: consistent, not exactly unbiased)."""
+        if not self.share_real:
+            return super().losses(images, g)
+        idx, groups = self.pool.draw(self.class_of_pool, self.num_classes, self.batch_real, g)
+        class_batch = MatchBatch(idx, groups, images, self.syn_labels, self.syn_labels, self.num_classes)
+        views, labels, domains = self._flat_views(images)
+        domain_batch = MatchBatch(idx, self.domain_of_pool[idx], views, labels, domains, self.num_domains)
+        joint = self.base.joint_loss(class_batch, domain_batch, self.pool, self.class_weight[groups], g)
+        return joint if joint is not None else super().losses(images, g)
 
     def training_sets(self, images: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         with torch.no_grad():

@@ -76,6 +76,16 @@ class BaseMethod(ABC):
     def loss(self, role: str, batch: MatchBatch, pool: RealPool, g: torch.Generator) -> torch.Tensor:
         """Matching loss of ``batch`` under the parameters of ``role``."""
 
+    def joint_loss(self, class_batch: MatchBatch, domain_batch: MatchBatch, pool: RealPool, real_weights: torch.Tensor,
+                   g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Class and domain losses from ONE forward pass of the real images,
+        for methods whose Theta' is Theta (DM). Both batches hold the same
+        real images (drawn by class); ``real_weights`` re-weights them within
+        each domain so the domain means estimate uniform per-domain draws.
+        Returns None when the method cannot share (the caller then computes
+        the two losses separately)."""
+        return None
+
     def after_step(self, step: int, role_data: dict[str, tuple[torch.Tensor, torch.Tensor]], g: torch.Generator) -> None:
         """Hook after each image update (DC trains its networks here).
 

@@ -53,9 +53,11 @@ def real_images(pool: RealPool, batch: MatchBatch) -> torch.Tensor:
     return pool.images[batch.real_index.to(pool.images.device)]
 
 
-def group_means(x: torch.Tensor, groups: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(num_groups, F) means of the rows of ``x`` per group, and which groups are present."""
+def group_means(x: torch.Tensor, groups: torch.Tensor, num_groups: int,
+                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(num_groups, F) (weighted) means of the rows of ``x`` per group, and which groups are present."""
     groups = groups.to(x.device)
-    sums = torch.zeros(num_groups, x.shape[1], device=x.device, dtype=x.dtype).index_add(0, groups, x)
-    counts = torch.bincount(groups, minlength=num_groups).to(x.dtype)
-    return sums / counts.clamp(min=1).unsqueeze(1), counts > 0
+    w = torch.ones(len(x), device=x.device, dtype=x.dtype) if weights is None else weights.to(x.device, x.dtype)
+    sums = torch.zeros(num_groups, x.shape[1], device=x.device, dtype=x.dtype).index_add(0, groups, x * w.unsqueeze(1))
+    totals = torch.zeros(num_groups, device=x.device, dtype=x.dtype).index_add(0, groups, w)
+    return sums / totals.clamp(min=1e-12).unsqueeze(1), totals > 0

@@ -40,6 +40,30 @@ class DM(BaseMethod):
         present = (real_present & syn_present).unsqueeze(1)
         return ((real_mean - syn_mean) ** 2 * present).sum()
 
+    def joint_loss(self, class_batch: MatchBatch, domain_batch: MatchBatch, pool: RealPool, real_weights: torch.Tensor,
+                   g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        # Augmentation is siamese per class on both losses: real images of
+        # class c, synthetic images of class c and the views of those images
+        # share one transform.
+        net = self.nets["class"]
+        real = real_images(pool, class_batch)
+        n_syn = len(class_batch.syn)
+        syn_all = torch.cat([class_batch.syn, domain_batch.syn])
+        syn_classes = torch.cat([class_batch.syn_labels, domain_batch.syn_labels]).cpu()
+        if self.dsa is not None:
+            params = self.dsa.sample(class_batch.num_groups, tuple(real.shape[-2:]), g)
+            real = self.dsa.apply(real, params.index(class_batch.real_groups))
+            syn_all = self.dsa.apply(syn_all, params.index(syn_classes))
+        with torch.no_grad():
+            real_emb = self._embed(net, real.contiguous(memory_format=torch.channels_last))
+        syn_emb = net.embed(syn_all.contiguous(memory_format=torch.channels_last))
+        losses = []
+        for batch, emb, weights in ((class_batch, syn_emb[:n_syn], None), (domain_batch, syn_emb[n_syn:], real_weights)):
+            real_mean, real_present = group_means(real_emb, batch.real_groups, batch.num_groups, weights)
+            syn_mean, syn_present = group_means(emb, batch.syn_groups, batch.num_groups)
+            losses.append(((real_mean - syn_mean) ** 2 * (real_present & syn_present).unsqueeze(1)).sum())
+        return losses[0], losses[1]
+
 
 @METHODS.register("dm")
 def dm(net_factory: NetFactory, device: torch.device, dsa: DSA | None, compile_embed: bool = False, **_: object) -> DM:

@@ -1,0 +1,74 @@
+"""``chddl evaluate``: train fresh networks on a condensed set or a baseline, test on real data."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from chddl_cli.common import console, globals_of, guarded, progress_for
+from stages import evaluate as evaluate_stage
+from stages.artifacts import Artifact, Workspace
+from stages.config import build, load_preset, section
+from stages.data.dataset import load_dataset
+from stages.device import resolve_device
+from stages.errors import ChddlError
+from stages.inputs import resolve, upstream
+
+
+def results_table(art: Artifact) -> Table:
+    domains = art.info.get("domain_names") or []
+    cfg = art.config
+    title = f"{art.info['train_set']}: top-1 % on {art.info['num_test']} test images, {cfg['runs']} runs x {cfg['epochs']} epochs"
+    table = Table(title=title, title_justify="left")
+    table.add_column("arch")
+    table.add_column("overall", justify="right")
+    for d in domains:
+        table.add_column(d, justify="right")
+    fmt = lambda s: "-" if s.get("mean") is None else f"{s['mean']:.2f} ± {s['std']:.2f}"  # noqa: E731
+    for arch, m in art.metrics.items():
+        table.add_row(arch, fmt(m), *(fmt(m.get("per_domain", {}).get(d, {})) for d in domains))
+    return table
+
+
+@guarded
+def evaluate(
+    ctx: typer.Context,
+    condensed: Annotated[Optional[str], typer.Argument(help="condensed-set artifact directory [the workspace's latest]")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="comma-separated architectures [convnet]")] = None,
+    runs: Annotated[Optional[int], typer.Option(help="trainings per architecture [10]")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="training epochs [1000]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="learning rate [the set's own]")] = None,
+    dsa: Annotated[Optional[bool], typer.Option("--dsa/--no-dsa", help="DSA while training [on]")] = None,
+    baseline: Annotated[Optional[str], typer.Option(help="evaluate a baseline instead: random (IPC real images per class) | whole")] = None,
+    ipc: Annotated[int, typer.Option(help="images per class of the random baseline")] = 10,
+    target_domain: Annotated[Optional[str], typer.Option(help="score only this true domain's test images")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="seed of the first run [the global --seed]")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML preset (path or shipped name)")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="dataset artifact directory [the set's dataset]")] = None,
+    force: Annotated[bool, typer.Option("--force", help="recompute even when a cached artifact exists")] = False,
+) -> None:
+    """Train networks from scratch on the condensed set only and report test top-1 (mean ± std over runs),
+    overall and per true domain."""
+    g = globals_of(ctx)
+    archs = tuple(a.strip() for a in arch.split(",") if a.strip()) if arch else None
+    cfg = build(evaluate_stage.EvaluateConfig, {"seed": g.seed}, section(load_preset(config), "evaluate"), {
+        "archs": archs, "runs": runs, "epochs": epochs, "lr": lr, "dsa": dsa, "seed": seed, "target_domain": target_domain})
+    device = resolve_device(g.device)
+    ws = Workspace(g.workdir)
+    if baseline is not None:
+        ds = load_dataset(resolve(ws, "dataset", dataset))
+        train_set = evaluate_stage.baseline(ds, baseline, ipc, cfg.seed)
+    else:
+        cond = resolve(ws, "condensed", condensed)
+        data_art = resolve(ws, "dataset", dataset) if dataset else upstream(ws, cond, "dataset", "dataset")
+        if data_art is None:
+            raise ChddlError(f"the dataset of {cond.name} is not in this workspace; pass --dataset")
+        ds = load_dataset(data_art)
+        train_set = evaluate_stage.from_condensed(cond, ds)
+    progress = progress_for(g)
+    art, hit = evaluate_stage.run(train_set, ds, cfg, ws, device=device, force=force, progress=progress)
+    progress.note(f"evaluation {art.name}: " + ("cached - skipping (use --force to recompute)" if hit else "done"))
+    console.print(results_table(art))
+    console.print(f"evaluation: {art.path}")

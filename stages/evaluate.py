@@ -1,0 +1,168 @@
+"""Stage ``evaluate``: train fresh networks on a condensed set (or a baseline)
+and test them on the real test split, overall and per true domain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from stages.artifacts import Artifact, Workspace, artifact_key, stage_artifact_name
+from stages.config import option, require, require_finite, to_dict
+from stages.data.augment import DEFAULT_STRATEGY, DSA
+from stages.data.dataset import Dataset
+from stages.errors import ChddlError
+from stages.metering import measure
+from stages.models import ARCHITECTURES, create_model
+from stages.progress import NullProgress, Progress
+from stages.training import accuracy, group_accuracy, predict, train_network
+
+STAGE = "evaluation"
+SCHEMA_VERSION = 1
+BASELINES = ("random", "whole")
+
+
+@dataclass
+class EvaluateConfig:
+    """The evaluation protocol (DM's: train from scratch on the set only, test once at the end)."""
+
+    archs: tuple = option(("convnet",), "architectures to train: " + ", ".join(ARCHITECTURES.names()))
+    runs: int = option(10, "independent trainings per architecture (different seeds)")
+    epochs: int = option(1000, "training epochs (lr x0.1 at half)")
+    lr: float | None = option(None, "learning rate [the set's own: 0.01, or MTT's learned lr]")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "SGD weight decay")
+    batch_size: int = option(256, "training batch size")
+    dsa: bool = option(True, "DSA augmentation while training (per sample)")
+    dsa_strategy: str = option(DEFAULT_STRATEGY, "DSA families, joined by _")
+    seed: int = option(0, "seed of the first run (run r uses seed * 1000 + r)")
+    target_domain: str | None = option(None, "score only the test images of this true domain")
+
+    def validate(self) -> None:
+        require(self.runs >= 1, f"--runs must be at least 1, got {self.runs}")
+        require(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
+        require(len(self.archs) >= 1, "give at least one --arch")
+        for arch in self.archs:
+            require(arch in ARCHITECTURES, f"unknown architecture '{arch}'; valid: {', '.join(ARCHITECTURES.names())}")
+        for name in ("lr", "momentum", "weight_decay"):
+            value = getattr(self, name)
+            if value is not None:
+                require_finite(f"--{name.replace('_', '-')}", value)
+        require(self.lr is None or self.lr > 0, "--lr must be positive")
+        require(self.batch_size >= 1, "--batch-size must be at least 1")
+        DSA(self.dsa_strategy)
+
+
+@dataclass
+class TrainingSet:
+    """What the networks are trained on: normalised images, labels, provenance."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    lr: float
+    name: str
+    key: str
+    kind: str  # condensed | random | whole
+
+
+def from_condensed(art: Artifact, dataset: Dataset) -> TrainingSet:
+    """The images of a condensed-set artifact, checked against ``dataset``."""
+    if art.stage != "condensed":
+        raise ChddlError(f"{art.path} is a '{art.stage}' artifact, not a condensed set; pass the output of chddl condense")
+    if art.meta.get("fingerprint") != dataset.fingerprint:
+        raise ChddlError(f"condensed set {art.name} was made from another dataset than {dataset.artifact.name}")
+    if art.info.get("num_classes") != dataset.num_classes:
+        raise ChddlError(f"condensed set {art.name} has {art.info.get('num_classes')} classes but the test split has {dataset.num_classes}")
+    return TrainingSet(art.tensor("images"), art.tensor("labels"), float(art.info.get("eval_lr", 0.01)), art.name, art.key, "condensed")
+
+
+def baseline(dataset: Dataset, kind: str, ipc: int, seed: int) -> TrainingSet:
+    """A seeded random real subset with ``ipc`` images per class, or the whole training split."""
+    if kind not in BASELINES:
+        raise ChddlError(f"unknown baseline '{kind}'; valid: {', '.join(BASELINES)}")
+    train = dataset.train_indices
+    if kind == "random":
+        g = torch.Generator().manual_seed(seed)
+        labels = dataset.labels[train]
+        counts = torch.bincount(labels, minlength=dataset.num_classes)
+        if ipc < 1 or ipc > int(counts.min()):
+            raise ChddlError(f"--ipc {ipc} must lie in 1..{int(counts.min())} (the smallest class) for the random baseline")
+        train = torch.cat([train[labels == c][torch.randperm(int(counts[c]), generator=g)[:ipc]] for c in range(dataset.num_classes)])
+    mean = torch.tensor(dataset.mean).view(1, 3, 1, 1)
+    std = torch.tensor(dataset.std).view(1, 3, 1, 1)
+    images = (dataset.images[train].float() / 255.0 - mean) / std
+    tag = f"random-ipc{ipc}-s{seed}" if kind == "random" else "whole"
+    return TrainingSet(images, dataset.labels[train], 0.01, f"baseline-{tag}", f"{tag}-{dataset.artifact.key}", kind)
+
+
+def _test_split(dataset: Dataset, target_domain: str | None) -> torch.Tensor:
+    test = dataset.test_indices
+    if target_domain is None:
+        return test
+    if not dataset.domain_names:
+        raise ChddlError("--target-domain needs a dataset with true domain labels")
+    if target_domain not in dataset.domain_names:
+        raise ChddlError(f"unknown target domain '{target_domain}'; this dataset has: {', '.join(dataset.domain_names)}")
+    return test[dataset.domains[test] == dataset.domain_names.index(target_domain)]
+
+
+def summarise(values: np.ndarray) -> dict:
+    """Mean and population std (as the reference reports) of per-run accuracies."""
+    values = values[~np.isnan(values)]
+    return {"mean": round(float(values.mean()), 3), "std": round(float(values.std()), 3)} if len(values) else {"mean": None, "std": None}
+
+
+def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, workspace: Workspace, *,
+        device: torch.device = torch.device("cpu"), force: bool = False, progress: Progress = NullProgress()) -> tuple[Artifact, bool]:
+    """Evaluate ``train_set`` on ``dataset``'s test split; returns (artifact, cache_hit)."""
+    cfg = config
+    lr = cfg.lr if cfg.lr is not None else train_set.lr
+    test = _test_split(dataset, cfg.target_domain)
+    if len(test) == 0:
+        raise ChddlError("the test split is empty for this selection")
+    missing = sorted(set(dataset.labels[test].tolist()) - set(train_set.labels.tolist()))
+    if missing:
+        raise ChddlError(f"the test split has classes the training set lacks: {', '.join(dataset.class_names[c] for c in missing)}")
+    resolved = to_dict(cfg) | {"lr": lr}
+    key = artifact_key(STAGE, resolved, {"train": train_set.key, "dataset": dataset.artifact.key}, SCHEMA_VERSION)
+    name = stage_artifact_name(f"eval-{train_set.name.split('-')[0]}-{'_'.join(cfg.archs)}", key)
+    if not force and (hit := workspace.find(name)) is not None:
+        workspace.set_latest(hit)
+        return hit, True
+    workspace.ensure_writable()
+    mean = torch.tensor(dataset.mean).view(1, 3, 1, 1)
+    std = torch.tensor(dataset.std).view(1, 3, 1, 1)
+    test_x = ((dataset.images[test].float() / 255.0 - mean) / std).to(device)
+    test_y = dataset.labels[test]
+    domains = dataset.domains[test] if dataset.domains is not None else None
+    num_domains = len(dataset.domain_names or [])
+    x, y = train_set.images.to(device), train_set.labels.to(device)
+    dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
+    acc = np.full((len(cfg.archs), cfg.runs), np.nan)
+    per_domain = np.full((len(cfg.archs), cfg.runs, max(num_domains, 1)), np.nan)
+    with measure() as cost, progress.task(f"evaluate {train_set.name}", total=len(cfg.archs) * cfg.runs) as task:
+        for a, arch in enumerate(cfg.archs):
+            for r in range(cfg.runs):
+                seed = cfg.seed * 1000 + r
+                net = create_model(arch, dataset.num_classes, dataset.size, seed=seed).to(device)
+                train_network(net, x, y, epochs=cfg.epochs, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                              batch_size=cfg.batch_size, dsa=dsa, g=torch.Generator().manual_seed(seed))
+                pred = predict(net, test_x)
+                acc[a, r] = accuracy(pred, test_y)
+                if domains is not None:
+                    per_domain[a, r] = group_accuracy(pred, test_y, domains, num_domains).numpy()
+                task.advance(1, arch=arch, acc=acc[a, r])
+    metrics = {}
+    for a, arch in enumerate(cfg.archs):
+        metrics[arch] = summarise(acc[a]) | {"runs": [round(float(v), 3) for v in acc[a]]}
+        if domains is not None:
+            metrics[arch]["per_domain"] = {d: summarise(per_domain[a, :, i]) for i, d in enumerate(dataset.domain_names)}
+    info = {"train_set": train_set.name, "train_kind": train_set.kind, "dataset": dataset.artifact.name,
+            "num_test": int(len(test)), "num_train": int(len(y)), "domain_names": dataset.domain_names, "device": str(device)}
+    art = workspace.write(
+        stage=STAGE, name=name, key=key, config=resolved, inputs={"train": train_set.name, "dataset": dataset.artifact.name},
+        tensors={"accuracy": torch.from_numpy(acc), "per_domain_accuracy": torch.from_numpy(per_domain)},
+        seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=metrics, cost=cost, schema_version=SCHEMA_VERSION,
+    )
+    return art, False

@@ -1,0 +1,96 @@
+"""Cross-architecture evaluation networks, adapted to 32/64 px inputs as the
+reference code adapts them (REFERENCE.md), built from torchvision's blocks
+where they fit."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from stages.models.registry import ARCHITECTURES
+
+
+def instance_norm(channels: int) -> nn.Module:
+    """Instance norm as the reference defines it: GroupNorm, one group per channel."""
+    return nn.GroupNorm(channels, channels, affine=True)
+
+
+class AlexNet(nn.Module):
+    """5 convs (128/192/256/192/192), stride 1, three 2x2 max-pools, one linear head, no dropout."""
+
+    def __init__(self, num_classes: int, image_size: int = 32, channels: int = 3) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 128, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(128, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(192, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 192, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(192, 192, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Linear(192 * (image_size // 8) ** 2, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+class VGG11(nn.Module):
+    """VGG11 with instance norm, five 2x2 max-pools, one linear head."""
+
+    LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+    def __init__(self, num_classes: int, image_size: int = 32, channels: int = 3) -> None:
+        super().__init__()
+        layers, c = [], channels
+        for v in self.LAYOUT:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1), instance_norm(v), nn.ReLU(inplace=True)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(512 * (image_size // 32) ** 2, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+@ARCHITECTURES.register("alexnet")
+def alexnet(num_classes: int, image_size: int, channels: int = 3, **_: object) -> nn.Module:
+    """AlexNet for small images (reference adaptation)."""
+    return AlexNet(num_classes, image_size, channels)
+
+
+@ARCHITECTURES.register("vgg11")
+def vgg11(num_classes: int, image_size: int, channels: int = 3, **_: object) -> nn.Module:
+    """VGG11 with instance norm for small images (reference adaptation)."""
+    return VGG11(num_classes, image_size, channels)
+
+
+@ARCHITECTURES.register("resnet18")
+def resnet18(num_classes: int, image_size: int, channels: int = 3, **_: object) -> nn.Module:
+    """torchvision's ResNet18 with a 3x3 stride-1 stem, no max-pool and instance norm."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, norm_layer=instance_norm)
+    net.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
+def _vit(num_classes: int, image_size: int, dim: int, heads: int) -> nn.Module:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    patch = 4 if image_size <= 32 else 8  # 64 tokens at 32 and at 64 px
+    return VisionTransformer(image_size=image_size, patch_size=patch, num_layers=12, num_heads=heads,
+                             hidden_dim=dim, mlp_dim=4 * dim, num_classes=num_classes)
+
+
+@ARCHITECTURES.register("vit_tiny")
+def vit_tiny(num_classes: int, image_size: int, channels: int = 3, **_: object) -> nn.Module:
+    """torchvision ViT, dim 192, depth 12, 3 heads, 4x4 patches at 32 px (8x8 at 64)."""
+    return _vit(num_classes, image_size, 192, 3)
+
+
+@ARCHITECTURES.register("vit_small")
+def vit_small(num_classes: int, image_size: int, channels: int = 3, **_: object) -> nn.Module:
+    """torchvision ViT, dim 384, depth 12, 6 heads, 4x4 patches at 32 px (8x8 at 64)."""
+    return _vit(num_classes, image_size, 384, 6)

@@ -1,0 +1,57 @@
+"""Training a network from scratch on a small in-memory set, and testing it."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages.data.augment import DSA
+
+
+def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float, momentum: float,
+                  weight_decay: float, batch_size: int, dsa: DSA | None, g: torch.Generator) -> float:
+    """SGD with momentum, lr x0.1 at half the epochs, DSA per sample (one family
+    per batch, as the reference). Returns the last epoch's mean training loss."""
+    net.train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[epochs // 2], gamma=0.1)
+    n, size = len(images), tuple(images.shape[-2:])
+    last = images.new_zeros(())
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=g).to(images.device)
+        total = images.new_zeros(())
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            x = images[idx]
+            if dsa is not None:
+                x = dsa.apply(x, dsa.sample(len(idx), size, g, one_family=True))
+            loss = F.cross_entropy(net(x), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total = total + loss.detach() * len(idx)
+        scheduler.step()
+        last = total / n
+    return float(last)
+
+
+@torch.no_grad()
+def predict(net: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Predicted classes of ``images`` (evaluation mode)."""
+    net.eval()
+    return torch.cat([net(images[i : i + batch_size]).argmax(dim=1) for i in range(0, len(images), batch_size)])
+
+
+def accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Top-1 accuracy in percent."""
+    return 100.0 * float((pred.cpu() == target.cpu()).double().mean()) if len(target) else float("nan")
+
+
+def group_accuracy(pred: torch.Tensor, target: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Top-1 accuracy in percent of each group (NaN for an empty group)."""
+    correct = (pred.cpu() == target.cpu()).double()
+    groups = groups.cpu()
+    hits = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, groups, correct)
+    counts = torch.bincount(groups, minlength=num_groups).double()
+    return torch.where(counts > 0, 100.0 * hits / counts.clamp(min=1), torch.full_like(hits, float("nan")))

@@ -1,0 +1,103 @@
+"""Evaluation: accuracy bookkeeping, baselines, protocol selection, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stages.condense import CondenseConfig
+from stages.condense import run as condense_run
+from stages.config import build
+from stages.data.dataset import load_dataset
+from stages.data.ingest import DatasetConfig, ingest
+from stages.errors import ChddlError
+from stages.evaluate import EvaluateConfig, baseline, from_condensed, run, summarise
+from stages.training import accuracy, group_accuracy
+from tests.conftest import make_npz
+
+FAST = {"runs": 2, "epochs": 2}
+
+
+@pytest.fixture
+def dataset(tmp_path, workspace):
+    art, _ = ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)
+    return load_dataset(art)
+
+
+def test_accuracy_on_a_hand_made_case() -> None:
+    pred, target = torch.tensor([0, 1, 2, 2, 1]), torch.tensor([0, 1, 1, 2, 0])
+    assert accuracy(pred, target) == pytest.approx(60.0)
+
+
+def test_per_domain_accuracies_weight_each_domain_by_its_own_images() -> None:
+    pred = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])
+    target = torch.tensor([0, 0, 1, 1, 1, 1, 1, 0])
+    domains = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2])
+    per = group_accuracy(pred, target, domains, 4)
+    assert per[:3].tolist() == pytest.approx([200 / 3, 100.0, 0.0])
+    assert torch.isnan(per[3])
+    assert accuracy(pred, target) == pytest.approx(75.0)  # 6 of 8, not the mean of the domains
+
+
+def test_summary_uses_population_std() -> None:
+    assert summarise(np.array([1.0, 3.0])) == {"mean": 2.0, "std": 1.0}
+
+
+def test_random_baseline_picks_ipc_real_images_per_class_from_train(dataset) -> None:
+    ts = baseline(dataset, "random", 3, seed=0)
+    assert torch.bincount(ts.labels).tolist() == [3, 3, 3]
+    again = baseline(dataset, "random", 3, seed=0)
+    assert torch.equal(ts.images, again.images)
+    assert not torch.equal(ts.images, baseline(dataset, "random", 3, seed=1).images)
+
+
+def test_whole_baseline_is_the_training_split(dataset) -> None:
+    assert len(baseline(dataset, "whole", 0, 0).labels) == len(dataset.train_indices)
+
+
+def test_evaluation_reports_overall_and_per_domain(dataset, workspace) -> None:
+    art, hit = run(baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, FAST), workspace)
+    m = art.metrics["convnet"]
+    assert not hit and len(m["runs"]) == 2 and 0 <= m["mean"] <= 100
+    assert set(m["per_domain"]) == {"d0", "d1"}
+    assert art.tensor("accuracy").shape == (1, 2)
+    assert run(baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, FAST), workspace)[1]
+
+
+def test_target_domain_scores_only_that_domain(dataset, workspace) -> None:
+    art, _ = run(baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, FAST, {"target_domain": "d1"}), workspace)
+    assert art.info["num_test"] == int((dataset.domains[dataset.test_indices] == 1).sum())
+
+
+def test_unknown_target_domain_is_refused(dataset, workspace) -> None:
+    with pytest.raises(ChddlError, match="unknown target domain 'sketch'; this dataset has: d0, d1"):
+        run(baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, FAST, {"target_domain": "sketch"}), workspace)
+
+
+def test_a_set_missing_test_classes_is_refused(dataset, workspace) -> None:
+    ts = baseline(dataset, "random", 2, 0)
+    keep = ts.labels != 2
+    ts.images, ts.labels = ts.images[keep], ts.labels[keep]
+    with pytest.raises(ChddlError, match="classes the training set lacks: c2"):
+        run(ts, dataset, build(EvaluateConfig, FAST), workspace)
+
+
+@pytest.mark.parametrize("values,message", [({"runs": 0}, "--runs must be at least 1"),
+                                            ({"archs": ("convnet", "lenet")}, "unknown architecture 'lenet'")])
+def test_bad_settings_are_refused(values, message) -> None:
+    with pytest.raises(ChddlError, match=message):
+        build(EvaluateConfig, values)
+
+
+def test_evaluating_something_that_is_not_a_condensed_set_is_refused(dataset) -> None:
+    with pytest.raises(ChddlError, match="not a condensed set"):
+        from_condensed(dataset.artifact, dataset)
+
+
+def test_condensed_set_round_trip_through_evaluation(dataset, workspace) -> None:
+    cond, _ = condense_run(dataset, None, build(CondenseConfig, {"domain_aware": False, "ipc": 2, "iterations": 2,
+                                                                 "batch_real": 8, "compile": "off"}), workspace)
+    ts = from_condensed(cond, dataset)
+    art, _ = run(ts, dataset, build(EvaluateConfig, FAST), workspace)
+    assert art.info["train_kind"] == "condensed" and art.info["num_train"] == 6
