@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chddl_cli import condense, demo, evaluate, label
+from chddl_cli import condense, demo, evaluate, label, report
 from chddl_cli.common import Globals
 from stages import __version__
 
@@ -44,6 +44,7 @@ def global_options(
 app.command("label")(label.label)
 app.command("condense")(condense.condense)
 app.command("evaluate")(evaluate.evaluate)
+app.command("report")(report.report)
 app.command("demo")(demo.demo)
 
 

@@ -12,6 +12,7 @@ from chddl_cli.label import agreement_table, dataset_table, labels_table
 from stages import condense as condense_stage
 from stages import evaluate as evaluate_stage
 from stages import label as label_stage
+from stages import report as report_stage
 from stages.artifacts import Workspace
 from stages.config import build, load_preset, section
 from stages.data.dataset import load_dataset
@@ -28,7 +29,7 @@ def demo(
 
     Ingests it, assigns FFT pseudo-domain labels, condenses it with DM and
     with DM + CHDDL (IPC 5, the small `demo` preset), evaluates both and a
-    random real subset with ConvNet, and prints the comparison.
+    random real subset with ConvNet, prints the comparison and writes the report.
     """
     g = globals_of(ctx)
     ws = Workspace(g.workdir)
@@ -58,4 +59,5 @@ def demo(
         cells = [f"{m['mean']:.1f} ± {m['std']:.1f}"] + [f"{m['per_domain'][d]['mean']:.1f}" for d in dataset.domain_names]
         summary.add_row(title, *cells, f"{cond.meta['cost']['wall_s']:.0f}" if cond else "-")
     console.print(summary)
-    console.print(f"[bold]demo done[/]: workspace {ws.root}; condensed images in {ws.artifacts_dir}/condensed-*/grid.png")
+    _, page = report_stage.run(ws)
+    console.print(f"[bold]demo done[/]: report {page} (workspace {ws.root})")

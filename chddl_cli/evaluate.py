@@ -23,9 +23,9 @@ def results_table(art: Artifact) -> Table:
     title = f"{art.info['train_set']}: top-1 % on {art.info['num_test']} test images, {cfg['runs']} runs x {cfg['epochs']} epochs"
     table = Table(title=title, title_justify="left")
     table.add_column("arch")
-    table.add_column("overall", justify="right")
+    table.add_column("overall", justify="right", no_wrap=True)
     for d in domains:
-        table.add_column(d, justify="right")
+        table.add_column(d, justify="right", no_wrap=True)
     fmt = lambda s: "-" if s.get("mean") is None else f"{s['mean']:.2f} ± {s['std']:.2f}"  # noqa: E731
     for arch, m in art.metrics.items():
         table.add_row(arch, fmt(m), *(fmt(m.get("per_domain", {}).get(d, {})) for d in domains))

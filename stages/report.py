@@ -1,0 +1,243 @@
+"""Stage ``report``: every artifact of a workspace as Markdown and a
+self-contained HTML page (images embedded)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stages.artifacts import Artifact, Workspace
+from stages.errors import ChddlError
+from stages.paper import paper_figure
+from stages.progress import NullProgress, Progress
+
+SWEEP_FIELDS = ("num_domains", "beta", "tau", "lam", "mask_init", "mask_init_mode", "init", "schedule", "labeler")
+
+
+@dataclass
+class Section:
+    title: str
+    rows: list[list[str]] = field(default_factory=list)
+    header: list[str] = field(default_factory=list)
+    images: list[tuple[str, bytes]] = field(default_factory=list)
+    text: str = ""
+
+
+def _fmt(m: dict | None) -> str:
+    return "-" if not m or m.get("mean") is None else f"{m['mean']:.2f} ± {m['std']:.2f}"
+
+
+def _method(cond: Artifact) -> str:
+    return f"{cond.config['base']}{'+chddl' if cond.config.get('domain_aware') else ''}"
+
+
+def _by_stage(arts: list[Artifact]) -> dict[str, list[Artifact]]:
+    out: dict[str, list[Artifact]] = {}
+    for a in arts:
+        out.setdefault(a.stage, []).append(a)
+    return out
+
+
+def _datasets(arts: list[Artifact]) -> Section:
+    s = Section("Datasets", header=["artifact", "source", "images (train / test)", "size", "classes", "true domains"])
+    for a in arts:
+        i = a.info
+        s.rows.append([a.name, str(i.get("source")), f"{i['num_train']} / {i['num_test']}", f"{a.config.get('size')} px",
+                       str(len(i["class_names"])), ", ".join(i.get("domain_names") or []) or "-"])
+    return s
+
+
+def _labels(arts: list[Artifact]) -> Section:
+    s = Section("Pseudo-domain labels", header=["artifact", "labeler", "D", "beta", "sizes", "NMI", "ARI", "purity"])
+    for a in arts:
+        agree = a.metrics.get("agreement", {})
+        s.rows.append([a.name, a.config["labeler"], str(a.config["num_domains"]), str(a.config.get("beta")),
+                       " / ".join(map(str, a.info["counts"])), *(f"{agree[k]:.3f}" if k in agree else "-" for k in ("nmi", "ari", "purity"))])
+    return s
+
+
+def _condensed(arts: list[Artifact], with_plots: bool) -> Section:
+    s = Section("Condensed sets", header=["artifact", "method", "IPC", "init", "iterations", "s/it", "final L_cls", "final L_dom"])
+    for a in arts:
+        c, m = a.config, a.metrics
+        s.rows.append([a.name, _method(a).upper(), str(c["ipc"]), c["init"], str(c["iterations"]), str(m.get("s_per_iteration")),
+                       f"{m.get('final_loss_cls', 0):.4g}", f"{m.get('final_loss_dom', 0):.4g}" if c.get("domain_aware") else "-"])
+        s.images.append((f"{a.name}: synthetic images (one row per class)", (a.path / "grid.png").read_bytes()))
+        if (a.path / "extra_domain_views.png").is_file():
+            s.images.append((f"{a.name}: image | D domain views | D masks (first images)", (a.path / "extra_domain_views.png").read_bytes()))
+        if with_plots:
+            s.images.append((f"{a.name}: loss curves", _loss_plot(a)))
+    return s
+
+
+def _loss_plot(a: Artifact) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist = a.tensor("loss_history").numpy()
+    fig, ax = plt.subplots(figsize=(5, 2.6), dpi=100)
+    ax.plot(hist[:, 0], label="L_cls", lw=0.8)
+    if a.config.get("domain_aware"):
+        ax.plot(hist[:, 1], label="L_dom", lw=0.8)
+    ax.set_xlabel("iteration")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _evaluations(evals: list[Artifact], ws: Workspace) -> list[Section]:
+    overall = Section("Evaluation: top-1 % on the real test split (mean ± std over runs), ours vs the paper",
+                      header=["training set", "method", "IPC", "arch", "ours", "paper", "runs x epochs", "target domain"])
+    domain_rows: list[list[str]] = []
+    domains: list[str] = []
+    for e in evals:
+        train = ws.find(e.info["train_set"])
+        data = ws.find(e.info["dataset"])
+        source = str(data.info.get("source")) if data else ""
+        if train is not None and train.stage == "condensed":
+            method, ipc = _method(train), int(train.config["ipc"])
+        else:
+            kind = e.info.get("train_kind", "")
+            method = kind
+            ipc = int(e.info["train_set"].split("ipc")[1].split("-")[0]) if "ipc" in e.info["train_set"] else 0
+        for arch, m in e.metrics.items():
+            paper = paper_figure(source, method, ipc, arch)
+            overall.rows.append([e.info["train_set"], method.upper(), str(ipc or "all"), arch, _fmt(m),
+                                 f"{paper[0]:.1f} ± {paper[1]:.1f}" if paper else "-",
+                                 f"{e.config['runs']} x {e.config['epochs']}", e.config.get("target_domain") or "all"])
+            if m.get("per_domain"):
+                domains = list(m["per_domain"])
+                domain_rows.append([e.info["train_set"], arch, *(_fmt(v) for v in m["per_domain"].values())])
+    overall.text = ("The paper's figures use its full protocol (PACS at 64 px, 10 runs x 1,000 epochs, 20k DM iterations); "
+                    "they are shown where the dataset, method, IPC and architecture match, whatever the scale of our run.")
+    out = [overall]
+    if domain_rows:
+        out.append(Section("Evaluation per true domain", header=["training set", "arch", *domains], rows=domain_rows))
+    return out
+
+
+def _sweeps(evals: list[Artifact], ws: Workspace) -> Section | None:
+    """Accuracy against each condensation/label setting that takes 2+ values
+    among otherwise comparable runs (same method and IPC)."""
+    points: dict[tuple, list[tuple[str, str]]] = {}
+    for e in evals:
+        train = ws.find(e.info["train_set"])
+        if train is None or train.stage != "condensed":
+            continue
+        labels = ws.find(train.meta["inputs"].get("labels", "")) if train.config.get("domain_aware") else None
+        settings = dict(train.config) | ({k: v for k, v in labels.config.items()} if labels else {})
+        for name in SWEEP_FIELDS:
+            if name in settings:
+                key = (name, _method(train), train.config["ipc"])
+                points.setdefault(key, []).append((str(settings[name]), _fmt(e.metrics.get("convnet"))))
+    rows = [[name, method.upper(), str(ipc), ", ".join(f"{v}: {acc}" for v, acc in sorted(set(vals)))]
+            for (name, method, ipc), vals in points.items() if len({v for v, _ in vals}) > 1]
+    return Section("Sweeps (ConvNet accuracy by setting)", header=["setting", "method", "IPC", "value: accuracy"], rows=rows) if rows else None
+
+
+def _costs(arts: list[Artifact]) -> Section:
+    s = Section("Cost of each stage", header=["artifact", "stage", "wall s", "peak RSS GB", "peak CUDA GB"])
+    for a in arts:
+        c = a.meta.get("cost", {})
+        s.rows.append([a.name, a.stage, f"{c.get('wall_s', 0):.2f}", f"{c.get('peak_rss_bytes', 0) / 2**30:.2f}",
+                       f"{c['peak_cuda_bytes'] / 2**30:.2f}" if c.get("peak_cuda_bytes") else "-"])
+    return s
+
+
+def _markdown(sections: list[Section], image_dir: Path) -> str:
+    lines = ["# chddl report", ""]
+    counter = 0
+    for s in sections:
+        lines += [f"## {s.title}", ""]
+        if s.text:
+            lines += [s.text, ""]
+        if s.rows:
+            lines.append("| " + " | ".join(s.header) + " |")
+            lines.append("|" + "---|" * len(s.header))
+            lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in s.rows]
+            lines.append("")
+        for caption, png in s.images:
+            counter += 1
+            name = f"image_{counter:03d}.png"
+            (image_dir / name).write_bytes(png)
+            lines += [f"![{caption}]({image_dir.name}/{name})", f"*{caption}*", ""]
+    return "\n".join(lines)
+
+
+def _html(sections: list[Section]) -> str:
+    esc = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', "<title>chddl report</title>",
+             "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}"
+             "img{image-rendering:pixelated;max-width:100%;border:1px solid #eee}figure{margin:1em 0}</style>",
+             "</head>", "<body>", "<h1>chddl report</h1>"]
+    for s in sections:
+        parts.append(f"<h2>{esc(s.title)}</h2>")
+        if s.text:
+            parts.append(f"<p>{esc(s.text)}</p>")
+        if s.rows:
+            parts.append("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in s.header) + "</tr></thead><tbody>")
+            parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in s.rows]
+            parts.append("</tbody></table>")
+        for caption, png in s.images:
+            data = base64.b64encode(png).decode()
+            parts.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}"><figcaption>{esc(caption)}</figcaption></figure>')
+    parts += ["</body>", "</html>"]
+    return "\n".join(parts)
+
+
+def plots_available() -> bool:
+    """Whether matplotlib (the optional ``plots`` extra) can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run(workspace: Workspace, out_dir: Path | None = None, progress: Progress = NullProgress()) -> tuple[Path, Path]:
+    """Write ``report.md`` (+ its images) and a self-contained ``report.html``;
+    returns their paths. Plots need matplotlib; without it the report has
+    tables and image grids only."""
+    arts = workspace.all()
+    if not arts:
+        raise ChddlError(f"workspace {workspace.root} holds no artifacts yet; run `chddl demo` or `chddl label PATH` first")
+    stages = _by_stage(arts)
+    with_plots = plots_available()
+    sections: list[Section] = []
+    if "dataset" in stages:
+        sections.append(_datasets(stages["dataset"]))
+    if "labels" in stages:
+        sections.append(_labels(stages["labels"]))
+    if "condensed" in stages:
+        sections.append(_condensed(stages["condensed"], with_plots))
+    if "evaluation" in stages:
+        sections += _evaluations(stages["evaluation"], workspace)
+        sweep = _sweeps(stages["evaluation"], workspace)
+        if sweep is not None:
+            sections.append(sweep)
+    sections.append(_costs(arts))
+    if not with_plots:
+        sections.append(Section("Plots", text="Loss curves are omitted: install the optional extra (pip install 'chddl[plots]')."))
+    out_dir = Path(out_dir) if out_dir is not None else workspace.root / "report"
+    workspace.ensure_writable()
+    tmp = workspace.root / "tmp" / "report.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "images").mkdir(parents=True)
+    (tmp / "report.md").write_text(_markdown(sections, tmp / "images"))
+    (tmp / "report.html").write_text(_html(sections))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(tmp), str(out_dir))
+    return out_dir / "report.md", out_dir / "report.html"
