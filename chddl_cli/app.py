@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chddl_cli import condense, demo, evaluate, label, report
+from chddl_cli import condense, demo, evaluate, label, pretrain_experts, report
 from chddl_cli.common import Globals
 from stages import __version__
 
@@ -42,6 +42,7 @@ def global_options(
 
 
 app.command("label")(label.label)
+app.command("pretrain-experts")(pretrain_experts.pretrain_experts)
 app.command("condense")(condense.condense)
 app.command("evaluate")(evaluate.evaluate)
 app.command("report")(report.report)

@@ -28,6 +28,8 @@ def condensed_table(art: Artifact) -> Table:
         losses += f", domain {m.get('final_loss_dom'):.4g} (lambda {cfg['lam']}, tau {cfg['tau']})"
     table.add_row("final loss", losses)
     cost = art.meta.get("cost", {})
+    if cfg["base"] == "mtt":
+        table.add_row("learned lr", f"{info['eval_lr']:.4g} (used for evaluation); rollbacks: {len(m.get('rollbacks', []))}")
     table.add_row("cost", f"{cost.get('wall_s', 0):.1f} s, peak RSS {human_bytes(cost.get('peak_rss_bytes'))}"
                   + (f", peak CUDA {human_bytes(cost['peak_cuda_bytes'])}" if cost.get("peak_cuda_bytes") else ""))
     table.add_row("image grid", str(art.path / "grid.png"))
@@ -37,7 +39,7 @@ def condensed_table(art: Artifact) -> Table:
 @guarded
 def condense(
     ctx: typer.Context,
-    base: Annotated[Optional[str], typer.Option(help="base method: dm | dc [default: dm]")] = None,
+    base: Annotated[Optional[str], typer.Option(help="base method: dm | dc | mtt [default: dm]")] = None,
     ipc: Annotated[Optional[int], typer.Option(help="images per class [default: 10]")] = None,
     domain_aware: Annotated[Optional[bool], typer.Option("--domain-aware/--no-domain-aware", help="add CHDDL's domain-aware module [default: on]")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="outer iterations [dm 20000, dc 1000]")] = None,
@@ -59,6 +61,13 @@ def condense(
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML preset (path or shipped name, e.g. dm_pacs)")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="dataset artifact directory [the labels' dataset, else the workspace's latest]")] = None,
     labels: Annotated[Optional[str], typer.Option(help="labels artifact directory [the workspace's latest]")] = None,
+    experts: Annotated[Optional[str], typer.Option(help="mtt: experts artifact directory [the workspace's latest]")] = None,
+    syn_steps: Annotated[Optional[int], typer.Option(help="mtt: student steps per iteration [20]")] = None,
+    expert_epochs: Annotated[Optional[int], typer.Option(help="mtt: expert epochs to match [3]")] = None,
+    max_start_epoch: Annotated[Optional[int], typer.Option(help="mtt: start epoch drawn below this [25]")] = None,
+    lr_lr: Annotated[Optional[float], typer.Option(help="mtt: learning rate of the learned lr [1e-5]")] = None,
+    clip_grad: Annotated[Optional[float], typer.Option(help="clip the images' gradient norm [off]")] = None,
+    nan_retries: Annotated[Optional[int], typer.Option(help="rollbacks with halved lrs on NaN before failing [mtt 3, else 0]")] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute even when a cached artifact exists")] = False,
 ) -> None:
     """Condense the dataset into IPC synthetic images per class (DM or DC, optionally + CHDDL).
@@ -72,7 +81,9 @@ def condense(
         "base": base, "ipc": ipc, "domain_aware": domain_aware, "iterations": iterations, "lam": lam, "tau": tau,
         "mask_init": mask_init, "mask_init_mode": mask_init_mode, "mask_lr": mask_lr, "schedule": schedule,
         "init": init, "arch": arch, "lr_img": lr_img, "batch_real": batch_real, "dsa": dsa, "compile": compile, "seed": seed,
-        "domains": tuple(d.strip() for d in domains.split(",") if d.strip()) if domains else None, "exclude_domain": exclude_domain})
+        "domains": tuple(d.strip() for d in domains.split(",") if d.strip()) if domains else None, "exclude_domain": exclude_domain,
+        "syn_steps": syn_steps, "expert_epochs": expert_epochs, "max_start_epoch": max_start_epoch, "lr_lr": lr_lr,
+        "clip_grad": clip_grad, "nan_retries": nan_retries})
     device = resolve_device(g.device)
     ws = Workspace(g.workdir)
     label_art = resolve(ws, "labels", labels) if cfg.domain_aware else None
@@ -82,8 +93,9 @@ def condense(
         data_art = (upstream(ws, label_art, "dataset", "dataset") if label_art else None) or resolve(ws, "dataset")
     ds = load_dataset(data_art)
     pseudo = load_labels(label_art, ds) if label_art is not None else None
+    expert_art = resolve(ws, "experts", experts) if cfg.base == "mtt" and (experts or ws.latest("experts")) else None
     progress = progress_for(g)
-    art, hit = condense_stage.run(ds, pseudo, cfg, ws, device=device, force=force, progress=progress)
+    art, hit = condense_stage.run(ds, pseudo, cfg, ws, experts=expert_art, device=device, force=force, progress=progress)
     progress.note(f"condensed {art.name}: " + ("cached - skipping (use --force to recompute)" if hit else "done"))
     if not g.quiet:
         console.print(condensed_table(art))

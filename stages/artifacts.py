@@ -206,6 +206,25 @@ class Workspace:
                 f"workspace {self.root} is not writable ({exc.strerror}); pass --workdir or set CHDDL_WORKDIR"
             ) from None
 
+    def adopt(self, art: Artifact) -> Artifact:
+        """Make an artifact from elsewhere part of this workspace (hard links,
+        falling back to copies), so later commands find it by name."""
+        target = self.artifacts_dir / art.name
+        if target.resolve() == art.path.resolve() or self.find(art.name) is not None:
+            return self.find(art.name) or art
+        self.ensure_writable()
+        tmp = self.root / "tmp" / f"{art.name}.adopt.{uuid.uuid4().hex[:8]}"
+
+        def link(src: str, dst: str) -> None:
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+
+        shutil.copytree(art.path, tmp, copy_function=link)
+        os.replace(tmp, target)
+        return read_artifact(target, art.stage)
+
     def partial_dir(self, name: str) -> Path:
         """Folder for the checkpoints of an artifact still being computed."""
         return self.root / "partial" / name
@@ -280,6 +299,7 @@ class Workspace:
         metrics: Mapping[str, Any] | None = None,
         cost: Mapping[str, Any] | None = None,
         files: Mapping[str, bytes] | None = None,
+        link_files: Mapping[str, Path] | None = None,
         schema_version: int = 1,
     ) -> Artifact:
         """Write an artifact atomically: a temporary folder renamed into place.
@@ -296,6 +316,12 @@ class Workspace:
             (tmp / TENSORS_FILE).write_bytes(blob)
             for fname, content in (files or {}).items():
                 (tmp / fname).write_bytes(content)
+            for fname, source in (link_files or {}).items():
+                # large files: hard-linked (no copy); the caller's originals stay until it removes them
+                try:
+                    os.link(source, tmp / fname)
+                except OSError:
+                    shutil.copyfile(source, tmp / fname)
             meta = {
                 "schema": SCHEMA,
                 "stage": stage,
@@ -311,7 +337,7 @@ class Workspace:
                 "info": dict(info or {}),
                 "metrics": dict(metrics or {}),
                 "cost": dict(cost or {}),
-                "files": sorted(files or {}),
+                "files": sorted([*(files or {}), *(link_files or {})]),
                 "tensors": {
                     "file": TENSORS_FILE,
                     "bytes": len(blob),

@@ -3,9 +3,7 @@ optionally domain-aware (CHDDL)."""
 
 from __future__ import annotations
 
-import math
 import shutil
-import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -18,7 +16,8 @@ from stages.domain.aware import MASK_INITS, ClassObjective, DomainAwareObjective
 from stages.errors import ChddlError
 from stages.label import PseudoLabels
 from stages.methods import METHODS, RealPool
-from stages.methods.checkpoint import load_checkpoint, save_checkpoint
+from stages.methods.loop import Loop, LoopSettings, iteration_generator
+from stages.methods.trajectories import ExpertStore
 from stages.methods.dc import default_loops
 from stages.metering import measure
 from stages.models import ARCHITECTURES, create_model
@@ -32,6 +31,7 @@ SCHEMA_VERSION = 1
 BASE_DEFAULTS = {
     "dm": {"iterations": 20000, "lr_img": 1.0, "dsa": True, "lam": 0.1},
     "dc": {"iterations": 1000, "lr_img": 0.1, "dsa": False, "lam": 0.1},
+    "mtt": {"iterations": 5000, "lr_img": 1000.0, "dsa": True, "lam": 0.01},
 }
 #: settings that change how fast the run goes, not what it computes
 EXECUTION_ONLY = ("checkpoint_every", "log_every", "compile")
@@ -41,11 +41,11 @@ EXECUTION_ONLY = ("checkpoint_every", "log_every", "compile")
 class CondenseConfig:
     """Condensation settings; ``None`` means "the base method's default"."""
 
-    base: str = option("dm", "base method: dm or dc")
+    base: str = option("dm", "base method: dm, dc or mtt")
     ipc: int = option(10, "synthetic images per class")
     domain_aware: bool = option(True, "add the CHDDL domain-aware module")
-    iterations: int | None = option(None, "outer iterations [dm 20000, dc 1000]")
-    lam: float | None = option(None, "weight lambda of the domain loss [0.1 for dm and dc]")
+    iterations: int | None = option(None, "outer iterations [dm 20000, dc 1000, mtt 5000]")
+    lam: float | None = option(None, "weight lambda of the domain loss [dm, dc 0.1; mtt 0.01]")
     tau: float = option(0.1, "softmax temperature of the domain masks")
     mask_init: float = option(0.01, "initial mask value (constant) or std (normal)")
     mask_init_mode: str = option("constant", "constant (uniform alpha, the paper) or normal (random alpha)")
@@ -55,7 +55,7 @@ class CondenseConfig:
                               "(class-stratified draw re-weighted per domain; augmentation siamese per class)")
     init: str = option("noise", "synthetic image init: noise (Gaussian, the paper) or real (random real images)")
     arch: str = option("convnet", "network architecture used for matching")
-    lr_img: float | None = option(None, "learning rate of the synthetic images [dm 1.0, dc 0.1]")
+    lr_img: float | None = option(None, "learning rate of the synthetic images [dm 1.0, dc 0.1, mtt 1000]")
     momentum_img: float = option(0.5, "SGD momentum of images and masks")
     batch_real: int = option(256, "real images per group (class or pseudo-domain) per step")
     dsa: bool | None = option(None, "differentiable siamese augmentation while matching [dm on, dc off]")
@@ -64,6 +64,16 @@ class CondenseConfig:
     outer_loop: int | None = option(None, "dc: image updates per round [by IPC, reference table]")
     inner_loop: int | None = option(None, "dc: network epochs between image updates [by IPC]")
     batch_train: int = option(256, "dc: batch size of the inner loop")
+    syn_steps: int = option(20, "mtt: student steps on the synthetic images per iteration")
+    expert_epochs: int = option(3, "mtt: expert epochs the student must cover")
+    max_start_epoch: int = option(25, "mtt: start epochs are drawn from [0, max_start_epoch)")
+    syn_lr: float = option(0.01, "mtt: initial learned synthetic learning rate")
+    lr_lr: float = option(1e-5, "mtt: learning rate of the synthetic learning rate")
+    batch_syn: int | None = option(None, "mtt: synthetic images per student step [all]")
+    min_syn_lr: float = option(1e-6, "mtt: the learned synthetic lr is kept at or above this (positive)")
+    clip_grad: float | None = option(None, "clip the images' gradient norm to this value (none by default)")
+    nan_retries: int | None = option(None, "on NaN/Inf: roll back to the last good state with halved learning rates, "
+                                     "this many times before failing [mtt 3, dm/dc 0]")
     domains: tuple = option((), "protocols: condense only real images of these true domains (empty: all)")
     exclude_domain: str | None = option(None, "protocols: leave this true domain out of condensation")
     compile: str = option("auto", "torch.compile the real-image forward: auto (long runs), on, off")
@@ -75,7 +85,7 @@ class CondenseConfig:
         require(self.base in BASE_DEFAULTS, f"unknown base method '{self.base}'; valid: {', '.join(BASE_DEFAULTS)}")
         require(self.ipc >= 1, f"--ipc must be at least 1, got {self.ipc}")
         require(self.arch in ARCHITECTURES, f"unknown architecture '{self.arch}'; valid: {', '.join(ARCHITECTURES.names())}")
-        for name in ("lam", "tau", "mask_init", "mask_lr", "lr_img", "momentum_img", "lr_net"):
+        for name in ("lam", "tau", "mask_init", "mask_lr", "lr_img", "momentum_img", "lr_net", "syn_lr", "lr_lr", "clip_grad"):
             value = getattr(self, name)
             if value is not None:
                 require_finite(f"--{name.replace('_', '-')}", value)
@@ -89,6 +99,11 @@ class CondenseConfig:
         require(self.batch_real >= 1 and self.batch_train >= 1, "batch sizes must be at least 1")
         require(self.compile in ("auto", "on", "off"), "--compile must be auto, on or off")
         require(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1")
+        require(self.syn_steps >= 1 and self.expert_epochs >= 1 and self.max_start_epoch >= 1,
+                "--syn-steps, --expert-epochs and --max-start-epoch must be at least 1")
+        require(self.syn_lr > 0 and self.min_syn_lr > 0, "--syn-lr must be positive")
+        require(self.nan_retries is None or self.nan_retries >= 0, "--nan-retries must be >= 0")
+        require(self.clip_grad is None or self.clip_grad > 0, "--clip-grad must be positive")
         DSA(self.dsa_strategy)
 
     def resolved(self) -> "CondenseConfig":
@@ -106,6 +121,7 @@ class CondenseConfig:
             dsa=d["dsa"] if self.dsa is None else self.dsa,
             outer_loop=self.outer_loop or outer,
             inner_loop=self.inner_loop or inner,
+            nan_retries=self.nan_retries if self.nan_retries is not None else (3 if self.base == "mtt" else 0),
         )
 
     def key_fields(self) -> dict:
@@ -119,6 +135,9 @@ class CondenseConfig:
                 out.pop(k)
         if self.base != "dc":
             for k in ("lr_net", "outer_loop", "inner_loop", "batch_train"):
+                out.pop(k)
+        if self.base != "mtt":
+            for k in ("syn_steps", "expert_epochs", "max_start_epoch", "syn_lr", "lr_lr", "batch_syn", "min_syn_lr"):
                 out.pop(k)
         return out
 
@@ -173,23 +192,21 @@ def _initial_images(dataset: Dataset, pool: RealPool, cfg: CondenseConfig, g: to
     return pool.images[torch.cat(picks).to(pool.images.device)].clone()
 
 
-def _iteration_generator(seed: int, iteration: int) -> torch.Generator:
-    # Per-iteration seeding: resuming at iteration k needs no saved RNG state.
-    return torch.Generator().manual_seed(seed * 1_000_003 + iteration)
-
-
 def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, workspace: Workspace, *,
-        device: torch.device = torch.device("cpu"), force: bool = False, progress: Progress = NullProgress(),
-        stop_after: int | None = None) -> tuple[Artifact, bool]:
+        experts: Artifact | None = None, device: torch.device = torch.device("cpu"), force: bool = False,
+        progress: Progress = NullProgress(), stop_after: int | None = None) -> tuple[Artifact, bool]:
     """Condense ``dataset`` into IPC images per class; returns (artifact, cache_hit).
 
-    Interrupted runs resume from their last checkpoint (same key).
-    ``stop_after`` ends the process of this call after that many iterations
-    with a KeyboardInterrupt, as an interruption would (for tests).
+    ``experts`` (from ``pretrain-experts``) is required for MTT. Interrupted
+    runs resume from their last checkpoint (same key). ``stop_after`` raises
+    KeyboardInterrupt after that many iterations, as an interruption would
+    (for tests).
     """
     cfg = config.resolved()
     _check_inputs(dataset, labels, cfg)
-    inputs = {"dataset": dataset.artifact.key} | ({"labels": labels.artifact.key} if cfg.domain_aware else {})
+    store = _expert_store(experts, dataset, labels, cfg)
+    inputs = {"dataset": dataset.artifact.key} | ({"labels": labels.artifact.key} if cfg.domain_aware else {}) | (
+        {"experts": experts.key} if store else {})
     key = artifact_key(STAGE, cfg.key_fields(), inputs, SCHEMA_VERSION)
     tag = f"{cfg.base}{'+chddl' if cfg.domain_aware else ''}-ipc{cfg.ipc}"
     if cfg.domains or cfg.exclude_domain:
@@ -203,42 +220,79 @@ def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, w
     if force:
         shutil.rmtree(partial, ignore_errors=True)
     with measure() as cost:
-        result = _condense(dataset, labels, cfg, key, partial, device, progress, stop_after)
-    images, syn_labels, extras, stats = result
+        base, objective, images, syn_labels, _ = _build(dataset, labels, cfg, device, store)
+        loop = Loop(base, objective, images, _settings(cfg, base), key, partial, progress)
+        start = loop.run(stop_after)
+        stats = loop.stats(start)
+        extras = _mask_extras(objective, images, dataset) if cfg.domain_aware else {}
     mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
-    files = {"grid.png": grid_png(denormalize(images, mean, std), nrow=cfg.ipc)}
+    files = {"grid.png": grid_png(denormalize(images.detach().cpu(), mean, std), nrow=cfg.ipc)}
     if extras:
-        files["extra_domain_masks.safetensors"] = extras.pop("_blob")
-        files["extra_domain_views.png"] = extras.pop("_views_png")
+        files["extra_domain_masks.safetensors"] = extras["blob"]
+        files["extra_domain_views.png"] = extras["views_png"]
+    eval_lr = float(base.syn_lr.detach()) if cfg.base == "mtt" else 0.01
+    if cfg.base == "mtt":
+        stats["syn_lr_clamped"] = base.clamped
     info = {
         "class_names": dataset.class_names, "ipc": cfg.ipc, "num_classes": dataset.num_classes, "image_size": dataset.size,
         "base": cfg.base, "domain_aware": cfg.domain_aware, "arch": cfg.arch, "dataset": dataset.artifact.name,
-        "labels": labels.artifact.name if cfg.domain_aware else None,
+        "labels": labels.artifact.name if cfg.domain_aware else None, "experts": experts.name if store else None,
         "normalization": {"mean": list(dataset.mean), "std": list(dataset.std)},
-        "eval_lr": 0.01, "device": str(device), "train_images_used": int(selected_train(dataset, cfg).sum()),
+        "eval_lr": eval_lr, "device": str(device), "train_images_used": int(selected_train(dataset, cfg).sum()),
     }
     art = workspace.write(
-        stage=STAGE, name=name, key=key, config=to_dict(cfg), inputs={"dataset": dataset.artifact.name} | (
-            {"labels": labels.artifact.name} if cfg.domain_aware else {}),
-        tensors={"images": images, "labels": syn_labels, "mean": mean, "std": std, "loss_history": stats.pop("history")},
-        seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=stats, cost=cost | {
-            "s_per_iteration": stats["s_per_iteration"]}, files=files, schema_version=SCHEMA_VERSION,
+        stage=STAGE, name=name, key=key, config=to_dict(cfg),
+        inputs={"dataset": dataset.artifact.name} | ({"labels": labels.artifact.name} if cfg.domain_aware else {}) | (
+            {"experts": experts.name} if store else {}),
+        tensors={"images": images.detach().cpu(), "labels": syn_labels.cpu(), "mean": mean, "std": std,
+                 "loss_history": loop.history},
+        seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=stats,
+        cost=cost | {"s_per_iteration": stats["s_per_iteration"]}, files=files, schema_version=SCHEMA_VERSION,
     )
     shutil.rmtree(partial, ignore_errors=True)
     return art, False
 
 
-def _build(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig, device: torch.device):
+def _expert_store(experts: Artifact | None, dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig) -> ExpertStore | None:
+    if cfg.base != "mtt":
+        return None
+    if experts is None:
+        raise ChddlError("MTT needs expert trajectories; create them with `chddl pretrain-experts` (or pass --experts)")
+    if experts.meta.get("fingerprint") != dataset.fingerprint:
+        raise ChddlError(f"experts {experts.name} were trained on another dataset than {dataset.artifact.name}")
+    store = ExpertStore(experts)
+    store.check_compatible(cfg.arch, dataset.size, dataset.num_classes, dataset.mean, dataset.std,
+                           labels.num_domains if cfg.domain_aware else 0)
+    if cfg.domain_aware and experts.meta.get("inputs", {}).get("labels") != labels.artifact.name:
+        raise ChddlError(f"the domain experts of {experts.name} were trained on other pseudo-domain labels than {labels.artifact.name}")
+    if cfg.max_start_epoch + cfg.expert_epochs > store.epochs:
+        raise ChddlError(f"--max-start-epoch {cfg.max_start_epoch} + --expert-epochs {cfg.expert_epochs} exceeds the "
+                         f"{store.epochs} epochs stored in {experts.name}; lower them or train longer experts")
+    return store
+
+
+def _settings(cfg: CondenseConfig, base) -> LoopSettings:
+    lr = {"images": cfg.lr_img, "masks": cfg.mask_lr} | {g["name"]: g["lr"] for g in base.extra_parameter_groups()}
+    return LoopSettings(iterations=cfg.iterations, seed=cfg.seed, lam=cfg.lam, schedule=cfg.schedule, momentum=cfg.momentum_img,
+                        lr=lr, clip_grad=cfg.clip_grad, nan_retries=cfg.nan_retries, log_every=cfg.log_every,
+                        checkpoint_every=cfg.checkpoint_every)
+
+
+def _build(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig, device: torch.device,
+           store: ExpertStore | None = None):
     keep = selected_train(dataset, cfg)
     train = dataset.train_indices[keep]
     pool = RealPool(_normalized(dataset, train, device), dataset.labels[train].to(device))
     factory = lambda: create_model(cfg.arch, dataset.num_classes, dataset.size)  # noqa: E731
     dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
     # Compiling costs 15-30 s once: worth it for DM's and DC's default lengths, not for short runs.
-    compile_embed = cfg.compile == "on" or (cfg.compile == "auto" and cfg.iterations >= {"dm": 2000, "dc": 200}[cfg.base])
+    compile_embed = cfg.compile == "on" or (cfg.compile == "auto" and cfg.iterations >= {"dm": 2000, "dc": 200, "mtt": 10**9}[cfg.base])
     base = METHODS.create(cfg.base, net_factory=factory, device=device, dsa=dsa, compile_embed=compile_embed,
-                          lr_net=cfg.lr_net, outer_loop=cfg.outer_loop, inner_loop=cfg.inner_loop, batch_train=cfg.batch_train)
-    g0 = _iteration_generator(cfg.seed, -1)
+                          lr_net=cfg.lr_net, outer_loop=cfg.outer_loop, inner_loop=cfg.inner_loop, batch_train=cfg.batch_train,
+                          store=store, syn_steps=cfg.syn_steps, expert_epochs=cfg.expert_epochs,
+                          max_start_epoch=cfg.max_start_epoch, syn_lr=cfg.syn_lr, lr_lr=cfg.lr_lr, batch_syn=cfg.batch_syn,
+                          min_syn_lr=cfg.min_syn_lr)
+    g0 = iteration_generator(cfg.seed, -1)
     images = _initial_images(dataset, pool, cfg, g0).requires_grad_(True)
     syn_labels = torch.arange(dataset.num_classes, device=device).repeat_interleave(cfg.ipc)
     if cfg.domain_aware:
@@ -251,125 +305,6 @@ def _build(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig, d
     else:
         objective = ClassObjective(base, pool, pool.labels, dataset.num_classes, syn_labels, cfg.batch_real)
     return base, objective, images, syn_labels, train
-
-
-def _condense(dataset, labels, cfg: CondenseConfig, key: str, partial, device, progress: Progress, stop_after):
-    base, objective, images, syn_labels, _ = _build(dataset, labels, cfg, device)
-    extra = objective.extra_parameters()
-    opt_img = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum_img)
-    opt_mask = torch.optim.SGD(extra, lr=cfg.mask_lr, momentum=cfg.momentum_img) if extra else None
-    start, history = 0, torch.zeros(cfg.iterations, 2)
-    resumed = load_checkpoint(partial, key)
-    if resumed is not None:
-        start, saved = resumed
-        _restore(saved, images, extra, opt_img, opt_mask)
-        history[:start] = saved["history"][:start]
-        progress.note(f"resuming from the checkpoint at iteration {start} ({partial})")
-    pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-    timings: list[float] = []
-    with progress.task(f"condense {cfg.base}{'+CHDDL' if cfg.domain_aware else ''} IPC {cfg.ipc}", total=cfg.iterations) as task:
-        task.advance(start)
-        for it in range(start, cfg.iterations):
-            t0 = time.perf_counter()
-            g = _iteration_generator(cfg.seed, it)
-            base.new_round(it, objective.roles, g)
-            cls_sum, dom_sum = images.new_zeros(()), images.new_zeros(())
-            for step in range(base.steps_per_round()):
-                l_cls, l_dom = _step(objective, cfg, images, opt_img, opt_mask, g)
-                cls_sum, dom_sum = cls_sum + l_cls, dom_sum + l_dom
-                base.after_step(step, objective.training_sets(images), g)
-            pending.append((it, cls_sum, dom_sum))
-            timings.append(time.perf_counter() - t0)
-            done = it + 1
-            if done % cfg.log_every == 0 or done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-                _flush(pending, history, images, extra, partial)  # the only host sync of the loop
-                task.advance(len(pending), loss=float(history[done - 1, 0]), dom=float(history[done - 1, 1]))
-                pending = []
-                if done % cfg.checkpoint_every == 0 and done < cfg.iterations:
-                    save_checkpoint(partial, key, done, _state(images, extra, opt_img, opt_mask, history))
-            if stop_after is not None and done - start >= stop_after:
-                _flush(pending, history, images, extra, partial)
-                save_checkpoint(partial, key, done, _state(images, extra, opt_img, opt_mask, history))
-                raise KeyboardInterrupt
-    steady = sorted(timings[1:] if len(timings) > 1 else timings)
-    stats = {
-        "history": history,
-        "final_loss_cls": round(float(history[-1, 0]), 6),
-        "final_loss_dom": round(float(history[-1, 1]), 6),
-        "s_per_iteration": round(steady[len(steady) // 2], 4) if steady else None,
-        "iterations_run": len(timings),
-        "resumed_from": start,
-    }
-    extras = _mask_extras(objective, images, dataset) if cfg.domain_aware else {}
-    return images.detach().cpu(), syn_labels.cpu(), extras, stats
-
-
-def _step(objective, cfg: CondenseConfig, images, opt_img, opt_mask, g):
-    """One image update; returns the (detached) class and domain losses."""
-    zero = images.new_zeros(())
-    if cfg.schedule == "summed" or opt_mask is None:
-        l_cls, l_dom = objective.losses(images, g)
-        total = l_cls if l_dom is None else l_cls + cfg.lam * l_dom
-        opt_img.zero_grad(set_to_none=True)
-        if opt_mask:
-            opt_mask.zero_grad(set_to_none=True)
-        total.backward()
-        opt_img.step()
-        if opt_mask:
-            opt_mask.step()
-        return l_cls.detach(), zero if l_dom is None else l_dom.detach()
-    # Algorithm 1: a class step on the images, then a domain step on images and masks.
-    l_cls = objective.class_loss(images, g)
-    opt_img.zero_grad(set_to_none=True)
-    l_cls.backward()
-    opt_img.step()
-    l_dom = objective.domain_loss(images, g)
-    opt_img.zero_grad(set_to_none=True)
-    opt_mask.zero_grad(set_to_none=True)
-    (cfg.lam * l_dom).backward()
-    opt_img.step()
-    opt_mask.step()
-    return l_cls.detach(), l_dom.detach()
-
-
-def _flush(pending, history, images, extra, partial) -> None:
-    """Copy pending losses to the history and stop on anything non-finite."""
-    if not pending:
-        return
-    values = torch.stack([torch.stack([c, d]) for _, c, d in pending]).cpu()
-    for (it, _, _), row in zip(pending, values):
-        history[it] = row
-    finite = bool(torch.isfinite(values).all()) and bool(torch.isfinite(images).all()) and all(bool(torch.isfinite(p).all()) for p in extra)
-    if not finite:
-        bad = next((it for (it, _, _), row in zip(pending, values) if not torch.isfinite(row).all()), pending[-1][0])
-        raise ChddlError(
-            f"non-finite loss or images at iteration {bad + 1}; stopped. The last good checkpoint is kept in {partial} "
-            "(re-running resumes from it); lower --lr-img or --mask-lr, or check the input data"
-        )
-
-
-def _state(images, extra, opt_img, opt_mask, history) -> dict[str, torch.Tensor]:
-    state = {"images": images, "history": history}
-    for name, opt, params in (("img", opt_img, [images]), ("mask", opt_mask, extra)):
-        for i, p in enumerate(params):
-            buf = opt.state.get(p, {}).get("momentum_buffer") if opt else None
-            if buf is not None:
-                state[f"momentum_{name}_{i}"] = buf
-    for i, p in enumerate(extra):
-        state[f"extra_{i}"] = p
-    return state
-
-
-def _restore(saved, images, extra, opt_img, opt_mask) -> None:
-    with torch.no_grad():
-        images.copy_(saved["images"].to(images.device))
-        for i, p in enumerate(extra):
-            p.copy_(saved[f"extra_{i}"].to(p.device))
-    for name, opt, params in (("img", opt_img, [images]), ("mask", opt_mask, extra)):
-        for i, p in enumerate(params):
-            key = f"momentum_{name}_{i}"
-            if opt is not None and key in saved:
-                opt.state[p]["momentum_buffer"] = saved[key].to(p.device).clone()
 
 
 def _mask_extras(objective: DomainAwareObjective, images: torch.Tensor, dataset: Dataset) -> dict:
@@ -385,6 +320,6 @@ def _mask_extras(objective: DomainAwareObjective, images: torch.Tensor, dataset:
     panel = torch.cat([denormalize(images[: len(shown)].detach().cpu(), mean, std).unsqueeze(1),
                        (shown * std.view(1, 1, 3, 1, 1)).clamp(-1, 1).add(1).div(2), alpha[: len(shown)]], dim=1)
     return {
-        "_blob": safetensors.torch.save({"z": objective.masks.z.detach().cpu().contiguous(), "alpha": alpha.contiguous()}),
-        "_views_png": grid_png(panel.flatten(0, 1), nrow=1 + 2 * d),
+        "blob": safetensors.torch.save({"z": objective.masks.z.detach().cpu().contiguous(), "alpha": alpha.contiguous()}),
+        "views_png": grid_png(panel.flatten(0, 1), nrow=1 + 2 * d),
     }

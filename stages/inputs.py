@@ -12,6 +12,7 @@ CREATED_BY = {
     "dataset": "chddl label PATH",
     "labels": "chddl label PATH",
     "condensed": "chddl condense",
+    "experts": "chddl pretrain-experts",
     "evaluation": "chddl evaluate",
 }
 
@@ -28,7 +29,7 @@ def resolve(workspace: Workspace, stage: str, path: str | Path | None = None) ->
     if path is not None:
         art = read_artifact(Path(path), stage)
         art.tensors()
-        return art
+        return workspace.adopt(art)
     art = workspace.latest(stage)
     if art is None:
         raise ChddlError(f"no {stage} artifact in workspace {workspace.root}; create one with `{CREATED_BY.get(stage, 'chddl')}` or pass its path")

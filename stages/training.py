@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,15 +12,17 @@ from stages.data.augment import DSA
 
 
 def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float, momentum: float,
-                  weight_decay: float, batch_size: int, dsa: DSA | None, g: torch.Generator) -> float:
-    """SGD with momentum, lr x0.1 at half the epochs, DSA per sample (one family
-    per batch, as the reference). Returns the last epoch's mean training loss."""
+                  weight_decay: float, batch_size: int, dsa: DSA | None, g: torch.Generator, decay: bool = True,
+                  on_epoch: Callable[[int], None] | None = None) -> float:
+    """SGD with momentum, lr x0.1 at half the epochs (``decay``), DSA per sample
+    (one family per batch, as the reference). ``on_epoch(e)`` runs after each
+    epoch. Returns the last epoch's mean training loss."""
     net.train()
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[epochs // 2], gamma=0.1)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[epochs // 2] if decay else [], gamma=0.1)
     n, size = len(images), tuple(images.shape[-2:])
     last = images.new_zeros(())
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = torch.randperm(n, generator=g).to(images.device)
         total = images.new_zeros(())
         for start in range(0, n, batch_size):
@@ -33,6 +37,8 @@ def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
             total = total + loss.detach() * len(idx)
         scheduler.step()
         last = total / n
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
     return float(last)
 
 

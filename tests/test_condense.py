@@ -139,7 +139,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(data, workspace,
     assert not list(workspace.artifacts_dir.glob("condensed-*"))
     partial = next((workspace.root / "partial").iterdir())
     iteration, tensors = load_checkpoint(partial, partial.name.rsplit("-", 1)[1])
-    assert iteration == 4 and torch.isfinite(tensors["images"]).all()
+    assert iteration == 4 and torch.isfinite(tensors["param/images/0"]).all()
 
 
 def test_shared_real_draw_estimates_uniform_domain_means() -> None:

@@ -10,9 +10,10 @@ from stages.data.ingest import DatasetConfig
 from stages.evaluate import EvaluateConfig
 from stages.errors import ChddlError
 from stages.label import LabelConfig
+from stages.pretrain_experts import ExpertsConfig
 
 #: the config class of each preset section
-SECTIONS = {"dataset": DatasetConfig, "label": LabelConfig, "condense": CondenseConfig, "evaluate": EvaluateConfig}
+SECTIONS = {"dataset": DatasetConfig, "label": LabelConfig, "condense": CondenseConfig, "evaluate": EvaluateConfig, "experts": ExpertsConfig}
 
 
 @pytest.mark.parametrize("name", list_presets())

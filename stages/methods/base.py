@@ -76,6 +76,14 @@ class BaseMethod(ABC):
     def loss(self, role: str, batch: MatchBatch, pool: RealPool, g: torch.Generator) -> torch.Tensor:
         """Matching loss of ``batch`` under the parameters of ``role``."""
 
+    def after_update(self) -> None:
+        """Hook after every optimiser step (MTT keeps its learned lr positive here)."""
+
+    def extra_parameter_groups(self) -> list[dict]:
+        """Learnable tensors the method owns besides the images (MTT's synthetic
+        lr): ``{"name", "params", "lr"}`` each, optimised with SGD, momentum 0.5."""
+        return []
+
     def joint_loss(self, class_batch: MatchBatch, domain_batch: MatchBatch, pool: RealPool, real_weights: torch.Tensor,
                    g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Class and domain losses from ONE forward pass of the real images,

@@ -1,0 +1,185 @@
+"""The condensation loop: rounds of image updates, checkpoints, resume, and
+NaN/Inf handling (stop, or roll back with halved learning rates)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from stages.errors import ChddlError
+from stages.methods.base import BaseMethod
+from stages.methods.checkpoint import load_checkpoint, save_checkpoint
+from stages.progress import Progress
+
+
+@dataclass
+class LoopSettings:
+    iterations: int
+    seed: int
+    lam: float
+    schedule: str
+    momentum: float
+    lr: dict[str, float]  # per parameter group: images, masks, method groups
+    clip_grad: float | None
+    nan_retries: int
+    log_every: int
+    checkpoint_every: int
+
+
+def iteration_generator(seed: int, iteration: int) -> torch.Generator:
+    # Per-iteration seeding: resuming at iteration k needs no saved RNG state.
+    return torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+
+
+class Loop:
+    """Runs ``objective`` (a base method, maybe domain-aware) on ``images``."""
+
+    def __init__(self, base: BaseMethod, objective, images: torch.Tensor, s: LoopSettings, key: str, partial: Path,
+                 progress: Progress) -> None:
+        self.base, self.objective, self.images, self.s = base, objective, images, s
+        self.key, self.partial, self.progress = key, partial, progress
+        self.groups: dict[str, list[torch.Tensor]] = {"images": [images]}
+        if objective.extra_parameters():
+            self.groups["masks"] = objective.extra_parameters()
+        for group in base.extra_parameter_groups():
+            self.groups[group["name"]] = group["params"]
+        self.opts = {n: torch.optim.SGD(p, lr=s.lr[n], momentum=s.momentum) for n, p in self.groups.items()}
+        self.history = torch.zeros(s.iterations, 2)
+        self.rollbacks: list[dict] = []
+        self.timings: list[float] = []
+
+    # -- state ---------------------------------------------------------------
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {"history": self.history.clone()}
+        for name, params in self.groups.items():
+            opt = self.opts[name]
+            out[f"lr/{name}"] = torch.tensor(opt.param_groups[0]["lr"], dtype=torch.float64)
+            for i, p in enumerate(params):
+                out[f"param/{name}/{i}"] = p.detach().clone()
+                buf = opt.state.get(p, {}).get("momentum_buffer")
+                if buf is not None:
+                    out[f"momentum/{name}/{i}"] = buf.clone()
+        return out
+
+    def restore(self, saved: dict[str, torch.Tensor]) -> None:
+        self.history.copy_(saved["history"])
+        with torch.no_grad():
+            for name, params in self.groups.items():
+                opt = self.opts[name]
+                opt.param_groups[0]["lr"] = float(saved[f"lr/{name}"])
+                for i, p in enumerate(params):
+                    p.copy_(saved[f"param/{name}/{i}"].to(p.device))
+                    key = f"momentum/{name}/{i}"
+                    opt.state[p] = {"momentum_buffer": saved[key].to(p.device).clone()} if key in saved else {}
+
+    def learning_rates(self) -> dict[str, float]:
+        return {n: o.param_groups[0]["lr"] for n, o in self.opts.items()}
+
+    # -- one update ----------------------------------------------------------
+    def _apply(self, names: list[str]) -> None:
+        if self.s.clip_grad is not None and self.images.grad is not None:
+            torch.nn.utils.clip_grad_norm_([self.images], self.s.clip_grad)
+        for n in names:
+            self.opts[n].step()
+        self.base.after_update()
+
+    def _zero(self) -> None:
+        for o in self.opts.values():
+            o.zero_grad(set_to_none=True)
+
+    def step(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image update; returns the detached class and domain losses."""
+        method_groups = [n for n in self.groups if n not in ("images", "masks")]
+        zero = self.images.new_zeros(())
+        if self.s.schedule == "summed" or "masks" not in self.groups:
+            l_cls, l_dom = self.objective.losses(self.images, g)
+            self._zero()
+            (l_cls if l_dom is None else l_cls + self.s.lam * l_dom).backward()
+            self._apply(list(self.groups))
+            return l_cls.detach(), zero if l_dom is None else l_dom.detach()
+        # Algorithm 1: a class step, then a domain step on images and masks.
+        l_cls = self.objective.class_loss(self.images, g)
+        self._zero()
+        l_cls.backward()
+        self._apply(["images", *method_groups])
+        l_dom = self.objective.domain_loss(self.images, g)
+        self._zero()
+        (self.s.lam * l_dom).backward()
+        self._apply(list(self.groups))
+        return l_cls.detach(), l_dom.detach()
+
+    def _finite(self, values: torch.Tensor) -> bool:
+        return bool(torch.isfinite(values).all()) and all(bool(torch.isfinite(p).all()) for ps in self.groups.values() for p in ps)
+
+    # -- the loop ------------------------------------------------------------
+    def run(self, stop_after: int | None = None) -> int:
+        """Run to the end (resuming a checkpoint if one exists); returns the start iteration."""
+        s = self.s
+        start = 0
+        resumed = load_checkpoint(self.partial, self.key)
+        if resumed is not None:
+            start, saved = resumed
+            self.restore(saved)
+            self.progress.note(f"resuming from the checkpoint at iteration {start} ({self.partial})")
+        good, good_it = self.state(), start
+        pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        retries = s.nan_retries
+        it = start
+        with self.progress.task("condense", total=s.iterations) as task:
+            task.advance(start)
+            while it < s.iterations:
+                t0 = time.perf_counter()
+                g = iteration_generator(s.seed, it)
+                self.base.new_round(it, self.objective.roles, g)
+                cls_sum, dom_sum = self.images.new_zeros(()), self.images.new_zeros(())
+                for step in range(self.base.steps_per_round()):
+                    l_cls, l_dom = self.step(g)
+                    cls_sum, dom_sum = cls_sum + l_cls, dom_sum + l_dom
+                    self.base.after_step(step, self.objective.training_sets(self.images), g)
+                pending.append((it, cls_sum, dom_sum))
+                self.timings.append(time.perf_counter() - t0)
+                it += 1
+                if it % s.log_every and it % s.checkpoint_every and it < s.iterations and it - start != stop_after:
+                    continue
+                values = torch.stack([torch.stack([c, d]) for _, c, d in pending]).cpu()  # the only host sync
+                if not self._finite(values):
+                    bad = next(i for (i, _, _), row in zip(pending, values) if not torch.isfinite(row).all()) + 1 \
+                        if not torch.isfinite(values).all() else it
+                    if retries == 0:
+                        raise ChddlError(
+                            f"non-finite loss or images at iteration {bad}; stopped. The last good checkpoint is kept in "
+                            f"{self.partial} (re-running resumes from it); lower --lr-img or --mask-lr, or allow --nan-retries")
+                    retries -= 1
+                    self.restore(good)
+                    for opt in self.opts.values():
+                        opt.param_groups[0]["lr"] *= 0.5
+                    self.rollbacks.append({"at_iteration": bad, "back_to": good_it, "lr": self.learning_rates()})
+                    self.progress.note(f"non-finite values at iteration {bad}: rolled back to {good_it} with halved learning rates")
+                    task.advance(good_it - it)
+                    it, pending = good_it, []
+                    continue
+                for (i, _, _), row in zip(pending, values):
+                    self.history[i] = row
+                task.advance(len(pending), loss=float(self.history[it - 1, 0]), dom=float(self.history[it - 1, 1]))
+                pending = []
+                good, good_it = self.state(), it
+                if (it % s.checkpoint_every == 0 and it < s.iterations) or (stop_after is not None and it - start >= stop_after):
+                    save_checkpoint(self.partial, self.key, it, good)
+                if stop_after is not None and it - start >= stop_after:
+                    raise KeyboardInterrupt
+        return start
+
+    def stats(self, start: int) -> dict:
+        steady = sorted(self.timings[1:] if len(self.timings) > 1 else self.timings)
+        return {
+            "final_loss_cls": round(float(self.history[-1, 0]), 6),
+            "final_loss_dom": round(float(self.history[-1, 1]), 6),
+            "s_per_iteration": round(steady[len(steady) // 2], 4) if steady else None,
+            "iterations_run": len(self.timings),
+            "resumed_from": start,
+            "rollbacks": self.rollbacks,
+            "final_lr": self.learning_rates(),
+        }

@@ -1,0 +1,229 @@
+"""MTT: expert trajectories, resume, torchrun, one iteration, guards, bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors
+import torch
+
+from stages.condense import CondenseConfig, _build, _expert_store
+from stages.condense import run as condense_run
+from stages.config import build
+from stages.data.dataset import load_dataset
+from stages.data.ingest import DatasetConfig, ingest
+from stages.errors import ChddlError
+from stages.label import LabelConfig, load_labels
+from stages.label import run as label_run
+from stages.methods.trajectories import ExpertStore
+from stages.pretrain_experts import ExpertsConfig, expert_file
+from stages.pretrain_experts import run as experts_run
+from tests.conftest import make_npz
+
+TINY_EXPERTS = {"num_experts": 2, "epochs": 3, "batch_size": 32}
+TINY_MTT = {"base": "mtt", "ipc": 1, "iterations": 2, "syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 2,
+            "lr_img": 100.0, "batch_real": 8, "log_every": 1}
+
+
+@pytest.fixture
+def data(tmp_path, workspace):
+    art, _ = ingest(str(make_npz(tmp_path / "d.npz", n=60, size=8)), build(DatasetConfig, {"size": 8}), workspace)
+    ds = load_dataset(art)
+    labels = load_labels(label_run(ds, build(LabelConfig, {"num_domains": 2}), workspace)[0], ds)
+    return ds, labels
+
+
+@pytest.fixture
+def experts(data, workspace):
+    ds, labels = data
+    return experts_run(ds, labels, build(ExpertsConfig, TINY_EXPERTS), workspace)[0]
+
+
+def test_expert_files_hold_every_epoch_under_flat_keys(experts) -> None:
+    assert set(experts.info["sets"]) == {"class", "domain0", "domain1"}
+    names = list(experts.info["parameters"])
+    with safetensors.safe_open(str(experts.path / expert_file("class", 1)), framework="pt") as fh:
+        keys = set(fh.keys())
+        assert keys == {f"{e:03d}/{n}" for e in range(4) for n in names}
+        assert not torch.equal(fh.get_tensor(f"000/{names[0]}"), fh.get_tensor(f"003/{names[0]}"))
+
+
+def test_trajectory_round_trip_through_the_store(experts) -> None:
+    store = ExpertStore(experts)
+    start, end = store.pair("domain1", 0, 0, 3, torch.device("cpu"))
+    params = store.unflatten(start)
+    assert list(params) == store.names and start.shape == end.shape
+    with safetensors.safe_open(str(experts.path / expert_file("domain1", 0)), framework="pt") as fh:
+        assert torch.equal(params[store.names[0]], fh.get_tensor(f"000/{store.names[0]}"))
+
+
+def test_half_precision_storage_halves_the_files(data, workspace, experts) -> None:
+    ds, labels = data
+    half, _ = experts_run(ds, labels, build(ExpertsConfig, TINY_EXPERTS, {"dtype": "bfloat16", "domain_experts": False}), workspace)
+    full = experts.info["files"][expert_file("class", 0)]["bytes"]
+    assert half.info["files"][expert_file("class", 0)]["bytes"] < 0.55 * full
+
+
+def test_running_again_trains_nothing(data, workspace, experts) -> None:
+    ds, labels = data
+    again, hit = experts_run(ds, labels, build(ExpertsConfig, TINY_EXPERTS), workspace)
+    assert hit and again.path == experts.path
+
+
+def test_resume_after_a_kill_trains_only_the_missing_experts(data, tmp_path, monkeypatch) -> None:
+    from stages import pretrain_experts as pe
+    from stages.artifacts import Workspace
+
+    ds, labels = data
+    ws = Workspace(tmp_path / "resume")
+    cfg = build(ExpertsConfig, TINY_EXPERTS, {"domain_experts": False})
+    real_train, trained = pe._train_one, []
+
+    def killed_after_first(*args, **kwargs):
+        if trained:
+            raise KeyboardInterrupt
+        trained.append(args[5].name)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(pe, "_train_one", killed_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        experts_run(ds, None, cfg, ws)
+    calls = []
+    monkeypatch.setattr(pe, "_train_one", lambda *a, **k: calls.append(a[5].name) or real_train(*a, **k))
+    art, _ = experts_run(ds, None, cfg, ws)
+    assert trained == [expert_file("class", 0)] and calls == [expert_file("class", 1)]
+    assert set(art.info["files"]) == {expert_file("class", 0), expert_file("class", 1)}
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_processes_gives_the_same_experts(data, workspace, experts, tmp_path) -> None:
+    ds, _ = data
+    ws2 = tmp_path / "ws_torchrun"
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "chddl_cli", "-q", "-w", str(ws2), "label", str(ds.artifact.path), "-D", "2"],
+                   check=True, env=env, capture_output=True)
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+                          "-m", "chddl_cli", "-q", "-w", str(ws2), "pretrain-experts", "--num-experts", "2", "--epochs", "3", "--batch-size", "32"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    art_dir = next((ws2 / "artifacts").glob("experts-*"))
+    from stages.artifacts import read_artifact
+
+    other = read_artifact(art_dir, "experts")
+    assert other.info["world_size"] == 2 and other.key == experts.key
+    assert set(other.info["files"]) == set(experts.info["files"])
+    for name in experts.info["files"]:
+        with safetensors.safe_open(str(experts.path / name), framework="pt") as a, \
+                safetensors.safe_open(str(art_dir / name), framework="pt") as b:
+            assert all(torch.allclose(a.get_tensor(k), b.get_tensor(k), atol=1e-5) for k in a.keys())
+
+
+@pytest.mark.parametrize("aware", [False, True])
+def test_one_mtt_iteration_gives_finite_loss_and_gradients(data, experts, aware) -> None:
+    ds, labels = data
+    cfg = build(CondenseConfig, TINY_MTT, {"domain_aware": aware, "mask_init_mode": "normal"}).resolved()
+    base, objective, images, _, _ = _build(ds, labels, cfg, torch.device("cpu"), _expert_store(experts, ds, labels, cfg))
+    g = torch.Generator().manual_seed(0)
+    l_cls, l_dom = objective.losses(images, g)
+    total = l_cls if l_dom is None else l_cls + 0.01 * l_dom
+    total.backward()
+    assert torch.isfinite(total)
+    assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+    assert base.syn_lr.grad is not None and torch.isfinite(base.syn_lr.grad)
+    if aware:
+        z = objective.extra_parameters()[0]
+        assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_mtt_condense_records_the_learned_lr_for_evaluation(data, workspace, experts) -> None:
+    ds, labels = data
+    art, _ = condense_run(ds, labels, build(CondenseConfig, TINY_MTT), workspace, experts=experts)
+    assert art.tensor("images").shape == (3, 3, 8, 8)
+    assert art.info["eval_lr"] > 0 and art.info["experts"] == experts.name
+
+
+def test_learned_lr_is_kept_positive(data, workspace, experts) -> None:
+    ds, labels = data
+    cfg = build(CondenseConfig, TINY_MTT, {"lr_lr": 1e3, "iterations": 3})
+    art, _ = condense_run(ds, labels, cfg, workspace, experts=experts)
+    assert art.info["eval_lr"] >= float(torch.tensor(cfg.min_syn_lr)) > 0
+    assert art.metrics["syn_lr_clamped"] > 0  # the huge lr_lr pushed it below zero; the guard held it
+
+
+def test_nan_triggers_rollback_with_lower_learning_rates(data, workspace, experts, monkeypatch) -> None:
+    from stages.methods import mtt
+
+    ds, labels = data
+    real_unroll, calls = mtt.MTT.unroll, {"n": 0}
+
+    def flaky(self, *args):
+        calls["n"] += 1
+        out = real_unroll(self, *args)
+        return out * float("nan") if calls["n"] == 5 else out  # one bad iteration
+
+    monkeypatch.setattr(mtt.MTT, "unroll", flaky)
+    art, _ = condense_run(ds, labels, build(CondenseConfig, TINY_MTT, {"iterations": 4}), workspace, experts=experts)
+    rollbacks = art.metrics["rollbacks"]
+    assert len(rollbacks) == 1 and rollbacks[0]["lr"]["images"] == pytest.approx(50.0)
+    assert torch.isfinite(art.tensor("images")).all()
+
+
+def test_nan_every_time_fails_after_the_retries(data, workspace, experts, monkeypatch) -> None:
+    from stages.methods import mtt
+
+    ds, labels = data
+    monkeypatch.setattr(mtt.MTT, "unroll", lambda self, *a: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(ChddlError, match="non-finite loss"):
+        condense_run(ds, labels, build(CondenseConfig, TINY_MTT, {"nan_retries": 2}), workspace, experts=experts)
+
+
+def test_mtt_without_experts_names_the_command(data, workspace) -> None:
+    ds, labels = data
+    with pytest.raises(ChddlError, match="chddl pretrain-experts"):
+        condense_run(ds, labels, build(CondenseConfig, TINY_MTT), workspace)
+
+
+def test_experts_from_another_dataset_are_refused(data, workspace, experts, tmp_path) -> None:
+    other = load_dataset(ingest(str(make_npz(tmp_path / "o.npz", n=60, size=8, domains=3)), build(DatasetConfig, {"size": 8}),
+                                workspace)[0])
+    other_labels = load_labels(label_run(other, build(LabelConfig, {"num_domains": 2}), workspace)[0], other)
+    with pytest.raises(ChddlError, match="another dataset"):
+        condense_run(other, other_labels, build(CondenseConfig, TINY_MTT), workspace, experts=experts)
+
+
+def test_experts_of_another_architecture_are_refused(data, experts) -> None:
+    ds, labels = data
+    with pytest.raises(ChddlError, match="architecture convnet, but condensation uses alexnet"):
+        ExpertStore(experts).check_compatible("alexnet", ds.size, ds.num_classes, ds.mean, ds.std, 0)
+
+
+def test_experts_with_another_normalisation_are_refused(data, experts) -> None:
+    ds, _ = data
+    with pytest.raises(ChddlError, match="normalisation"):
+        ExpertStore(experts).check_compatible("convnet", ds.size, ds.num_classes, (0.5, 0.5, 0.5), ds.std, 0)
+
+
+def test_start_epoch_beyond_the_stored_epochs_is_refused(data, workspace, experts) -> None:
+    ds, labels = data
+    with pytest.raises(ChddlError, match="exceeds the 3 epochs stored"):
+        condense_run(ds, labels, build(CondenseConfig, TINY_MTT, {"max_start_epoch": 3}), workspace, experts=experts)
+
+
+def test_truncated_expert_file_is_detected(experts) -> None:
+    path = experts.path / expert_file("class", 0)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ChddlError, match="missing or truncated"):
+        ExpertStore(experts)
+
+
+def test_corrupt_expert_file_is_detected(experts) -> None:
+    path = experts.path / expert_file("class", 0)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChddlError, match="corrupt"):
+        ExpertStore(experts).pair("class", 0, 0, 1, torch.device("cpu"))
