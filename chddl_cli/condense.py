@@ -66,6 +66,7 @@ def condense(
     expert_epochs: Annotated[Optional[int], typer.Option(help="mtt: expert epochs to match [3]")] = None,
     max_start_epoch: Annotated[Optional[int], typer.Option(help="mtt: start epoch drawn below this [25]")] = None,
     lr_lr: Annotated[Optional[float], typer.Option(help="mtt: learning rate of the learned lr [1e-5]")] = None,
+    checkpoint_student: Annotated[Optional[bool], typer.Option("--checkpoint-student/--no-checkpoint-student", help="mtt: trade ~40% time for ~4x less memory growth per student step [off]")] = None,
     clip_grad: Annotated[Optional[float], typer.Option(help="clip the images' gradient norm [off]")] = None,
     nan_retries: Annotated[Optional[int], typer.Option(help="rollbacks with halved lrs on NaN before failing [mtt 3, else 0]")] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute even when a cached artifact exists")] = False,
@@ -83,7 +84,7 @@ def condense(
         "init": init, "arch": arch, "lr_img": lr_img, "batch_real": batch_real, "dsa": dsa, "compile": compile, "seed": seed,
         "domains": tuple(d.strip() for d in domains.split(",") if d.strip()) if domains else None, "exclude_domain": exclude_domain,
         "syn_steps": syn_steps, "expert_epochs": expert_epochs, "max_start_epoch": max_start_epoch, "lr_lr": lr_lr,
-        "clip_grad": clip_grad, "nan_retries": nan_retries})
+        "clip_grad": clip_grad, "nan_retries": nan_retries, "checkpoint_student": checkpoint_student})
     device = resolve_device(g.device)
     ws = Workspace(g.workdir)
     label_art = resolve(ws, "labels", labels) if cfg.domain_aware else None

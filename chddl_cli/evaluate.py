@@ -12,7 +12,7 @@ from stages import evaluate as evaluate_stage
 from stages.artifacts import Artifact, Workspace
 from stages.config import build, load_preset, section
 from stages.data.dataset import load_dataset
-from stages.device import resolve_device
+from stages.device import init_distributed, resolve_device
 from stages.errors import ChddlError
 from stages.inputs import resolve, upstream
 
@@ -50,7 +50,8 @@ def evaluate(
     force: Annotated[bool, typer.Option("--force", help="recompute even when a cached artifact exists")] = False,
 ) -> None:
     """Train networks from scratch on the condensed set only and report test top-1 (mean ± std over runs),
-    overall and per true domain."""
+    overall and per true domain. Under `torchrun --nproc-per-node K` the runs are split across K processes."""
+    init_distributed()
     g = globals_of(ctx)
     archs = tuple(a.strip() for a in arch.split(",") if a.strip()) if arch else None
     cfg = build(evaluate_stage.EvaluateConfig, {"seed": g.seed}, section(load_preset(config), "evaluate"), {
@@ -69,6 +70,8 @@ def evaluate(
         train_set = evaluate_stage.from_condensed(cond, ds)
     progress = progress_for(g)
     art, hit = evaluate_stage.run(train_set, ds, cfg, ws, device=device, force=force, progress=progress)
+    if art is None:  # a non-zero torchrun rank: rank 0 reports
+        return
     progress.note(f"evaluation {art.name}: " + ("cached - skipping (use --force to recompute)" if hit else "done"))
     console.print(results_table(art))
     console.print(f"evaluation: {art.path}")

@@ -12,7 +12,7 @@ from stages import pretrain_experts as experts_stage
 from stages.artifacts import Workspace
 from stages.config import build, load_preset, section
 from stages.data.dataset import load_dataset
-from stages.device import resolve_device
+from stages.device import init_distributed, resolve_device
 from stages.inputs import resolve, upstream
 from stages.label import load_labels
 
@@ -36,7 +36,7 @@ def pretrain_experts(
     """Train MTT expert trajectories on the real training split: class experts, and one set per
     pseudo-domain for CHDDL. Resumes expert by expert; under `torchrun --nproc-per-node K` the
     experts are split across the K processes."""
-    experts_stage.init_distributed()
+    init_distributed()
     g = globals_of(ctx)
     cfg = build(experts_stage.ExpertsConfig, {"seed": g.seed}, section(load_preset(config), "experts"), {
         "num_experts": num_experts, "epochs": epochs, "lr": lr, "batch_size": batch_size, "domain_experts": domain_experts, "dtype": dtype,

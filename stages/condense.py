@@ -34,7 +34,7 @@ BASE_DEFAULTS = {
     "mtt": {"iterations": 5000, "lr_img": 1000.0, "dsa": True, "lam": 0.01},
 }
 #: settings that change how fast the run goes, not what it computes
-EXECUTION_ONLY = ("checkpoint_every", "log_every", "compile")
+EXECUTION_ONLY = ("checkpoint_every", "log_every", "compile", "checkpoint_student")
 
 
 @dataclass
@@ -70,6 +70,7 @@ class CondenseConfig:
     syn_lr: float = option(0.01, "mtt: initial learned synthetic learning rate")
     lr_lr: float = option(1e-5, "mtt: learning rate of the synthetic learning rate")
     batch_syn: int | None = option(None, "mtt: synthetic images per student step [all]")
+    checkpoint_student: bool = option(False, "mtt: recompute student steps in the backward pass (less memory, more time)")
     min_syn_lr: float = option(1e-6, "mtt: the learned synthetic lr is kept at or above this (positive)")
     clip_grad: float | None = option(None, "clip the images' gradient norm to this value (none by default)")
     nan_retries: int | None = option(None, "on NaN/Inf: roll back to the last good state with halved learning rates, "
@@ -137,7 +138,8 @@ class CondenseConfig:
             for k in ("lr_net", "outer_loop", "inner_loop", "batch_train"):
                 out.pop(k)
         if self.base != "mtt":
-            for k in ("syn_steps", "expert_epochs", "max_start_epoch", "syn_lr", "lr_lr", "batch_syn", "min_syn_lr"):
+            for k in ("syn_steps", "expert_epochs", "max_start_epoch", "syn_lr", "lr_lr", "batch_syn", "min_syn_lr",
+                      "checkpoint_student"):
                 out.pop(k)
         return out
 
@@ -291,7 +293,7 @@ def _build(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig, d
                           lr_net=cfg.lr_net, outer_loop=cfg.outer_loop, inner_loop=cfg.inner_loop, batch_train=cfg.batch_train,
                           store=store, syn_steps=cfg.syn_steps, expert_epochs=cfg.expert_epochs,
                           max_start_epoch=cfg.max_start_epoch, syn_lr=cfg.syn_lr, lr_lr=cfg.lr_lr, batch_syn=cfg.batch_syn,
-                          min_syn_lr=cfg.min_syn_lr)
+                          min_syn_lr=cfg.min_syn_lr, checkpoint_student=cfg.checkpoint_student)
     g0 = iteration_generator(cfg.seed, -1)
     images = _initial_images(dataset, pool, cfg, g0).requires_grad_(True)
     syn_labels = torch.arange(dataset.num_classes, device=device).repeat_interleave(cfg.ipc)

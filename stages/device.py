@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+import torch.distributed as dist
 
 from stages.errors import ChddlError
 
@@ -23,3 +26,9 @@ def resolve_device(name: str = "auto") -> torch.device:
             )
         return torch.device(name)
     raise ChddlError(f"unknown device '{name}'; valid: {', '.join(DEVICE_CHOICES)}")
+
+
+def init_distributed() -> None:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from stages.artifacts import Artifact, Workspace, artifact_key, stage_artifact_name
 from stages.config import option, require, require_finite, to_dict
@@ -113,9 +114,25 @@ def summarise(values: np.ndarray) -> dict:
     return {"mean": round(float(values.mean()), 3), "std": round(float(values.std()), 3)} if len(values) else {"mean": None, "std": None}
 
 
+def _combine(acc: np.ndarray, per_domain: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the runs done by every torchrun rank (each fills its own cells; NaN elsewhere)."""
+    out = []
+    for values in (acc, per_domain):
+        t = torch.from_numpy(np.nan_to_num(values, nan=0.0)).to(device)
+        filled = torch.from_numpy(~np.isnan(values)).to(device, torch.float64)
+        dist.all_reduce(t)
+        dist.all_reduce(filled)
+        out.append(torch.where(filled > 0, t / filled.clamp(min=1), torch.full_like(t, float("nan"))).cpu().numpy())
+    return out[0], out[1]
+
+
 def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, workspace: Workspace, *,
         device: torch.device = torch.device("cpu"), force: bool = False, progress: Progress = NullProgress()) -> tuple[Artifact, bool]:
-    """Evaluate ``train_set`` on ``dataset``'s test split; returns (artifact, cache_hit)."""
+    """Evaluate ``train_set`` on ``dataset``'s test split; returns (artifact, cache_hit).
+
+    Under torchrun the runs are split across processes; rank 0 writes the
+    artifact and returns it, the other ranks return (None, False).
+    """
     cfg = config
     lr = cfg.lr if cfg.lr is not None else train_set.lr
     test = _test_split(dataset, cfg.target_domain)
@@ -142,18 +159,25 @@ def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, worksp
     dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
     acc = np.full((len(cfg.archs), cfg.runs), np.nan)
     per_domain = np.full((len(cfg.archs), cfg.runs, max(num_domains, 1)), np.nan)
-    with measure() as cost, progress.task(f"evaluate {train_set.name}", total=len(cfg.archs) * cfg.runs) as task:
-        for a, arch in enumerate(cfg.archs):
-            for r in range(cfg.runs):
-                seed = cfg.seed * 1000 + r
-                net = create_model(arch, dataset.num_classes, dataset.size, seed=seed).to(device)
-                train_network(net, x, y, epochs=cfg.epochs, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                              batch_size=cfg.batch_size, dsa=dsa, g=torch.Generator().manual_seed(seed))
-                pred = predict(net, test_x)
-                acc[a, r] = accuracy(pred, test_y)
-                if domains is not None:
-                    per_domain[a, r] = group_accuracy(pred, test_y, domains, num_domains).numpy()
-                task.advance(1, arch=arch, acc=acc[a, r])
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    jobs = [(a, r) for a in range(len(cfg.archs)) for r in range(cfg.runs)]
+    mine = [job for i, job in enumerate(jobs) if i % world == rank]
+    with measure() as cost, progress.task(f"evaluate {train_set.name}", total=len(mine)) as task:
+        for a, r in mine:
+            arch = cfg.archs[a]
+            seed = cfg.seed * 1000 + r
+            net = create_model(arch, dataset.num_classes, dataset.size, seed=seed).to(device)
+            train_network(net, x, y, epochs=cfg.epochs, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          batch_size=cfg.batch_size, dsa=dsa, g=torch.Generator().manual_seed(seed))
+            pred = predict(net, test_x)
+            acc[a, r] = accuracy(pred, test_y)
+            if domains is not None:
+                per_domain[a, r] = group_accuracy(pred, test_y, domains, num_domains).numpy()
+            task.advance(1, arch=arch, acc=acc[a, r])
+    if world > 1:
+        acc, per_domain = _combine(acc, per_domain, device)
+        if rank != 0:
+            return None, False
     metrics = {}
     for a, arch in enumerate(cfg.archs):
         metrics[arch] = summarise(acc[a]) | {"runs": [round(float(v), 3) for v in acc[a]]}

@@ -29,7 +29,9 @@ def resolve(workspace: Workspace, stage: str, path: str | Path | None = None) ->
     if path is not None:
         art = read_artifact(Path(path), stage)
         art.tensors()
-        return workspace.adopt(art)
+        adopted = workspace.adopt(art)
+        workspace.set_latest(adopted)  # an artifact named explicitly becomes the latest of its stage
+        return adopted
     art = workspace.latest(stage)
     if art is None:
         raise ChddlError(f"no {stage} artifact in workspace {workspace.root}; create one with `{CREATED_BY.get(stage, 'chddl')}` or pass its path")

@@ -82,12 +82,6 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def init_distributed() -> None:
-    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-
-
 def _valid_file(path: Path, expected: int) -> bool:
     try:
         with safetensors.safe_open(str(path), framework="pt") as fh:

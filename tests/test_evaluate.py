@@ -101,3 +101,25 @@ def test_condensed_set_round_trip_through_evaluation(dataset, workspace) -> None
     ts = from_condensed(cond, dataset)
     art, _ = run(ts, dataset, build(EvaluateConfig, FAST), workspace)
     assert art.info["train_kind"] == "condensed" and art.info["num_train"] == 6
+
+
+@pytest.mark.slow
+def test_torchrun_evaluation_equals_a_single_process(dataset, workspace, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from stages.artifacts import read_artifact
+
+    single, _ = run(baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, {"runs": 3, "epochs": 2}), workspace)
+    ws2 = str(tmp_path / "ws2")
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "chddl_cli", "-q", "-w", ws2, "label", str(dataset.artifact.path)], check=True, env=env,
+                   capture_output=True)
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29534",
+                          "-m", "chddl_cli", "-q", "-w", ws2, "evaluate", "--baseline", "random", "--ipc", "2", "--runs", "3",
+                          "--epochs", "2"], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    multi = read_artifact(next((tmp_path / "ws2" / "artifacts").glob("eval-*")), "evaluation")
+    assert multi.key == single.key
+    assert torch.allclose(multi.tensor("accuracy"), single.tensor("accuracy"), atol=1e-6)

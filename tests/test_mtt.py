@@ -227,3 +227,15 @@ def test_corrupt_expert_file_is_detected(experts) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(ChddlError, match="corrupt"):
         ExpertStore(experts).pair("class", 0, 0, 1, torch.device("cpu"))
+
+
+def test_checkpointed_student_gives_the_same_gradients(data, experts) -> None:
+    ds, labels = data
+    grads = []
+    for ck in (False, True):
+        cfg = build(CondenseConfig, TINY_MTT, {"domain_aware": False, "checkpoint_student": ck, "syn_steps": 3}).resolved()
+        base, objective, images, _, _ = _build(ds, labels, cfg, torch.device("cpu"), _expert_store(experts, ds, labels, cfg))
+        objective.class_loss(images, torch.Generator().manual_seed(0)).backward()
+        grads.append((images.grad.clone(), base.syn_lr.grad.clone()))
+    assert torch.allclose(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-7)
+    assert torch.allclose(grads[0][1], grads[1][1], rtol=1e-4)
