@@ -138,8 +138,7 @@ class CondenseConfig:
             for k in ("lr_net", "outer_loop", "inner_loop", "batch_train"):
                 out.pop(k)
         if self.base != "mtt":
-            for k in ("syn_steps", "expert_epochs", "max_start_epoch", "syn_lr", "lr_lr", "batch_syn", "min_syn_lr",
-                      "checkpoint_student"):
+            for k in ("syn_steps", "expert_epochs", "max_start_epoch", "syn_lr", "lr_lr", "batch_syn", "min_syn_lr"):
                 out.pop(k)
         return out
 
@@ -180,9 +179,7 @@ def _check_inputs(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseCo
 
 
 def _normalized(dataset: Dataset, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
-    mean = torch.tensor(dataset.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(dataset.std, device=device).view(1, 3, 1, 1)
-    return ((dataset.images[idx].to(device).float().div_(255.0) - mean) / std).contiguous(memory_format=torch.channels_last)
+    return dataset.normalized(idx, device).contiguous(memory_format=torch.channels_last)
 
 
 def _initial_images(dataset: Dataset, pool: RealPool, cfg: CondenseConfig, g: torch.Generator) -> torch.Tensor:

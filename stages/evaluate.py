@@ -90,9 +90,7 @@ def baseline(dataset: Dataset, kind: str, ipc: int, seed: int) -> TrainingSet:
         if ipc < 1 or ipc > int(counts.min()):
             raise ChddlError(f"--ipc {ipc} must lie in 1..{int(counts.min())} (the smallest class) for the random baseline")
         train = torch.cat([train[labels == c][torch.randperm(int(counts[c]), generator=g)[:ipc]] for c in range(dataset.num_classes)])
-    mean = torch.tensor(dataset.mean).view(1, 3, 1, 1)
-    std = torch.tensor(dataset.std).view(1, 3, 1, 1)
-    images = (dataset.images[train].float() / 255.0 - mean) / std
+    images = dataset.normalized(train)
     tag = f"random-ipc{ipc}-s{seed}" if kind == "random" else "whole"
     return TrainingSet(images, dataset.labels[train], 0.01, f"baseline-{tag}", f"{tag}-{dataset.artifact.key}", kind)
 
@@ -149,9 +147,7 @@ def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, worksp
         workspace.set_latest(hit)
         return hit, True
     workspace.ensure_writable()
-    mean = torch.tensor(dataset.mean).view(1, 3, 1, 1)
-    std = torch.tensor(dataset.std).view(1, 3, 1, 1)
-    test_x = ((dataset.images[test].float() / 255.0 - mean) / std).to(device)
+    test_x = dataset.normalized(test, device)
     test_y = dataset.labels[test]
     domains = dataset.domains[test] if dataset.domains is not None else None
     num_domains = len(dataset.domain_names or [])

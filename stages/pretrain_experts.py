@@ -92,9 +92,7 @@ def _valid_file(path: Path, expected: int) -> bool:
 
 def _train_one(dataset: Dataset, idx: torch.Tensor, test_x: torch.Tensor, cfg: ExpertsConfig, seed: int,
                path: Path, device: torch.device) -> float:
-    mean = torch.tensor(dataset.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(dataset.std, device=device).view(1, 3, 1, 1)
-    x = (dataset.images[idx].to(device).float() / 255.0 - mean) / std
+    x = dataset.normalized(idx, device)
     y = dataset.labels[idx].to(device)
     net = create_model(cfg.arch, dataset.num_classes, dataset.size, seed=seed).to(device)
     snapshots: dict[str, torch.Tensor] = {}
@@ -140,9 +138,7 @@ def run(dataset: Dataset, labels: PseudoLabels | None, cfg: ExpertsConfig, works
         dist.barrier()
     partial.mkdir(parents=True, exist_ok=True)
     train = dataset.train_indices
-    mean = torch.tensor(dataset.mean).view(1, 3, 1, 1)
-    std = torch.tensor(dataset.std).view(1, 3, 1, 1)
-    test_x = ((dataset.images[dataset.test_indices].float() / 255.0 - mean) / std).to(device)
+    test_x = dataset.normalized(dataset.test_indices, device)
     jobs = [(role, d, k) for role, d in _sets(labels, cfg) for k in range(cfg.num_experts)]
     mine = [job for i, job in enumerate(jobs) if i % world == rank]
     with measure() as cost, progress.task(f"experts (rank {rank}/{world})" if world > 1 else "experts", total=len(mine)) as task:

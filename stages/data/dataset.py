@@ -45,6 +45,12 @@ class Dataset:
         """Indices of the images in ``split`` (0 train, 1 test)."""
         return torch.nonzero(self.split == split).flatten()
 
+    def normalized(self, idx: torch.Tensor, device: torch.device = torch.device("cpu")) -> torch.Tensor:
+        """Images ``idx`` as float32 in the normalised space of the training split."""
+        mean = torch.tensor(self.mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+        return (self.images[idx].to(device).float().div_(255.0) - mean) / std
+
     @property
     def train_indices(self) -> torch.Tensor:
         return self.indices(TRAIN)
