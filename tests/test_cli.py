@@ -174,3 +174,40 @@ def test_evaluating_a_non_condensed_artifact_is_refused(tmp_path) -> None:
     dataset_dir = next((tmp_path / "ws" / "artifacts").glob("dataset-*"))
     result = invoke("-w", ws, "evaluate", str(dataset_dir))
     assert result.exit_code == 1 and "a 'condensed' artifact is needed" in result.output
+
+
+@pytest.mark.slow
+def test_condense_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from stages.artifacts import read_artifact
+
+    npz = make_npz(tmp_path / "d.npz", n=60)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("condense:\n  ipc: 2\n  iterations: 40\n  batch_real: 8\n  checkpoint_every: 5\n  log_every: 5\n  compile: 'off'\n")
+    results = []
+    for name, kill in (("plain", False), ("killed", True)):
+        ws = str(tmp_path / name)
+        base = [sys.executable, "-m", "chddl_cli", "-q", "-w", ws]
+        subprocess.run([*base, "label", str(npz), "--size", "16", "-D", "2"], check=True, capture_output=True)
+        cmd = [*base, "condense", "--config", str(preset)]
+        if kill:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            partial = tmp_path / name / "partial"
+            deadline = time.time() + 120
+            while time.time() < deadline and not list(partial.glob("*/checkpoint.yaml")):
+                time.sleep(0.2)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            assert list(partial.glob("*/checkpoint.yaml")), "no checkpoint was written before the kill"
+            assert not list((tmp_path / name / "artifacts").glob("condensed-*"))
+        subprocess.run(cmd, check=True, capture_output=True)
+        results.append(read_artifact(next((tmp_path / name / "artifacts").glob("condensed-*")), "condensed"))
+    assert results[1].metrics["resumed_from"] > 0
+    assert torch.equal(results[0].tensor("images"), results[1].tensor("images"))
