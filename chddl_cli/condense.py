@@ -42,8 +42,8 @@ def condense(
     base: Annotated[Optional[str], typer.Option(help="base method: dm | dc | mtt [default: dm]")] = None,
     ipc: Annotated[Optional[int], typer.Option(help="images per class [default: 10]")] = None,
     domain_aware: Annotated[Optional[bool], typer.Option("--domain-aware/--no-domain-aware", help="add CHDDL's domain-aware module [default: on]")] = None,
-    iterations: Annotated[Optional[int], typer.Option(help="outer iterations [dm 20000, dc 1000]")] = None,
-    lam: Annotated[Optional[float], typer.Option(help="domain loss weight lambda [0.1]")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help="outer iterations [dm 20000, dc 1000, mtt 5000]")] = None,
+    lam: Annotated[Optional[float], typer.Option(help="domain loss weight lambda [dm, dc 0.1; mtt 0.01]")] = None,
     tau: Annotated[Optional[float], typer.Option(help="mask softmax temperature [0.1]")] = None,
     mask_init: Annotated[Optional[float], typer.Option(help="mask init value (constant) or std (normal) [0.01]")] = None,
     mask_init_mode: Annotated[Optional[str], typer.Option(help="constant | normal [constant]")] = None,
@@ -51,7 +51,7 @@ def condense(
     schedule: Annotated[Optional[str], typer.Option(help="summed | sequential (Algorithm 1) [summed]")] = None,
     init: Annotated[Optional[str], typer.Option(help="noise | real [noise]")] = None,
     arch: Annotated[Optional[str], typer.Option(help="matching network [convnet]")] = None,
-    lr_img: Annotated[Optional[float], typer.Option(help="image learning rate [dm 1.0, dc 0.1]")] = None,
+    lr_img: Annotated[Optional[float], typer.Option(help="image learning rate [dm 1.0, dc 0.1, mtt 1000]")] = None,
     batch_real: Annotated[Optional[int], typer.Option(help="real images per group per step [256]")] = None,
     dsa: Annotated[Optional[bool], typer.Option("--dsa/--no-dsa", help="siamese augmentation while matching [dm on, dc off]")] = None,
     domains: Annotated[Optional[str], typer.Option(help="protocols: comma-separated true domains to condense from [all]")] = None,
@@ -71,7 +71,7 @@ def condense(
     nan_retries: Annotated[Optional[int], typer.Option(help="rollbacks with halved lrs on NaN before failing [mtt 3, else 0]")] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute even when a cached artifact exists")] = False,
 ) -> None:
-    """Condense the dataset into IPC synthetic images per class (DM or DC, optionally + CHDDL).
+    """Condense the dataset into IPC synthetic images per class (DM, DC or MTT, optionally + CHDDL).
 
     Long runs checkpoint every 100 iterations; re-running the same command
     after an interruption resumes from the last checkpoint.

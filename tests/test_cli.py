@@ -20,9 +20,8 @@ def invoke(*args: str):
 def test_help_lists_every_command() -> None:
     result = invoke("--help")
     assert result.exit_code == 0
-    assert "label" in result.output and "demo" in result.output
     for command in ("label", "pretrain-experts", "condense", "evaluate", "report", "demo"):
-        assert re.search(rf"^│ {command}\s", result.output, re.MULTILINE), command
+        assert re.search(rf"^\s+{command}\s", result.output, re.MULTILINE), command
 
 
 def test_label_help_documents_the_options() -> None:
