@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +108,3 @@ def human_bytes(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
-
-
-def is_tty() -> bool:
-    return sys.stderr.isatty()

@@ -25,11 +25,6 @@ def option(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
-def field_help(cls: type, name: str) -> str:
-    """The documented meaning of field ``name`` of config class ``cls``."""
-    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
-
-
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     text = str(hint)
     if value is None:

@@ -41,13 +41,3 @@ class NullProgress:
 
     def note(self, message: str) -> None:
         pass
-
-
-class RecordingProgress(NullProgress):
-    """A Progress that keeps the notes it receives (for tests and logs)."""
-
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)
