@@ -220,7 +220,7 @@ def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, w
         shutil.rmtree(partial, ignore_errors=True)
     with measure() as cost:
         base, objective, images, syn_labels, _ = _build(dataset, labels, cfg, device, store)
-        loop = Loop(base, objective, images, _settings(cfg, base), key, partial, progress)
+        loop = Loop(base, objective, images, _settings(cfg, base), key, partial, progress, f"condense {tag} ({cfg.iterations} it)")
         start = loop.run(stop_after)
         stats = loop.stats(start)
         extras = _mask_extras(objective, images, dataset) if cfg.domain_aware else {}

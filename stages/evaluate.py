@@ -65,6 +65,7 @@ class TrainingSet:
     name: str
     key: str
     kind: str  # condensed | random | whole
+    ipc: int = 0  # images per class; 0 for the whole training split
 
 
 def from_condensed(art: Artifact, dataset: Dataset) -> TrainingSet:
@@ -75,7 +76,8 @@ def from_condensed(art: Artifact, dataset: Dataset) -> TrainingSet:
         raise ChddlError(f"condensed set {art.name} was made from another dataset than {dataset.artifact.name}")
     if art.info.get("num_classes") != dataset.num_classes:
         raise ChddlError(f"condensed set {art.name} has {art.info.get('num_classes')} classes but the test split has {dataset.num_classes}")
-    return TrainingSet(art.tensor("images"), art.tensor("labels"), float(art.info.get("eval_lr", 0.01)), art.name, art.key, "condensed")
+    return TrainingSet(art.tensor("images"), art.tensor("labels"), float(art.info.get("eval_lr", 0.01)), art.name, art.key,
+                       "condensed", int(art.info["ipc"]))
 
 
 def baseline(dataset: Dataset, kind: str, ipc: int, seed: int) -> TrainingSet:
@@ -92,7 +94,8 @@ def baseline(dataset: Dataset, kind: str, ipc: int, seed: int) -> TrainingSet:
         train = torch.cat([train[labels == c][torch.randperm(int(counts[c]), generator=g)[:ipc]] for c in range(dataset.num_classes)])
     images = dataset.normalized(train)
     tag = f"random-ipc{ipc}-s{seed}" if kind == "random" else "whole"
-    return TrainingSet(images, dataset.labels[train], 0.01, f"baseline-{tag}", f"{tag}-{dataset.artifact.key}", kind)
+    return TrainingSet(images, dataset.labels[train], 0.01, f"baseline-{tag}", f"{tag}-{dataset.artifact.key}", kind,
+                       ipc if kind == "random" else 0)
 
 
 def _test_split(dataset: Dataset, target_domain: str | None) -> torch.Tensor:
@@ -179,7 +182,7 @@ def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, worksp
         metrics[arch] = summarise(acc[a]) | {"runs": [round(float(v), 3) for v in acc[a]]}
         if domains is not None:
             metrics[arch]["per_domain"] = {d: summarise(per_domain[a, :, i]) for i, d in enumerate(dataset.domain_names)}
-    info = {"train_set": train_set.name, "train_kind": train_set.kind, "dataset": dataset.artifact.name,
+    info = {"train_set": train_set.name, "train_kind": train_set.kind, "ipc": train_set.ipc, "dataset": dataset.artifact.name,
             "num_test": int(len(test)), "num_train": int(len(y)), "domain_names": dataset.domain_names, "device": str(device)}
     art = workspace.write(
         stage=STAGE, name=name, key=key, config=resolved, inputs={"train": train_set.name, "dataset": dataset.artifact.name},

@@ -104,12 +104,8 @@ def _evaluations(evals: list[Artifact], ws: Workspace) -> list[Section]:
         train = ws.find(e.info["train_set"])
         data = ws.find(e.info["dataset"])
         source = str(data.info.get("source")) if data else ""
-        if train is not None and train.stage == "condensed":
-            method, ipc = _method(train), int(train.config["ipc"])
-        else:
-            kind = e.info.get("train_kind", "")
-            method = kind
-            ipc = int(e.info["train_set"].split("ipc")[1].split("-")[0]) if "ipc" in e.info["train_set"] else 0
+        method = _method(train) if train is not None and train.stage == "condensed" else e.info.get("train_kind", "")
+        ipc = int(e.info.get("ipc", 0))
         for arch, m in e.metrics.items():
             paper = paper_figure(source, method, ipc, arch)
             overall.rows.append([e.info["train_set"], method.upper(), str(ipc or "all"), arch, _fmt(m),

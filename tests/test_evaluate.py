@@ -62,6 +62,7 @@ def test_evaluation_reports_overall_and_per_domain(dataset, workspace) -> None:
     assert not hit and len(m["runs"]) == 2 and 0 <= m["mean"] <= 100
     assert set(m["per_domain"]) == {"d0", "d1"}
     assert art.tensor("accuracy").shape == (1, 2)
+    assert art.info["ipc"] == 2 and art.info["train_kind"] == "random"
     assert run(baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, FAST), workspace)[1]
 
 
@@ -100,7 +101,7 @@ def test_condensed_set_round_trip_through_evaluation(dataset, workspace) -> None
                                                                  "batch_real": 8, "compile": "off"}), workspace)
     ts = from_condensed(cond, dataset)
     art, _ = run(ts, dataset, build(EvaluateConfig, FAST), workspace)
-    assert art.info["train_kind"] == "condensed" and art.info["num_train"] == 6
+    assert art.info["train_kind"] == "condensed" and art.info["num_train"] == 6 and art.info["ipc"] == 2
 
 
 @pytest.mark.slow

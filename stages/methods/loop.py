@@ -38,9 +38,9 @@ class Loop:
     """Runs ``objective`` (a base method, maybe domain-aware) on ``images``."""
 
     def __init__(self, base: BaseMethod, objective, images: torch.Tensor, s: LoopSettings, key: str, partial: Path,
-                 progress: Progress) -> None:
+                 progress: Progress, description: str = "condense") -> None:
         self.base, self.objective, self.images, self.s = base, objective, images, s
-        self.key, self.partial, self.progress = key, partial, progress
+        self.key, self.partial, self.progress, self.description = key, partial, progress, description
         self.groups: dict[str, list[torch.Tensor]] = {"images": [images]}
         if objective.extra_parameters():
             self.groups["masks"] = objective.extra_parameters()
@@ -128,7 +128,7 @@ class Loop:
         pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         retries = s.nan_retries
         it = start
-        with self.progress.task("condense", total=s.iterations) as task:
+        with self.progress.task(self.description, total=s.iterations) as task:
             task.advance(start)
             while it < s.iterations:
                 t0 = time.perf_counter()
