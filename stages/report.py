@@ -232,8 +232,13 @@ def run(workspace: Workspace, out_dir: Path | None = None, progress: Progress = 
     (tmp / "images").mkdir(parents=True)
     (tmp / "report.md").write_text(_markdown(sections, tmp / "images"))
     (tmp / "report.html").write_text(_html(sections))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(tmp), str(out_dir))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        if out_dir.exists():
+            if not (out_dir / "report.html").exists():
+                raise ChddlError(f"{out_dir} exists and is not a chddl report folder; pass another --out")
+            shutil.rmtree(out_dir)
+        shutil.move(str(tmp), str(out_dir))
+    except OSError as exc:
+        raise ChddlError(f"cannot write the report to {out_dir} ({exc.strerror}); pass a writable --out") from None
     return out_dir / "report.md", out_dir / "report.html"

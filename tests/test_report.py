@@ -83,3 +83,16 @@ def test_paper_figures_match_by_dataset_method_ipc_and_arch() -> None:
     assert paper_figure("cifar10_jpeg/train", "mtt", 10, "resnet18") == (38.9, 0.8)
     assert paper_figure("cifar100", "dm", 10, "convnet") is None
     assert paper_figure("builtin:demo", "dm", 1, "convnet") is None
+
+
+def test_unwritable_or_foreign_output_folder_is_refused(full_workspace, tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ChddlError, match="cannot write the report"):
+        report.run(full_workspace, blocker / "out")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ChddlError, match="not a chddl report folder"):
+        report.run(full_workspace, foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
