@@ -63,6 +63,7 @@ def condense(
     labels: Annotated[Optional[str], typer.Option(help="labels artifact directory [the workspace's latest]")] = None,
     experts: Annotated[Optional[str], typer.Option(help="mtt: experts artifact directory [the workspace's latest]")] = None,
     syn_steps: Annotated[Optional[int], typer.Option(help="mtt: student steps per iteration [20]")] = None,
+    domain_syn_steps: Annotated[Optional[int], typer.Option(help="mtt+chddl: student steps of the domain loss [--syn-steps]")] = None,
     expert_epochs: Annotated[Optional[int], typer.Option(help="mtt: expert epochs to match [3]")] = None,
     max_start_epoch: Annotated[Optional[int], typer.Option(help="mtt: start epoch drawn below this [25]")] = None,
     lr_lr: Annotated[Optional[float], typer.Option(help="mtt: learning rate of the learned lr [1e-5]")] = None,
@@ -83,7 +84,7 @@ def condense(
         "mask_init": mask_init, "mask_init_mode": mask_init_mode, "mask_lr": mask_lr, "schedule": schedule,
         "init": init, "arch": arch, "lr_img": lr_img, "batch_real": batch_real, "dsa": dsa, "compile": compile, "seed": seed,
         "domains": tuple(d.strip() for d in domains.split(",") if d.strip()) if domains else None, "exclude_domain": exclude_domain,
-        "syn_steps": syn_steps, "expert_epochs": expert_epochs, "max_start_epoch": max_start_epoch, "lr_lr": lr_lr,
+        "syn_steps": syn_steps, "domain_syn_steps": domain_syn_steps, "expert_epochs": expert_epochs, "max_start_epoch": max_start_epoch, "lr_lr": lr_lr,
         "clip_grad": clip_grad, "nan_retries": nan_retries, "checkpoint_student": checkpoint_student})
     device = resolve_device(g.device)
     ws = Workspace(g.workdir)

@@ -23,7 +23,7 @@ def dataset_table(art: Artifact) -> Table:
     table = Table(title=f"dataset {art.name}", show_header=False, title_justify="left")
     table.add_row("source", str(info.get("source")))
     table.add_row("images", f"{info['num_images']} ({info['num_train']} train / {info['num_test']} test, split: {info['split_from']})")
-    table.add_row("size", f"{art.config.get('size')} px")
+    table.add_row("size", f"{art.config.get('size')} px" + (f", ZCA-whitened (eps {art.config.get('zca_eps')})" if art.config.get("zca") else ""))
     table.add_row("classes", f"{len(info['class_names'])}: {', '.join(info['class_names'])}")
     table.add_row("true domains", ", ".join(info["domain_names"]) if info.get("domain_names") else "none")
     if info.get("skipped_files"):
@@ -69,6 +69,8 @@ def label(
     test_fraction: Annotated[Optional[float], typer.Option(help="test share when the source has no split [default: 0.2]")] = None,
     split_seed: Annotated[Optional[int], typer.Option(help="seed of that split [default: 0]")] = None,
     strict: Annotated[Optional[bool], typer.Option("--strict/--no-strict", help="fail on undecodable files instead of skipping them")] = None,
+    zca: Annotated[Optional[bool], typer.Option("--zca/--no-zca", help="ZCA-whiten the normalised images (fitted on the train split), as MTT's reference does for CIFAR")] = None,
+    zca_eps: Annotated[Optional[float], typer.Option(help="ZCA regulariser [default: 0.1]")] = None,
     labeler: Annotated[Optional[str], typer.Option(help="fft | fft-kmeans | logvar | logvar-kmeans | random | oracle [default: fft]")] = None,
     num_domains: Annotated[Optional[int], typer.Option("--num-domains", "-D", help="number of pseudo-domains [default: 4]")] = None,
     beta: Annotated[Optional[float], typer.Option(help="FFT crop ratio in (0, 1] [default: 0.1]")] = None,
@@ -83,7 +85,8 @@ def label(
     g = globals_of(ctx)
     preset = load_preset(config)
     dcfg = build(DatasetConfig, section(preset, "dataset"), {"size": size, "test_fraction": test_fraction,
-                                                              "split_seed": split_seed, "strict": strict})
+                                                              "split_seed": split_seed, "strict": strict,
+                                                              "zca": zca, "zca_eps": zca_eps})
     lcfg = build(label_stage.LabelConfig, {"seed": g.seed}, section(preset, "label"),
                  {"labeler": labeler, "num_domains": num_domains, "beta": beta, "seed": seed})
     device = resolve_device(g.device)

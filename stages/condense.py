@@ -22,7 +22,7 @@ from stages.methods.dc import default_loops
 from stages.metering import measure
 from stages.models import ARCHITECTURES, create_model
 from stages.progress import NullProgress, Progress
-from stages.visual import denormalize, grid_png
+from stages.visual import grid_png
 
 STAGE = "condensed"
 SCHEMA_VERSION = 1
@@ -65,6 +65,8 @@ class CondenseConfig:
     inner_loop: int | None = option(None, "dc: network epochs between image updates [by IPC]")
     batch_train: int = option(256, "dc: batch size of the inner loop")
     syn_steps: int = option(20, "mtt: student steps on the synthetic images per iteration")
+    domain_syn_steps: int | None = option(None, "mtt+chddl: student steps of the domain loss [syn_steps, DESIGN.md; "
+                                          "a domain expert takes ~1/D of the class expert's SGD steps per epoch]")
     expert_epochs: int = option(3, "mtt: expert epochs the student must cover")
     max_start_epoch: int = option(25, "mtt: start epochs are drawn from [0, max_start_epoch)")
     syn_lr: float = option(0.01, "mtt: initial learned synthetic learning rate")
@@ -102,6 +104,7 @@ class CondenseConfig:
         require(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1")
         require(self.syn_steps >= 1 and self.expert_epochs >= 1 and self.max_start_epoch >= 1,
                 "--syn-steps, --expert-epochs and --max-start-epoch must be at least 1")
+        require(self.domain_syn_steps is None or self.domain_syn_steps >= 1, "--domain-syn-steps must be at least 1")
         require(self.syn_lr > 0 and self.min_syn_lr > 0, "--syn-lr must be positive")
         require(self.nan_retries is None or self.nan_retries >= 0, "--nan-retries must be >= 0")
         require(self.clip_grad is None or self.clip_grad > 0, "--clip-grad must be positive")
@@ -132,14 +135,14 @@ class CondenseConfig:
         if self.exclude_domain is None:
             out.pop("exclude_domain")
         if not self.domain_aware:
-            for k in ("lam", "tau", "mask_init", "mask_init_mode", "mask_lr", "schedule", "share_real"):
-                out.pop(k)
+            for k in ("lam", "tau", "mask_init", "mask_init_mode", "mask_lr", "schedule", "share_real", "domain_syn_steps"):
+                out.pop(k, None)
         if self.base != "dc":
             for k in ("lr_net", "outer_loop", "inner_loop", "batch_train"):
                 out.pop(k)
         if self.base != "mtt":
-            for k in ("syn_steps", "expert_epochs", "max_start_epoch", "syn_lr", "lr_lr", "batch_syn", "min_syn_lr"):
-                out.pop(k)
+            for k in ("syn_steps", "domain_syn_steps", "expert_epochs", "max_start_epoch", "syn_lr", "lr_lr", "batch_syn", "min_syn_lr"):
+                out.pop(k, None)
         return out
 
 
@@ -225,7 +228,7 @@ def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, w
         stats = loop.stats(start)
         extras = _mask_extras(objective, images, dataset) if cfg.domain_aware else {}
     mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
-    files = {"grid.png": grid_png(denormalize(images.detach().cpu(), mean, std), nrow=cfg.ipc)}
+    files = {"grid.png": grid_png(dataset.displayable(images), nrow=cfg.ipc)}
     if extras:
         files["extra_domain_masks.safetensors"] = extras["blob"]
         files["extra_domain_views.png"] = extras["views_png"]
@@ -236,7 +239,7 @@ def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, w
         "class_names": dataset.class_names, "ipc": cfg.ipc, "num_classes": dataset.num_classes, "image_size": dataset.size,
         "base": cfg.base, "domain_aware": cfg.domain_aware, "arch": cfg.arch, "dataset": dataset.artifact.name,
         "labels": labels.artifact.name if cfg.domain_aware else None, "experts": experts.name if store else None,
-        "normalization": {"mean": list(dataset.mean), "std": list(dataset.std)},
+        "normalization": {"mean": list(dataset.mean), "std": list(dataset.std), "zca": dataset.zca is not None},
         "eval_lr": eval_lr, "device": str(device), "train_images_used": int(selected_train(dataset, cfg).sum()),
     }
     art = workspace.write(
@@ -288,7 +291,7 @@ def _build(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig, d
     compile_embed = cfg.compile == "on" or (cfg.compile == "auto" and cfg.iterations >= {"dm": 2000, "dc": 200, "mtt": 10**9}[cfg.base])
     base = METHODS.create(cfg.base, net_factory=factory, device=device, dsa=dsa, compile_embed=compile_embed,
                           lr_net=cfg.lr_net, outer_loop=cfg.outer_loop, inner_loop=cfg.inner_loop, batch_train=cfg.batch_train,
-                          store=store, syn_steps=cfg.syn_steps, expert_epochs=cfg.expert_epochs,
+                          store=store, syn_steps=cfg.syn_steps, domain_syn_steps=cfg.domain_syn_steps, expert_epochs=cfg.expert_epochs,
                           max_start_epoch=cfg.max_start_epoch, syn_lr=cfg.syn_lr, lr_lr=cfg.lr_lr, batch_syn=cfg.batch_syn,
                           min_syn_lr=cfg.min_syn_lr, checkpoint_student=cfg.checkpoint_student)
     g0 = iteration_generator(cfg.seed, -1)
@@ -316,7 +319,7 @@ def _mask_extras(objective: DomainAwareObjective, images: torch.Tensor, dataset:
     mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
     shown = views[: min(len(views), 8)]
     d = shown.shape[1]
-    panel = torch.cat([denormalize(images[: len(shown)].detach().cpu(), mean, std).unsqueeze(1),
+    panel = torch.cat([dataset.displayable(images[: len(shown)]).unsqueeze(1),
                        (shown * std.view(1, 1, 3, 1, 1)).clamp(-1, 1).add(1).div(2), alpha[: len(shown)]], dim=1)
     return {
         "blob": safetensors.torch.save({"z": objective.masks.z.detach().cpu().contiguous(), "alpha": alpha.contiguous()}),

@@ -167,7 +167,7 @@ def run(dataset: Dataset, labels: PseudoLabels | None, cfg: ExpertsConfig, works
     info = {
         "sets": [role for role, _ in _sets(labels, cfg)], "num_experts": cfg.num_experts, "epochs": cfg.epochs,
         "arch": cfg.arch, "image_size": dataset.size, "num_classes": dataset.num_classes, "dtype": cfg.dtype,
-        "normalization": {"mean": list(dataset.mean), "std": list(dataset.std)},
+        "normalization": {"mean": list(dataset.mean), "std": list(dataset.std), "zca": dataset.zca is not None},
         "parameters": {n: list(p.shape) for n, p in net.named_parameters()},
         "files": {n: {"bytes": p.stat().st_size, "blake2b": _file_hash(p)} for n, p in files.items()},
         "num_domains": labels.num_domains if cfg.domain_experts else 0, "world_size": world,

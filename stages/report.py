@@ -10,6 +10,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from stages.artifacts import Artifact, Workspace
 from stages.errors import ChddlError
 from stages.paper import paper_figure
@@ -141,6 +143,56 @@ def _sweeps(evals: list[Artifact], ws: Workspace) -> Section | None:
     return Section("Sweeps (ConvNet accuracy by setting)", header=["setting", "method", "IPC", "value: accuracy"], rows=rows) if rows else None
 
 
+# Condensation settings that must agree for a base set and a +CHDDL set to be compared.
+PAIRED_FIELDS = ("base", "ipc", "init", "iterations", "lr_img", "batch_real", "arch", "dsa", "domains", "exclude_domain")
+
+
+def chddl_delta(base_runs: list[float], chddl_runs: list[float]) -> tuple[float, float]:
+    """CHDDL mean minus base mean over all runs of all condensation seeds, and
+    its standard error (Welch: sample variances over runs)."""
+    a, b = np.asarray(chddl_runs, dtype=float), np.asarray(base_runs, dtype=float)
+    se = float(np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))) if len(a) > 1 and len(b) > 1 else float("nan")
+    return float(a.mean() - b.mean()), se
+
+
+def _comparisons(evals: list[Artifact], ws: Workspace) -> Section | None:
+    """Base vs base+CHDDL under otherwise identical settings, pooled over
+    condensation seeds (one evaluation per condensed set: the one with most runs)."""
+    best: dict[tuple, tuple[int, list[float], bool, int]] = {}
+    for e in evals:
+        train = ws.find(e.info["train_set"])
+        if train is None or train.stage != "condensed":
+            continue
+        c = train.config
+        for arch, m in e.metrics.items():
+            runs = [v for v in m.get("runs", []) if v == v]
+            group = (e.info["dataset"], *(str(c.get(k)) for k in PAIRED_FIELDS), arch, e.config["epochs"], e.config.get("target_domain"))
+            slot = (group, train.name)
+            if runs and len(runs) > len(best.get(slot, (0, []))[1]):
+                best[slot] = (len(runs), runs, bool(c.get("domain_aware")), int(c.get("seed", 0)))
+    pooled: dict[tuple, dict[bool, tuple[list[float], set[int]]]] = {}
+    for (group, _), (_, runs, aware, seed) in best.items():
+        runs_of, seeds = pooled.setdefault(group, {}).setdefault(aware, ([], set()))
+        runs_of.extend(runs)
+        seeds.add(seed)
+    rows = []
+    for group, sides in pooled.items():
+        if False in sides and True in sides:
+            (b, bs), (a, as_) = sides[False], sides[True]
+            delta, se = chddl_delta(b, a)
+            dataset, base, ipc, init = group[0], group[1], group[2], group[3]
+            rows.append([dataset, base.upper(), ipc, init, group[-3], f"{np.mean(b):.2f} ± {np.std(b):.2f} ({len(bs)} x {len(b) // len(bs)})",
+                         f"{np.mean(a):.2f} ± {np.std(a):.2f} ({len(as_)} x {len(a) // len(as_)})", f"{delta:+.2f} ± {se:.2f}",
+                         group[-1] or "all"])
+    if not rows:
+        return None
+    return Section("CHDDL minus base (same condensation settings, pooled over condensation seeds)",
+                   header=["dataset", "base", "IPC", "init", "arch", "base (seeds x runs)", "+CHDDL (seeds x runs)",
+                           "delta ± s.e.", "target domain"], rows=rows,
+                   text="mean ± std over every evaluation run of every condensation seed; the delta's standard error is "
+                        "Welch's over runs, so it understates the spread between condensation seeds when there are few.")
+
+
 def _costs(arts: list[Artifact]) -> Section:
     s = Section("Cost of each stage", header=["artifact", "stage", "wall s", "peak RSS GB", "peak CUDA GB"])
     for a in arts:
@@ -219,6 +271,9 @@ def run(workspace: Workspace, out_dir: Path | None = None, progress: Progress = 
         sections.append(_condensed(stages["condensed"], with_plots))
     if "evaluation" in stages:
         sections += _evaluations(stages["evaluation"], workspace)
+        paired = _comparisons(stages["evaluation"], workspace)
+        if paired is not None:
+            sections.append(paired)
         sweep = _sweeps(stages["evaluation"], workspace)
         if sweep is not None:
             sections.append(sweep)

@@ -8,7 +8,9 @@ import torch
 
 from stages.artifacts import Artifact
 from stages.data.raw import TEST, TRAIN
+from stages.data.zca import ZCA
 from stages.errors import ChddlError
+from stages.visual import denormalize
 
 
 @dataclass
@@ -28,6 +30,7 @@ class Dataset:
     domain_names: list[str] | None
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    zca: ZCA | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -46,10 +49,19 @@ class Dataset:
         return torch.nonzero(self.split == split).flatten()
 
     def normalized(self, idx: torch.Tensor, device: torch.device = torch.device("cpu")) -> torch.Tensor:
-        """Images ``idx`` as float32 in the normalised space of the training split."""
+        """Images ``idx`` as float32 in the normalised space of the training split
+        (per-channel standardised, then ZCA-whitened when the dataset asks for it)."""
         mean = torch.tensor(self.mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
-        return (self.images[idx].to(device).float().div_(255.0) - mean) / std
+        x = (self.images[idx].to(device).float().div_(255.0) - mean) / std
+        return self.zca.apply(x) if self.zca is not None else x
+
+    def displayable(self, images: torch.Tensor) -> torch.Tensor:
+        """Images from the normalised space back to [0, 1] RGB for grids."""
+        x = images.detach().float().cpu()
+        if self.zca is not None:
+            x = self.zca.invert(x)
+        return denormalize(x, torch.tensor(self.mean), torch.tensor(self.std))
 
     @property
     def train_indices(self) -> torch.Tensor:
@@ -76,4 +88,5 @@ def load_dataset(art: Artifact) -> Dataset:
         domain_names=list(info["domain_names"]) if info.get("domain_names") else None,
         mean=tuple(info["mean"]),
         std=tuple(info["std"]),
+        zca=ZCA(t["zca_mean"], t["zca_matrix"], t["zca_inverse"]) if "zca_matrix" in t else None,
     )

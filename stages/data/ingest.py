@@ -17,6 +17,7 @@ from stages.data.cifar import find_cifar_dir, read_cifar
 from stages.data.folder import read_folder
 from stages.data.npz import read_npz
 from stages.data.raw import TEST, TRAIN, RawDataset
+from stages.data.zca import fit_zca
 from stages.errors import ChddlError
 from stages.metering import measure
 from stages.progress import NullProgress, Progress
@@ -61,10 +62,13 @@ class DatasetConfig:
     test_fraction: float = option(0.2, "test share of a seeded stratified split, used only when the source has no split")
     split_seed: int = option(0, "seed of that stratified split")
     strict: bool = option(False, "fail on undecodable image files instead of skipping and counting them")
+    zca: bool = option(False, "ZCA-whiten the normalised images, fitted on the training split (MTT's reference does for CIFAR)")
+    zca_eps: float = option(0.1, "ZCA regulariser added to the covariance eigenvalues")
 
     def validate(self) -> None:
         require(4 <= self.size <= 1024, f"--size must be between 4 and 1024 pixels, got {self.size}")
         require(0.0 < self.test_fraction < 1.0, f"--test-fraction must lie in (0, 1), got {self.test_fraction}")
+        require(self.zca_eps > 0, f"--zca-eps must be positive, got {self.zca_eps}")
         require(self.format == "auto" or self.format in DATASETS, f"unknown dataset format '{self.format}'; valid: auto, {', '.join(DATASETS.names())}")
 
 
@@ -125,9 +129,9 @@ def stratified_split(labels: torch.Tensor, domains: torch.Tensor | None, fractio
     return split
 
 
-def _dataset_name(fmt: str, path: Path, size: int) -> str:
+def _dataset_name(fmt: str, path: Path, size: int, zca: bool) -> str:
     stem = path.name.split(".")[0] or "data"
-    return f"dataset-{stem}-{size}px"
+    return f"dataset-{stem}-{size}px" + ("-zca" if zca else "")
 
 
 def ingest(source: str, cfg: DatasetConfig, workspace: Workspace, *, force: bool = False,
@@ -143,7 +147,7 @@ def ingest(source: str, cfg: DatasetConfig, workspace: Workspace, *, force: bool
     workspace.ensure_writable()
     config = {k: v for k, v in to_dict(cfg).items() if k != "strict"} | {"format": fmt}
     key = artifact_key(STAGE, config, {"source": source_fingerprint(fmt, path)}, SCHEMA_VERSION)
-    name = stage_artifact_name(_dataset_name(fmt, path, cfg.size), key)
+    name = stage_artifact_name(_dataset_name(fmt, path, cfg.size, cfg.zca), key)
     if not force and (hit := workspace.find(name)) is not None:
         if cfg.strict and hit.info.get("skipped_files"):
             raise ChddlError(f"{len(hit.info['skipped_files'])} image file(s) under {source} cannot be decoded (--strict), e.g. {hit.info['skipped_files'][0]}")
@@ -160,7 +164,16 @@ def ingest(source: str, cfg: DatasetConfig, workspace: Workspace, *, force: bool
         pixels = raw.images[train].to(torch.float64).div_(255.0)
         mean = pixels.mean(dim=(0, 2, 3))
         std = pixels.std(dim=(0, 2, 3))
-    tensors = {"images": raw.images, "labels": raw.labels, "split": split}
+        del pixels
+        tensors = {"images": raw.images, "labels": raw.labels, "split": split}
+        fingerprint = tensor_fingerprint(raw.images, raw.labels, raw.domains, split)
+        if cfg.zca:
+            progress.note(f"fitting ZCA on {int(train.sum())} training images")
+            normalised = (raw.images[train].float().div_(255.0) - mean.float().view(1, 3, 1, 1)) / std.float().view(1, 3, 1, 1)
+            zca = fit_zca(normalised, cfg.zca_eps)
+            tensors |= {"zca_mean": zca.mean, "zca_matrix": zca.matrix, "zca_inverse": zca.inverse}
+            # Everything downstream (experts, condensed sets) must tell whitened data from plain.
+            fingerprint = tensor_fingerprint(raw.images, raw.labels, raw.domains, split, zca.matrix)
     if raw.domains is not None:
         tensors["domains"] = raw.domains
     info = {
@@ -179,6 +192,6 @@ def ingest(source: str, cfg: DatasetConfig, workspace: Workspace, *, force: bool
     art = workspace.write(
         stage=STAGE, name=name, key=key, config=to_dict(cfg) | {"format": fmt}, inputs={"source": str(source)},
         tensors=tensors, seed=cfg.split_seed, info=info, cost=cost, schema_version=SCHEMA_VERSION,
-        fingerprint=tensor_fingerprint(raw.images, raw.labels, raw.domains, split),
+        fingerprint=fingerprint,
     )
     return art, False

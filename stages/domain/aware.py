@@ -54,6 +54,13 @@ class ClassObjective:
     def extra_parameters(self) -> list[nn.Parameter]:
         return []
 
+    @property
+    def separable(self) -> bool:
+        """Whether L_cls and L_dom come from separate graphs, so a summed step
+        may back-propagate one before building the other (same gradient,
+        peak memory of the larger graph instead of both)."""
+        return True
+
     def class_loss(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         idx, groups = self.pool.draw(self.class_of_pool, self.num_classes, self.batch_real, g)
         batch = MatchBatch(idx, groups, images, self.syn_labels, self.syn_labels, self.num_classes)
@@ -90,6 +97,10 @@ class DomainAwareObjective(ClassObjective):
 
     def extra_parameters(self) -> list[nn.Parameter]:
         return [self.masks.z]
+
+    @property
+    def separable(self) -> bool:
+        return not self.share_real or type(self.base).joint_loss is BaseMethod.joint_loss
 
     def _flat_views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         views = self.masks.views(images)

@@ -94,6 +94,16 @@ class Loop:
         """One image update; returns the detached class and domain losses."""
         method_groups = [n for n in self.groups if n not in ("images", "masks")]
         zero = self.images.new_zeros(())
+        if (self.s.schedule == "summed" or "masks" not in self.groups) and self.objective.separable:
+            # L_cls + lam * L_dom, one graph at a time (draws in the same order as losses()).
+            self._zero()
+            l_cls = self.objective.class_loss(self.images, g)
+            l_cls.backward()
+            l_dom = self.objective.domain_loss(self.images, g)
+            if l_dom is not None:
+                (self.s.lam * l_dom).backward()
+            self._apply(list(self.groups))
+            return l_cls.detach(), zero if l_dom is None else l_dom.detach()
         if self.s.schedule == "summed" or "masks" not in self.groups:
             l_cls, l_dom = self.objective.losses(self.images, g)
             self._zero()

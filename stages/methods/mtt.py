@@ -32,9 +32,10 @@ class MTT(BaseMethod):
 
     def __init__(self, net_factory: NetFactory, device: torch.device, dsa: DSA | None, store: ExpertStore, syn_steps: int,
                  expert_epochs: int, max_start_epoch: int, syn_lr: float, lr_lr: float, batch_syn: int | None,
-                 min_syn_lr: float = 1e-6, checkpoint_student: bool = False) -> None:
+                 min_syn_lr: float = 1e-6, checkpoint_student: bool = False, domain_syn_steps: int | None = None) -> None:
         self.net = net_factory().to(device)
         self.device, self.dsa, self.store = device, dsa, store
+        self.domain_syn_steps = domain_syn_steps or syn_steps
         self.syn_steps, self.expert_epochs, self.max_start_epoch = syn_steps, expert_epochs, max_start_epoch
         self.batch_syn, self.lr_lr = batch_syn, lr_lr
         self.syn_lr = torch.tensor(float(syn_lr), device=device, requires_grad=True)
@@ -56,15 +57,16 @@ class MTT(BaseMethod):
         return [{"name": "syn_lr", "params": [self.syn_lr], "lr": self.lr_lr}]
 
     def loss(self, role: str, batch: MatchBatch, pool: RealPool, g: torch.Generator) -> torch.Tensor:
-        syn, labels, expert_set = batch.syn, batch.syn_labels, "class"
+        syn, labels, expert_set, steps = batch.syn, batch.syn_labels, "class", self.syn_steps
         if role == "domain":
+            steps = self.domain_syn_steps
             d = int(torch.randint(batch.num_groups, (1,), generator=g))
             chosen = batch.syn_groups == d
             syn, labels, expert_set = syn[chosen], labels[chosen], f"domain{d}"
         k = int(torch.randint(self.store.num_experts, (1,), generator=g))
         start = int(torch.randint(self.max_start_epoch, (1,), generator=g))
         theta0, target = self.store.pair(expert_set, k, start, start + self.expert_epochs, self.device)
-        return self.unroll(syn, labels, theta0, target, g)
+        return self.unroll(syn, labels, theta0, target, g, steps)
 
     def _student_step(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         out = functional_call(self.net, self.store.unflatten(theta), (x,))
@@ -72,12 +74,12 @@ class MTT(BaseMethod):
         return theta - lr * grad
 
     def unroll(self, syn: torch.Tensor, labels: torch.Tensor, theta0: torch.Tensor, target: torch.Tensor,
-               g: torch.Generator) -> torch.Tensor:
-        """The normalised parameter distance after ``syn_steps`` student steps."""
+               g: torch.Generator, steps: int | None = None) -> torch.Tensor:
+        """The normalised parameter distance after ``steps`` (default ``syn_steps``) student steps."""
         theta = theta0.clone().requires_grad_(True)
         batch = self.batch_syn or len(syn)
         chunks: list[torch.Tensor] = []
-        for _ in range(self.syn_steps):
+        for _ in range(steps or self.syn_steps):
             if not chunks:
                 chunks = list(torch.randperm(len(syn), generator=g).to(syn.device).split(batch))
             idx = chunks.pop()
@@ -95,9 +97,9 @@ class MTT(BaseMethod):
 def mtt(net_factory: NetFactory, device: torch.device, dsa: DSA | None, store: ExpertStore | None = None,
         syn_steps: int = 20, expert_epochs: int = 3, max_start_epoch: int = 25, syn_lr: float = 0.01,
         lr_lr: float = 1e-5, batch_syn: int | None = None, min_syn_lr: float = 1e-6, checkpoint_student: bool = False,
-        **_: object) -> MTT:
+        domain_syn_steps: int | None = None, **_: object) -> MTT:
     """Trajectory matching against stored expert trajectories."""
     if store is None:
         raise ValueError("MTT needs an ExpertStore")
     return MTT(net_factory, device, dsa, store, syn_steps, expert_epochs, max_start_epoch, syn_lr, lr_lr, batch_syn,
-               min_syn_lr, checkpoint_student)
+               min_syn_lr, checkpoint_student, domain_syn_steps)
