@@ -38,6 +38,7 @@ def evaluate(
     condensed: Annotated[Optional[str], typer.Argument(help="condensed-set artifact directory [the workspace's latest]")] = None,
     arch: Annotated[Optional[str], typer.Option(help="comma-separated architectures [convnet]")] = None,
     runs: Annotated[Optional[int], typer.Option(help="trainings per architecture [10]")] = None,
+    parallel: Annotated[Optional[int], typer.Option(help="runs of one architecture trained at once with vmap [1]")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="training epochs [1000]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="learning rate [the set's own]")] = None,
     dsa: Annotated[Optional[bool], typer.Option("--dsa/--no-dsa", help="DSA while training [on]")] = None,
@@ -55,7 +56,8 @@ def evaluate(
     g = globals_of(ctx)
     archs = tuple(a.strip() for a in arch.split(",") if a.strip()) if arch else None
     cfg = build(evaluate_stage.EvaluateConfig, {"seed": g.seed}, section(load_preset(config), "evaluate"), {
-        "archs": archs, "runs": runs, "epochs": epochs, "lr": lr, "dsa": dsa, "seed": seed, "target_domain": target_domain})
+        "archs": archs, "runs": runs, "epochs": epochs, "lr": lr, "dsa": dsa, "seed": seed, "target_domain": target_domain,
+        "parallel": parallel})
     device = resolve_device(g.device)
     ws = Workspace(g.workdir)
     if baseline is not None:

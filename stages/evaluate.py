@@ -17,7 +17,7 @@ from stages.errors import ChddlError
 from stages.metering import measure
 from stages.models import ARCHITECTURES, create_model
 from stages.progress import NullProgress, Progress
-from stages.training import accuracy, group_accuracy, predict, train_network
+from stages.training import accuracy, group_accuracy, predict, train_networks
 
 STAGE = "evaluation"
 SCHEMA_VERSION = 1
@@ -39,6 +39,8 @@ class EvaluateConfig:
     dsa_strategy: str = option(DEFAULT_STRATEGY, "DSA families, joined by _")
     seed: int = option(0, "seed of the first run (run r uses seed * 1000 + r)")
     target_domain: str | None = option(None, "score only the test images of this true domain")
+    parallel: int = option(1, "runs of one architecture trained at once with torch.func.vmap (same results up to "
+                              "floating-point order; 1: one at a time)")
 
     def validate(self) -> None:
         require(self.runs >= 1, f"--runs must be at least 1, got {self.runs}")
@@ -52,6 +54,7 @@ class EvaluateConfig:
                 require_finite(f"--{name.replace('_', '-')}", value)
         require(self.lr is None or self.lr > 0, "--lr must be positive")
         require(self.batch_size >= 1, "--batch-size must be at least 1")
+        require(self.parallel >= 1, f"--parallel must be at least 1, got {self.parallel}")
         DSA(self.dsa_strategy)
 
 
@@ -127,6 +130,17 @@ def _combine(acc: np.ndarray, per_domain: np.ndarray, device: torch.device) -> t
     return out[0], out[1]
 
 
+def _chunks(jobs: list[tuple[int, int]], size: int) -> list[list[tuple[int, int]]]:
+    """Consecutive (arch, run) jobs of one architecture, at most ``size`` per chunk."""
+    out: list[list[tuple[int, int]]] = []
+    for job in jobs:
+        if out and out[-1][0][0] == job[0] and len(out[-1]) < size:
+            out[-1].append(job)
+        else:
+            out.append([job])
+    return out
+
+
 def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, workspace: Workspace, *,
         device: torch.device = torch.device("cpu"), force: bool = False, progress: Progress = NullProgress()) -> tuple[Artifact, bool]:
     """Evaluate ``train_set`` on ``dataset``'s test split; returns (artifact, cache_hit).
@@ -143,7 +157,7 @@ def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, worksp
     if missing:
         raise ChddlError(f"the test split has classes the training set lacks: {', '.join(dataset.class_names[c] for c in missing)}")
     resolved = to_dict(cfg) | {"lr": lr}
-    key = artifact_key(STAGE, resolved, {"train": train_set.key, "dataset": dataset.artifact.key}, SCHEMA_VERSION)
+    key = artifact_key(STAGE, {k: v for k, v in resolved.items() if k != "parallel"}, {"train": train_set.key, "dataset": dataset.artifact.key}, SCHEMA_VERSION)
     trained_on = train_set.name.rsplit("-", 1)[0] if train_set.kind == "condensed" else train_set.name
     name = stage_artifact_name(f"eval-{trained_on.removeprefix('condensed-')}-{'_'.join(cfg.archs)}", key)
     if not force and (hit := workspace.find(name)) is not None:
@@ -162,17 +176,18 @@ def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, worksp
     jobs = [(a, r) for a in range(len(cfg.archs)) for r in range(cfg.runs)]
     mine = [job for i, job in enumerate(jobs) if i % world == rank]
     with measure() as cost, progress.task(f"evaluate {train_set.name}", total=len(mine)) as task:
-        for a, r in mine:
-            arch = cfg.archs[a]
-            seed = cfg.seed * 1000 + r
-            net = create_model(arch, dataset.num_classes, dataset.size, seed=seed).to(device)
-            train_network(net, x, y, epochs=cfg.epochs, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          batch_size=cfg.batch_size, dsa=dsa, g=torch.Generator().manual_seed(seed))
-            pred = predict(net, test_x)
-            acc[a, r] = accuracy(pred, test_y)
-            if domains is not None:
-                per_domain[a, r] = group_accuracy(pred, test_y, domains, num_domains).numpy()
-            task.advance(1, arch=arch, acc=acc[a, r])
+        for chunk in _chunks(mine, cfg.parallel):
+            arch = cfg.archs[chunk[0][0]]
+            seeds = [cfg.seed * 1000 + r for _, r in chunk]
+            nets = [create_model(arch, dataset.num_classes, dataset.size, seed=seed).to(device) for seed in seeds]
+            train_networks(nets, x, y, epochs=cfg.epochs, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           batch_size=cfg.batch_size, dsa=dsa, gens=[torch.Generator().manual_seed(seed) for seed in seeds])
+            for (a, r), net in zip(chunk, nets):
+                pred = predict(net, test_x)
+                acc[a, r] = accuracy(pred, test_y)
+                if domains is not None:
+                    per_domain[a, r] = group_accuracy(pred, test_y, domains, num_domains).numpy()
+                task.advance(1, arch=arch, acc=acc[a, r])
     if world > 1:
         acc, per_domain = _combine(acc, per_domain, device)
         if rank != 0:

@@ -42,6 +42,56 @@ def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     return float(last)
 
 
+def train_networks(nets: list[nn.Module], images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
+                   momentum: float, weight_decay: float, batch_size: int, dsa: DSA | None, gens: list[torch.Generator],
+                   decay: bool = True) -> None:
+    """Train several networks of one architecture at once (torch.func.vmap
+    over their stacked parameters). Network m draws its batches and
+    augmentation from ``gens[m]`` exactly as ``train_network`` would, so the
+    result equals M separate calls up to floating-point reordering; the
+    trained weights are written back into ``nets``."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    if len(nets) == 1:
+        train_network(nets[0], images, labels, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                      batch_size=batch_size, dsa=dsa, g=gens[0], decay=decay)
+        return
+    for net in nets:
+        net.train()
+    params, buffers = stack_module_state(nets)
+    template = nets[0]
+
+    def forward(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(template, (p, b), (x,))
+
+    batched = vmap(forward, randomness="different")
+    optimizer = torch.optim.SGD(params.values(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[epochs // 2] if decay else [], gamma=0.1)
+    n, size, m = len(images), tuple(images.shape[-2:]), len(nets)
+    for _ in range(epochs):
+        orders = [torch.randperm(n, generator=g).to(images.device) for g in gens]
+        for start in range(0, n, batch_size):
+            xs, ys = [], []
+            for order, g in zip(orders, gens):
+                idx = order[start : start + batch_size]
+                x = images[idx]
+                if dsa is not None:
+                    x = dsa.apply(x, dsa.sample(len(idx), size, g, one_family=True))
+                xs.append(x)
+                ys.append(labels[idx])
+            logits = batched(params, buffers, torch.stack(xs))
+            # the sum over networks of each one's mean loss: each slice gets its own gradient
+            loss = F.cross_entropy(logits.flatten(0, 1), torch.stack(ys).flatten()) * m
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+    with torch.no_grad():
+        for i, net in enumerate(nets):
+            for name, p in net.named_parameters():
+                p.copy_(params[name][i])
+
+
 @torch.no_grad()
 def predict(net: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Predicted classes of ``images`` (evaluation mode)."""

@@ -124,3 +124,30 @@ def test_torchrun_evaluation_equals_a_single_process(dataset, workspace, tmp_pat
     multi = read_artifact(next((tmp_path / "ws2" / "artifacts").glob("eval-*")), "evaluation")
     assert multi.key == single.key
     assert torch.allclose(multi.tensor("accuracy"), single.tensor("accuracy"), atol=1e-6)
+
+
+def test_networks_trained_together_match_networks_trained_one_by_one() -> None:
+    from stages.data.augment import DSA
+    from stages.models.registry import create_model
+    from stages.training import train_network, train_networks
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(12, 3, 16, 16, generator=g), torch.arange(12) % 3
+    opts = dict(epochs=4, lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=8, dsa=DSA("color_crop_cutout_flip_scale_rotate"))
+    alone = [create_model("convnet", 3, 16, seed=s) for s in (1, 2)]
+    for net, s in zip(alone, (1, 2)):
+        train_network(net, x, y, g=torch.Generator().manual_seed(s), **opts)
+    together = [create_model("convnet", 3, 16, seed=s) for s in (1, 2)]
+    train_networks(together, x, y, gens=[torch.Generator().manual_seed(s) for s in (1, 2)], **opts)
+    for a, b in zip(alone, together):
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            assert torch.allclose(pa, pb, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(next(together[0].parameters()), next(together[1].parameters()))
+
+
+def test_parallel_runs_give_the_same_accuracies_and_the_same_artifact_key(dataset, workspace) -> None:
+    one, _ = run(baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, {"runs": 3, "epochs": 3}), workspace)
+    many, _ = run(baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, {"runs": 3, "epochs": 3, "parallel": 2}),
+                  workspace, force=True)
+    assert many.name == one.name
+    assert np.allclose(many.tensor("accuracy").numpy(), one.tensor("accuracy").numpy())

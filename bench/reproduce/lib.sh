@@ -1,0 +1,77 @@
+# Shared options and scale settings of the reproduction scripts (sourced).
+#
+#   SCRIPT [--scale smoke|cpu|full] [--data DIR] [--workdir DIR] [--seeds "0 1"]
+#
+# --data is the folder holding pacs_32.npz / pacs_64.npz (PACS scripts) and
+# cifar10/ (cifar10_jpeg.tar.gz extracted: train/<class>, test/<class>). The
+# smoke scale runs every command on the built-in demo dataset in seconds,
+# only to prove the script works; its numbers mean nothing.
+set -euo pipefail
+
+scale=cpu
+data=""
+workdir=""
+seeds=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --scale) scale=$2; shift 2 ;;
+    --data) data=$2; shift 2 ;;
+    --workdir) workdir=$2; shift 2 ;;
+    --seeds) seeds=$2; shift 2 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
+    *) echo "unknown option $1 (valid: --scale, --data, --workdir, --seeds)" >&2; exit 2 ;;
+  esac
+done
+
+experiment=$(basename "$0" .sh)
+export CHDDL_WORKDIR=${workdir:-runs/$experiment-$scale}
+chddl() { command chddl -q "$@"; }
+
+case "$scale" in
+  smoke)
+    pacs_source=builtin:demo; pacs_preset=demo; cifar_preset=demo
+    dm_iters=3; dm10_init=real; dc_iters=2; dc10_iters=1; mtt_iters=2
+    experts=(--num-experts 1 --epochs 3); mtt_opts=(--max-start-epoch 1 --expert-epochs 1 --syn-steps 2)
+    batch_real=16; pacs_domains="photo cartoon sketch infrared"; cifar_source=builtin:demo
+    eval_opts=(--runs 3 --epochs 2); xarch_opts=(--runs 3 --epochs 2)
+    default_seeds="0 1" ;;
+  cpu)
+    pacs_source=${data:?--data DIR (holding pacs_32.npz, or cifar10/ with train/ and test/) is required}/pacs_32.npz; pacs_preset=pacs_32; cifar_preset=cifar10
+    dm_iters=300; dm10_init=real; dc_iters=50; dc10_iters=5; mtt_iters=100
+    experts=(--num-experts 1 --epochs 12); mtt_opts=()
+    batch_real=64; pacs_domains="art_painting cartoon photo sketch"; cifar_source=${data:-}/cifar10
+    eval_opts=(--runs 3 --epochs 300); xarch_opts=(--runs 3 --epochs 100)
+    default_seeds="0 1" ;;
+  full)
+    pacs_source=${data:?--data DIR (holding pacs_64.npz) is required}/pacs_64.npz; pacs_preset=pacs_64; cifar_preset=cifar10
+    dm_iters=20000; dm10_init=noise; dc_iters=1000; dc10_iters=1000; mtt_iters=5000
+    experts=(--num-experts 100 --epochs 50); mtt_opts=()
+    batch_real=256; pacs_domains="art_painting cartoon photo sketch"; cifar_source=${data:-}/cifar10
+    eval_opts=(--runs 10 --epochs 1000); xarch_opts=(--runs 10 --epochs 1000)
+    default_seeds="0 1" ;;
+  *) echo "--scale must be smoke, cpu or full, got $scale" >&2; exit 2 ;;
+esac
+seeds_given=${seeds:+yes}
+seeds=${seeds:-$default_seeds}
+first_seed=${seeds%% *}
+
+# What this scale changes against the paper's protocol (printed first by every script).
+describe_scale() {
+  echo "== $experiment, scale $scale, workspace $CHDDL_WORKDIR, commit $(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null || echo '?')"
+  case "$scale" in
+    smoke) echo "   smoke: built-in demo data, a few iterations and epochs; proves the commands chain, measures nothing" ;;
+    cpu) echo "   cpu scale differs from the paper: PACS at 32 px (paper 64), DM $dm_iters iterations (paper 20,000; IPC 10 from real" \
+              "images, as REFERENCE.md advises for short runs) with $batch_real real images per group (paper 256), DC $dc_iters / $dc10_iters iterations at IPC 1 / 10 (paper 1,000)," \
+              "MTT ${experts[*]} and $mtt_iters iterations (paper 100 x 50 epochs, 5,000), evaluation ${eval_opts[*]}" \
+              "(paper 10 runs x 1,000 epochs), cross-architecture ${xarch_opts[*]}; DC and MTT use the first seed only" ;;
+    full) echo "   full scale: the paper's protocol (PACS 64 px, DM 20,000 / DC 1,000 / MTT 5,000 iterations, 100 experts x 50 epochs," \
+               "10 evaluation runs x 1,000 epochs)" ;;
+  esac
+  echo "   condensation seeds: $seeds"
+}
+
+# Seeds for a method: every seed for DM; the first only for the costlier DC
+# and MTT at cpu scale unless --seeds was given.
+seeds_for() {
+  if [ "$1" = dm ] || [ -n "$seeds_given" ] || [ "$scale" = full ]; then echo "$seeds"; else echo "$first_seed"; fi
+}
