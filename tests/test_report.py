@@ -96,3 +96,24 @@ def test_unwritable_or_foreign_output_folder_is_refused(full_workspace, tmp_path
     with pytest.raises(ChddlError, match="not a chddl report folder"):
         report.run(full_workspace, foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_chddl_delta_is_the_difference_of_means_with_welch_standard_error() -> None:
+    delta, se = report.chddl_delta([30.0, 32.0, 34.0], [35.0, 36.0])
+    assert delta == pytest.approx(35.5 - 32.0)
+    assert se == pytest.approx((0.5 / 2 + 4.0 / 3) ** 0.5)
+
+
+def test_base_and_chddl_sets_are_paired_and_pooled_over_seeds(tmp_path, workspace) -> None:
+    ds = load_dataset(ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)[0])
+    labels = load_labels(label_run(ds, build(LabelConfig, {"num_domains": 2}), workspace)[0], ds)
+    runs = {False: [], True: []}
+    for aware, seed in ((False, 0), (False, 1), (True, 0)):
+        cfg = build(CondenseConfig, {"ipc": 1, "iterations": 2, "batch_real": 8, "compile": "off", "domain_aware": aware, "seed": seed})
+        cond, _ = condense_run(ds, labels, cfg, workspace)
+        ev, _ = evaluate_run(from_condensed(cond, ds), ds, build(EvaluateConfig, {"runs": 2, "epochs": 1}), workspace)
+        runs[aware] += ev.metrics["convnet"]["runs"]
+    text = report.run(workspace)[0].read_text()
+    row = next(line for line in text.splitlines() if line.startswith(f"| {ds.artifact.name} | DM | 1 |"))
+    delta, se = report.chddl_delta(runs[False], runs[True])
+    assert "(2 x 2)" in row and "(1 x 2)" in row and f"{delta:+.2f} ± {se:.2f}" in row

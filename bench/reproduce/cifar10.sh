@@ -14,9 +14,9 @@ for method in ${METHODS:-dm dc mtt}; do
   if [ "$method" = mtt ]; then chddl pretrain-experts "${experts[@]}"; fi
   for ipc in 1 10; do
     case $method in
-      dm) opts=(--base dm --iterations "$dm_iters" --batch-real "$batch_real")
+      dm) opts=(--base dm --ipc "$ipc" --iterations "$dm_iters" --batch-real "$batch_real")
           if [ "$ipc" = 10 ]; then opts+=(--init "$dm10_init"); fi ;;
-      dc) opts=(--base dc --iterations "$([ "$ipc" = 1 ] && echo "$dc_iters" || echo "$dc10_iters")")
+      dc) opts=(--base dc --ipc "$ipc" --iterations "$([ "$ipc" = 1 ] && echo "$dc_iters" || echo "$dc10_iters")")
           if [ "$scale" = smoke ]; then opts+=(--batch-real 16); fi ;;
       mtt) preset=mtt_cifar10_ipc$ipc; if [ "$scale" = smoke ]; then preset=mtt_pacs_ipc1; fi
            opts=(--config "$preset" --ipc "$ipc" --iterations "$mtt_iters" "${mtt_opts[@]}")

@@ -29,7 +29,7 @@ chddl() { command chddl -q "$@"; }
 
 case "$scale" in
   smoke)
-    pacs_source=builtin:demo; pacs_preset=demo; cifar_preset=demo
+    pacs_source=builtin:demo; pacs_preset=datasets/demo; cifar_preset=datasets/demo
     dm_iters=3; dm10_init=real; dc_iters=2; dc10_iters=1; mtt_iters=2
     experts=(--num-experts 1 --epochs 3); mtt_opts=(--max-start-epoch 1 --expert-epochs 1 --syn-steps 2)
     batch_real=16; pacs_domains="photo cartoon sketch infrared"; cifar_source=builtin:demo

@@ -13,9 +13,9 @@ chddl label "$pacs_source" --config "$pacs_preset"
 for method in $methods; do
   for ipc in 1 10; do
     case $method in
-      dm) opts=(--base dm --iterations "$dm_iters" --batch-real "$batch_real")
+      dm) opts=(--base dm --ipc "$ipc" --iterations "$dm_iters" --batch-real "$batch_real")
           if [ "$ipc" = 10 ]; then opts+=(--init "$dm10_init"); fi ;;
-      dc) opts=(--base dc --iterations "$([ "$ipc" = 1 ] && echo "$dc_iters" || echo "$dc10_iters")")
+      dc) opts=(--base dc --ipc "$ipc" --iterations "$([ "$ipc" = 1 ] && echo "$dc_iters" || echo "$dc10_iters")")
           if [ "$scale" = smoke ]; then opts+=(--batch-real 16); fi ;;
       mtt) chddl pretrain-experts "${experts[@]}"
            preset=mtt_pacs_ipc$ipc; if [ "$scale" = smoke ]; then preset=mtt_pacs_ipc1; fi
