@@ -75,3 +75,19 @@ describe_scale() {
 seeds_for() {
   if [ "$1" = dm ] || [ -n "$seeds_given" ] || [ "$scale" = full ]; then echo "$seeds"; else echo "$first_seed"; fi
 }
+
+# Condensation options of METHOD at IPC for DATASET (pacs | cifar10), in the array opts.
+method_opts() {
+  local method=$1 ipc=$2 dataset=$3 preset
+  case $method in
+    dm) opts=(--base dm --ipc "$ipc" --iterations "$dm_iters" --batch-real "$batch_real")
+        if [ "$ipc" = 10 ]; then opts+=(--init "$dm10_init"); fi ;;
+    dc) opts=(--base dc --ipc "$ipc" --iterations "$([ "$ipc" = 1 ] && echo "$dc_iters" || echo "$dc10_iters")")
+        if [ "$scale" = smoke ]; then opts+=(--batch-real 16); fi ;;
+    mtt) preset=mtt_${dataset}_ipc$ipc; if [ "$scale" = smoke ]; then preset=mtt_pacs_ipc1; fi
+         opts=(--config "$preset" --ipc "$ipc" --iterations "$mtt_iters" "${mtt_opts[@]}")
+         # cpu-scale experts have 12 epochs: the IPC 10 presets' start epochs (20, 40) are capped at 10
+         if [ "$scale" = cpu ] && [ "$ipc" = 10 ]; then opts+=(--max-start-epoch 10); fi ;;
+    *) echo "unknown method $method (valid: dm dc mtt)" >&2; exit 2 ;;
+  esac
+}

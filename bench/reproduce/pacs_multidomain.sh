@@ -11,18 +11,9 @@ describe_scale
 methods=${METHODS:-dm dc mtt}
 chddl label "$pacs_source" --config "$pacs_preset"
 for method in $methods; do
+  if [ "$method" = mtt ]; then chddl pretrain-experts "${experts[@]}"; fi
   for ipc in 1 10; do
-    case $method in
-      dm) opts=(--base dm --ipc "$ipc" --iterations "$dm_iters" --batch-real "$batch_real")
-          if [ "$ipc" = 10 ]; then opts+=(--init "$dm10_init"); fi ;;
-      dc) opts=(--base dc --ipc "$ipc" --iterations "$([ "$ipc" = 1 ] && echo "$dc_iters" || echo "$dc10_iters")")
-          if [ "$scale" = smoke ]; then opts+=(--batch-real 16); fi ;;
-      mtt) chddl pretrain-experts "${experts[@]}"
-           preset=mtt_pacs_ipc$ipc; if [ "$scale" = smoke ]; then preset=mtt_pacs_ipc1; fi
-           opts=(--config "$preset" --ipc "$ipc" --iterations "$mtt_iters" "${mtt_opts[@]}")
-           # cpu-scale experts have 12 epochs: the IPC 10 presets' start epochs (20, 40) are capped at 10
-           if [ "$scale" = cpu ] && [ "$ipc" = 10 ]; then opts+=(--max-start-epoch 10); fi ;;
-    esac
+    method_opts "$method" "$ipc" pacs
     for seed in $(seeds_for "$method"); do
       for aware in --no-domain-aware --domain-aware; do
         chddl condense "${opts[@]}" "$aware" --seed "$seed"

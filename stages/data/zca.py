@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from stages.errors import ChddlError
+
 # Above this many dimensions (64 px RGB is 12,288) the covariance is
 # decomposed in float32: float64 would need > 1 GB for the matrix alone.
 FLOAT64_MAX_DIM = 4096
@@ -44,7 +46,7 @@ def fit_zca(images: torch.Tensor, eps: float, chunk: int = 2048) -> ZCA:
     chunks so the float64 copy of the whole set is never materialised."""
     n = len(images)
     if n < 2:
-        raise ValueError("ZCA needs at least two training images")
+        raise ChddlError("--zca needs at least two training images; drop --zca for this dataset")
     dim = images[0].numel()
     dtype = torch.float64 if dim <= FLOAT64_MAX_DIM else torch.float32
     flat = images.reshape(n, dim)
