@@ -44,7 +44,7 @@ def main() -> None:
         for name, cmd, env in (
             (f"1 process x {threads} threads", [*cli, *evaluate], {"OMP_NUM_THREADS": str(threads)}),
             (f"torchrun {args.procs} processes x {max(1, threads // args.procs)} thread(s)",
-             [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.procs), "--master-port", "29561",
+             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.procs),
               "-m", "chddl_cli", "-q", "-w", str(Path(tmp) / "ws"), *evaluate], {"OMP_NUM_THREADS": str(max(1, threads // args.procs))}),
             (f"1 process, {args.runs} runs at once (vmap)", [*cli, *evaluate, "--parallel", str(args.runs)],
              {"OMP_NUM_THREADS": str(threads)}),

@@ -112,12 +112,17 @@ def test_torchrun_evaluation_equals_a_single_process(dataset, workspace, tmp_pat
 
     from stages.artifacts import read_artifact
 
-    single, _ = run(baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, {"runs": 3, "epochs": 2}), workspace)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun rank below: the same CPU kernels, so the same floating-point results
+    try:
+        single, _ = run(baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, {"runs": 3, "epochs": 2}), workspace)
+    finally:
+        torch.set_num_threads(threads)
     ws2 = str(tmp_path / "ws2")
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "chddl_cli", "-q", "-w", ws2, "label", str(dataset.artifact.path)], check=True, env=env,
                    capture_output=True)
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29534",
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           "-m", "chddl_cli", "-q", "-w", ws2, "evaluate", "--baseline", "random", "--ipc", "2", "--runs", "3",
                           "--epochs", "2"], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]

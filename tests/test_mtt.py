@@ -106,7 +106,7 @@ def test_torchrun_with_two_processes_gives_the_same_experts(data, workspace, exp
     env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "chddl_cli", "-q", "-w", str(ws2), "label", str(ds.artifact.path), "-D", "2"],
                    check=True, env=env, capture_output=True)
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           "-m", "chddl_cli", "-q", "-w", str(ws2), "pretrain-experts", "--num-experts", "2", "--epochs", "3", "--batch-size", "32"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
