@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from chddl_cli.app import app
@@ -118,6 +120,18 @@ def test_condense_uses_the_workspace_labels_and_reports(tmp_path) -> None:
     assert "DM + CHDDL" in first.output and "2 per class x 3 classes" in first.output
     again = invoke(*args)
     assert "cached - skipping" in again.output
+
+
+def test_no_share_real_reaches_the_artifact_config_and_key(tmp_path) -> None:
+    ws = _labelled_workspace(tmp_path)
+    args = ["-w", ws, "condense", "--ipc", "1", "--iterations", "1", "--batch-real", "8", "--compile", "off"]
+    shared, separate = invoke(*args), invoke(*args, "--no-share-real")
+    assert shared.exit_code == 0 and separate.exit_code == 0, separate.output
+    configs = {}
+    for meta in Path(ws, "artifacts").glob("condensed-*/meta.yaml"):
+        cfg = yaml.safe_load(meta.read_text())["config"]
+        configs[cfg["share_real"]] = meta.parent.name
+    assert set(configs) == {True, False} and configs[True] != configs[False]
 
 
 def test_condense_without_labels_names_the_command_to_run(tmp_path) -> None:
