@@ -37,6 +37,26 @@ def _method(cond: Artifact) -> str:
     return f"{cond.config['base']}{'+chddl' if cond.config.get('domain_aware') else ''}"
 
 
+def chddl_settings(cond: Artifact, ws: Workspace) -> str:
+    """The CHDDL settings of a condensed set in one line ("-" for a base set):
+    the pseudo-domain labels, then the objective's options."""
+    c = cond.config
+    if not c.get("domain_aware"):
+        return "-"
+    labels = ws.find(cond.meta.get("inputs", {}).get("labels", ""))
+    lc = labels.config if labels else {}
+    beta = f" beta {lc['beta']}" if lc.get("labeler", "").startswith("fft") else ""
+    parts = [f"{lc.get('labeler', '?')} D {lc.get('num_domains', '?')}{beta}", f"lambda {c.get('lam')}", f"tau {c.get('tau')}",
+             f"mask {c.get('mask_init_mode')} {c.get('mask_init')}", str(c.get("schedule"))]
+    if c.get("mask_lr") != c.get("lr_img"):
+        parts.append(f"mask lr {c.get('mask_lr')}")
+    if c.get("base") == "dm" and c.get("schedule") == "summed":
+        parts.append("shared real draw" if c.get("share_real") else "separate real draws")
+    if c.get("domain_syn_steps"):
+        parts.append(f"domain steps {c['domain_syn_steps']}")
+    return ", ".join(parts)
+
+
 def _by_stage(arts: list[Artifact]) -> dict[str, list[Artifact]]:
     out: dict[str, list[Artifact]] = {}
     for a in arts:
@@ -62,11 +82,13 @@ def _labels(arts: list[Artifact]) -> Section:
     return s
 
 
-def _condensed(arts: list[Artifact], with_plots: bool) -> Section:
-    s = Section("Condensed sets", header=["artifact", "method", "IPC", "init", "iterations", "s/it", "final L_cls", "final L_dom"])
+def _condensed(arts: list[Artifact], ws: Workspace, with_plots: bool) -> Section:
+    s = Section("Condensed sets", header=["artifact", "method", "IPC", "init", "iterations", "seed", "CHDDL settings", "s/it",
+                                          "final L_cls", "final L_dom"])
     for a in arts:
         c, m = a.config, a.metrics
-        s.rows.append([a.name, _method(a).upper(), str(c["ipc"]), c["init"], str(c["iterations"]), str(m.get("s_per_iteration")),
+        s.rows.append([a.name, _method(a).upper(), str(c["ipc"]), c["init"], str(c["iterations"]), str(c.get("seed")),
+                       chddl_settings(a, ws), str(m.get("s_per_iteration")),
                        f"{m.get('final_loss_cls', 0):.4g}", f"{m.get('final_loss_dom', 0):.4g}" if c.get("domain_aware") else "-"])
         s.images.append((f"{a.name}: synthetic images (one row per class)", (a.path / "grid.png").read_bytes()))
         if (a.path / "extra_domain_views.png").is_file():
@@ -158,7 +180,7 @@ def chddl_delta(base_runs: list[float], chddl_runs: list[float]) -> tuple[float,
 def _comparisons(evals: list[Artifact], ws: Workspace) -> Section | None:
     """Base vs base+CHDDL under otherwise identical settings, pooled over
     condensation seeds (one evaluation per condensed set: the one with most runs)."""
-    best: dict[tuple, tuple[int, list[float], bool, int]] = {}
+    best: dict[tuple, tuple[int, list[float], str, int]] = {}
     for e in evals:
         train = ws.find(e.info["train_set"])
         if train is None or train.stage != "condensed":
@@ -169,26 +191,31 @@ def _comparisons(evals: list[Artifact], ws: Workspace) -> Section | None:
             group = (e.info["dataset"], *(str(c.get(k)) for k in PAIRED_FIELDS), arch, e.config["epochs"], e.config.get("target_domain"))
             slot = (group, train.name)
             if runs and len(runs) > len(best.get(slot, (0, []))[1]):
-                best[slot] = (len(runs), runs, bool(c.get("domain_aware")), int(c.get("seed", 0)))
-    pooled: dict[tuple, dict[bool, tuple[list[float], set[int]]]] = {}
-    for (group, _), (_, runs, aware, seed) in best.items():
-        runs_of, seeds = pooled.setdefault(group, {}).setdefault(aware, ([], set()))
+                best[slot] = (len(runs), runs, chddl_settings(train, ws), int(c.get("seed", 0)))
+    # group -> CHDDL settings ("-" for the base) -> (runs of every seed, seeds)
+    pooled: dict[tuple, dict[str, tuple[list[float], set[int]]]] = {}
+    for (group, _), (_, runs, settings, seed) in best.items():
+        runs_of, seeds = pooled.setdefault(group, {}).setdefault(settings, ([], set()))
         runs_of.extend(runs)
         seeds.add(seed)
     rows = []
     for group, sides in pooled.items():
-        if False in sides and True in sides:
-            (b, bs), (a, as_) = sides[False], sides[True]
+        if "-" not in sides:
+            continue
+        b, bs = sides["-"]
+        for settings, (a, as_) in sides.items():
+            if settings == "-":
+                continue
             delta, se = chddl_delta(b, a)
             dataset, base, ipc, init = group[0], group[1], group[2], group[3]
             rows.append([dataset, base.upper(), ipc, init, group[-3], f"{np.mean(b):.2f} ± {np.std(b):.2f} ({len(bs)} x {len(b) // len(bs)})",
-                         f"{np.mean(a):.2f} ± {np.std(a):.2f} ({len(as_)} x {len(a) // len(as_)})", f"{delta:+.2f} ± {se:.2f}",
-                         group[-1] or "all"])
+                         settings, f"{np.mean(a):.2f} ± {np.std(a):.2f} ({len(as_)} x {len(a) // len(as_)})",
+                         f"{delta:+.2f} ± {se:.2f}", group[-1] or "all"])
     if not rows:
         return None
     return Section("CHDDL minus base (same condensation settings, pooled over condensation seeds)",
-                   header=["dataset", "base", "IPC", "init", "arch", "base (seeds x runs)", "+CHDDL (seeds x runs)",
-                           "delta ± s.e.", "target domain"], rows=rows,
+                   header=["dataset", "base", "IPC", "init", "arch", "base (seeds x runs)", "CHDDL settings",
+                           "+CHDDL (seeds x runs)", "delta ± s.e.", "target domain"], rows=rows,
                    text="mean ± std over every evaluation run of every condensation seed; the delta's standard error is "
                         "Welch's over runs, so it understates the spread between condensation seeds when there are few.")
 
@@ -268,7 +295,7 @@ def run(workspace: Workspace, out_dir: Path | None = None, progress: Progress = 
     if "labels" in stages:
         sections.append(_labels(stages["labels"]))
     if "condensed" in stages:
-        sections.append(_condensed(stages["condensed"], with_plots))
+        sections.append(_condensed(stages["condensed"], workspace, with_plots))
     if "evaluation" in stages:
         sections += _evaluations(stages["evaluation"], workspace)
         paired = _comparisons(stages["evaluation"], workspace)

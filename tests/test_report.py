@@ -117,3 +117,21 @@ def test_base_and_chddl_sets_are_paired_and_pooled_over_seeds(tmp_path, workspac
     row = next(line for line in text.splitlines() if line.startswith(f"| {ds.artifact.name} | DM | 1 |"))
     delta, se = report.chddl_delta(runs[False], runs[True])
     assert "(2 x 2)" in row and "(1 x 2)" in row and f"{delta:+.2f} ± {se:.2f}" in row
+
+
+def test_each_chddl_variant_gets_its_own_row_against_the_base(tmp_path, workspace) -> None:
+    ds = load_dataset(ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)[0])
+    labels = load_labels(label_run(ds, build(LabelConfig, {"num_domains": 2}), workspace)[0], ds)
+    runs = {}
+    for aware, lam in ((False, 0.1), (True, 0.1), (True, 1.0)):
+        cfg = build(CondenseConfig, {"ipc": 1, "iterations": 2, "batch_real": 8, "compile": "off", "domain_aware": aware, "lam": lam})
+        cond, _ = condense_run(ds, labels, cfg, workspace)
+        ev, _ = evaluate_run(from_condensed(cond, ds), ds, build(EvaluateConfig, {"runs": 2, "epochs": 1}), workspace)
+        runs[(aware, lam)] = ev.metrics["convnet"]["runs"]
+    text = report.run(workspace)[0].read_text()
+    rows = [line for line in text.splitlines() if line.startswith(f"| {ds.artifact.name} | DM | 1 |")]
+    assert len(rows) == 2
+    for lam in (0.1, 1.0):
+        row = next(r for r in rows if f"lambda {lam}," in r)
+        delta, se = report.chddl_delta(runs[(False, 0.1)], runs[(True, lam)])
+        assert "fft D 2 beta 0.1" in row and "(1 x 2)" in row and f"{delta:+.2f} ± {se:.2f}" in row
