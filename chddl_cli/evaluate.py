@@ -22,10 +22,11 @@ def results_table(art: Artifact) -> Table:
     cfg = art.config
     title = f"{art.info['train_set']}: top-1 % on {art.info['num_test']} test images, {cfg['runs']} runs x {cfg['epochs']} epochs"
     table = Table(title=title, title_justify="left")
-    table.add_column("arch")
-    table.add_column("overall", justify="right", no_wrap=True)
-    for d in domains:
-        table.add_column(d, justify="right", no_wrap=True)
+    # the architecture never shrinks to an ellipsis; on a narrow console the
+    # accuracies wrap at "±" and long domain names fold instead
+    table.add_column("arch", no_wrap=True, min_width=max(len(a) for a in art.metrics))
+    for column in ("overall", *domains):
+        table.add_column(column, justify="right", overflow="fold")
     fmt = lambda s: "-" if s.get("mean") is None else f"{s['mean']:.2f} ± {s['std']:.2f}"  # noqa: E731
     for arch, m in art.metrics.items():
         table.add_row(arch, fmt(m), *(fmt(m.get("per_domain", {}).get(d, {})) for d in domains))

@@ -167,6 +167,21 @@ def test_evaluate_prints_mean_and_std_per_domain(tmp_path) -> None:
     assert "±" in result.output and "d0" in result.output and "d1" in result.output
 
 
+def test_results_table_keeps_architecture_names_on_a_narrow_console(tmp_path) -> None:
+    from rich.console import Console
+
+    from chddl_cli.evaluate import results_table
+    from stages.artifacts import Workspace
+
+    ws = _labelled_workspace(tmp_path)
+    assert invoke("-w", ws, "condense", "--ipc", "1", "--iterations", "1", "--batch-real", "8", "--compile", "off").exit_code == 0
+    assert invoke("-w", ws, "evaluate", "--arch", "convnet,alexnet", "--runs", "1", "--epochs", "1").exit_code == 0
+    console = Console(width=40, record=True)
+    console.print(results_table(Workspace(ws).latest("evaluation")))
+    text = console.export_text()
+    assert "convnet" in text and "alexnet" in text and "…" not in text
+
+
 @pytest.mark.parametrize("args,message", [
     (["evaluate", "--runs", "0"], "--runs must be at least 1"),
     (["evaluate", "--arch", "convnet,lenet"], "unknown architecture 'lenet'"),
