@@ -68,7 +68,7 @@ def condense(
     expert_epochs: Annotated[Optional[int], typer.Option(help="mtt: expert epochs to match [3]")] = None,
     max_start_epoch: Annotated[Optional[int], typer.Option(help="mtt: start epoch drawn below this [25]")] = None,
     lr_lr: Annotated[Optional[float], typer.Option(help="mtt: learning rate of the learned lr [1e-5]")] = None,
-    checkpoint_student: Annotated[Optional[bool], typer.Option("--checkpoint-student/--no-checkpoint-student", help="mtt: trade ~40% time for ~4x less memory growth per student step [off]")] = None,
+    checkpoint_student: Annotated[Optional[bool], typer.Option("--checkpoint-student/--no-checkpoint-student", help="mtt: recompute each student step in the backward pass: 0.12x the memory for 1.12x the time at IPC 10 [on]")] = None,
     clip_grad: Annotated[Optional[float], typer.Option(help="clip the images' gradient norm [off]")] = None,
     nan_retries: Annotated[Optional[int], typer.Option(help="rollbacks with halved lrs on NaN before failing [mtt 3, else 0]")] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute even when a cached artifact exists")] = False,

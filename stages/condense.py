@@ -72,7 +72,8 @@ class CondenseConfig:
     syn_lr: float = option(0.01, "mtt: initial learned synthetic learning rate")
     lr_lr: float = option(1e-5, "mtt: learning rate of the synthetic learning rate")
     batch_syn: int | None = option(None, "mtt: synthetic images per student step [all]")
-    checkpoint_student: bool = option(False, "mtt: recompute student steps in the backward pass (less memory, more time)")
+    checkpoint_student: bool = option(True, "mtt: recompute student steps in the backward pass "
+                                      "(IPC 10: 0.12x the memory for 1.12x the time, BENCHMARKS.md)")
     min_syn_lr: float = option(1e-6, "mtt: the learned synthetic lr is kept at or above this (positive)")
     clip_grad: float | None = option(None, "clip the images' gradient norm to this value (none by default)")
     nan_retries: int | None = option(None, "on NaN/Inf: roll back to the last good state with halved learning rates, "
