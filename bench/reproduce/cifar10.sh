@@ -9,21 +9,13 @@
 #   bash bench/reproduce/cifar10.sh --scale cpu --data DIR
 source "$(dirname "$0")/lib.sh"
 describe_scale
+evaluate_set() {
+  if [ "$1" = dm ] && [ "$2" = 10 ]; then  # Table 3 from the same sets
+    chddl evaluate --arch convnet,alexnet,vgg11,resnet18,vit_tiny,vit_small "${xarch_opts[@]}"
+  else
+    chddl evaluate --arch convnet "${eval_opts[@]}"
+  fi
+}
 chddl label "$cifar_source" --config "$cifar_preset"
-for method in ${METHODS:-dm dc mtt}; do
-  if [ "$method" = mtt ]; then chddl pretrain-experts "${experts[@]}"; fi
-  for ipc in 1 10; do
-    method_opts "$method" "$ipc" cifar10
-    for seed in $(seeds_for "$method"); do
-      for aware in --no-domain-aware --domain-aware; do
-        chddl condense "${opts[@]}" "$aware" --seed "$seed"
-        if [ "$method" = dm ] && [ "$ipc" = 10 ]; then  # Table 3 from the same sets
-          chddl evaluate --arch convnet,alexnet,vgg11,resnet18,vit_tiny,vit_small "${xarch_opts[@]}"
-        else
-          chddl evaluate --arch convnet "${eval_opts[@]}"
-        fi
-      done
-    done
-  done
-done
+methods_both_ways cifar10
 command chddl report

@@ -91,3 +91,24 @@ method_opts() {
     *) echo "unknown method $method (valid: dm dc mtt)" >&2; exit 2 ;;
   esac
 }
+
+methods=${METHODS:-dm dc mtt}
+
+# Paper Tables 1 and 2: every method of $methods (METHODS env, default dm dc
+# mtt) at IPC 1 and 10, for each of its seeds, without and with CHDDL. After
+# each condensation it calls evaluate_set METHOD IPC, which the script defines.
+methods_both_ways() {
+  local dataset=$1 method ipc seed aware
+  for method in $methods; do
+    if [ "$method" = mtt ]; then chddl pretrain-experts "${experts[@]}"; fi
+    for ipc in 1 10; do
+      method_opts "$method" "$ipc" "$dataset"
+      for seed in $(seeds_for "$method"); do
+        for aware in --no-domain-aware --domain-aware; do
+          chddl condense "${opts[@]}" "$aware" --seed "$seed"
+          evaluate_set "$method" "$ipc"
+        done
+      done
+    done
+  done
+}

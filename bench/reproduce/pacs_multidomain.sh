@@ -8,18 +8,7 @@
 #   METHODS="dm" bash bench/reproduce/pacs_multidomain.sh ...   # a subset of dm dc mtt
 source "$(dirname "$0")/lib.sh"
 describe_scale
-methods=${METHODS:-dm dc mtt}
+evaluate_set() { chddl evaluate --arch convnet "${eval_opts[@]}"; }
 chddl label "$pacs_source" --config "$pacs_preset"
-for method in $methods; do
-  if [ "$method" = mtt ]; then chddl pretrain-experts "${experts[@]}"; fi
-  for ipc in 1 10; do
-    method_opts "$method" "$ipc" pacs
-    for seed in $(seeds_for "$method"); do
-      for aware in --no-domain-aware --domain-aware; do
-        chddl condense "${opts[@]}" "$aware" --seed "$seed"
-        chddl evaluate --arch convnet "${eval_opts[@]}"
-      done
-    done
-  done
-done
+methods_both_ways pacs
 command chddl report
