@@ -1,7 +1,8 @@
 # Shared options and scale settings of the reproduction scripts (sourced).
 #
-#   SCRIPT [--scale smoke|cpu|full] [--data DIR] [--workdir DIR] [--seeds "0 1"]
+#   SCRIPT [--scale smoke|cpu|full] [--data DIR] [--workdir DIR] [--seeds "0 1"] [--ipcs "1 10"]
 #
+# --ipcs restricts the scripts that run both IPC 1 and 10 to the ones given.
 # --data is the folder holding pacs_32.npz / pacs_64.npz (PACS scripts) and
 # cifar10/ (cifar10_jpeg.tar.gz extracted: train/<class>, test/<class>). The
 # smoke scale runs every command on the built-in demo dataset in seconds,
@@ -12,14 +13,16 @@ scale=cpu
 data=""
 workdir=""
 seeds=""
+ipcs="1 10"
 while [ $# -gt 0 ]; do
   case "$1" in
     --scale) scale=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
     --workdir) workdir=$2; shift 2 ;;
     --seeds) seeds=$2; shift 2 ;;
+    --ipcs) ipcs=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
-    *) echo "unknown option $1 (valid: --scale, --data, --workdir, --seeds)" >&2; exit 2 ;;
+    *) echo "unknown option $1 (valid: --scale, --data, --workdir, --seeds, --ipcs)" >&2; exit 2 ;;
   esac
 done
 
@@ -51,6 +54,9 @@ case "$scale" in
     default_seeds="0 1" ;;
   *) echo "--scale must be smoke, cpu or full, got $scale" >&2; exit 2 ;;
 esac
+for ipc in $ipcs; do
+  case "$ipc" in 1|10) ;; *) echo "--ipcs takes 1 and/or 10, got $ipc" >&2; exit 2 ;; esac
+done
 seeds_given=${seeds:+yes}
 seeds=${seeds:-$default_seeds}
 first_seed=${seeds%% *}
@@ -67,7 +73,7 @@ describe_scale() {
     full) echo "   full scale: the paper's protocol (PACS 64 px, DM 20,000 / DC 1,000 / MTT 5,000 iterations, 100 experts x 50 epochs," \
                "10 evaluation runs x 1,000 epochs)" ;;
   esac
-  echo "   condensation seeds: $seeds"
+  echo "   condensation seeds: $seeds; IPC: $ipcs"
 }
 
 # Seeds for a method: every seed for DM; the first only for the costlier DC
@@ -101,7 +107,7 @@ methods_both_ways() {
   local dataset=$1 method ipc seed aware
   for method in $methods; do
     if [ "$method" = mtt ]; then chddl pretrain-experts "${experts[@]}"; fi
-    for ipc in 1 10; do
+    for ipc in $ipcs; do
       method_opts "$method" "$ipc" "$dataset"
       for seed in $(seeds_for "$method"); do
         for aware in --no-domain-aware --domain-aware; do

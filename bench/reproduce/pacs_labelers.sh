@@ -3,10 +3,10 @@
 # IPC 1 and 10 with FFT + Mean-Sort (the paper's), FFT + K-Means, log-var
 # (+ K-Means), random and oracle (true domain) labels; DM alone as the base.
 #
-#   bash bench/reproduce/pacs_labelers.sh --scale cpu --data ../shared/data
+#   bash bench/reproduce/pacs_labelers.sh --scale cpu --data ../shared/data [--ipcs 1]
 source "$(dirname "$0")/lib.sh"
 describe_scale
-for ipc in 1 10; do
+for ipc in $ipcs; do
   opts=(--base dm --ipc "$ipc" --iterations "$dm_iters" --batch-real "$batch_real")
   if [ "$ipc" = 10 ]; then opts+=(--init "$dm10_init"); fi
   for seed in $(seeds_for ablation); do
