@@ -3,7 +3,9 @@ and test them on the real test split, overall and per true domain."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +17,7 @@ from stages.data.augment import DEFAULT_STRATEGY, DSA
 from stages.data.dataset import Dataset
 from stages.errors import ChddlError
 from stages.metering import measure
+from stages.methods.checkpoint import load_checkpoint, save_checkpoint
 from stages.models import ARCHITECTURES, create_model
 from stages.progress import NullProgress, Progress
 from stages.training import accuracy, group_accuracy, predict, train_networks
@@ -141,12 +144,30 @@ def _chunks(jobs: list[tuple[int, int]], size: int) -> list[list[tuple[int, int]
     return out
 
 
+def _finished_runs(partial: Path, key: str, acc: np.ndarray, per_domain: np.ndarray) -> int:
+    """Fill ``acc`` and ``per_domain`` with the runs an interrupted evaluation
+    finished (every process's checkpoint); returns how many there were."""
+    for folder in sorted(partial.glob("rank*")):
+        saved = load_checkpoint(folder, key)
+        if saved is None or saved[1]["accuracy"].shape != acc.shape or saved[1]["per_domain_accuracy"].shape != per_domain.shape:
+            continue
+        done_acc, done_dom = saved[1]["accuracy"].numpy(), saved[1]["per_domain_accuracy"].numpy()
+        done = ~np.isnan(done_acc)
+        acc[done], per_domain[done] = done_acc[done], done_dom[done]
+    return int((~np.isnan(acc)).sum())
+
+
 def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, workspace: Workspace, *,
-        device: torch.device = torch.device("cpu"), force: bool = False, progress: Progress = NullProgress()) -> tuple[Artifact, bool]:
+        device: torch.device = torch.device("cpu"), force: bool = False, progress: Progress = NullProgress(),
+        stop_after: int | None = None) -> tuple[Artifact, bool]:
     """Evaluate ``train_set`` on ``dataset``'s test split; returns (artifact, cache_hit).
 
-    Under torchrun the runs are split across processes; rank 0 writes the
-    artifact and returns it, the other ranks return (None, False).
+    Every finished training is checkpointed, so an interrupted evaluation
+    resumes with the runs it had not finished (same key). Under torchrun the
+    runs are split across processes; rank 0 writes the artifact and returns
+    it, the other ranks return (None, False). ``stop_after`` raises
+    KeyboardInterrupt after that many trainings, as an interruption would
+    (for tests).
     """
     cfg = config
     lr = cfg.lr if cfg.lr is not None else train_set.lr
@@ -173,10 +194,21 @@ def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, worksp
     acc = np.full((len(cfg.archs), cfg.runs), np.nan)
     per_domain = np.full((len(cfg.archs), cfg.runs, max(num_domains, 1)), np.nan)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    jobs = [(a, r) for a in range(len(cfg.archs)) for r in range(cfg.runs)]
+    partial = workspace.partial_dir(name)
+    if force and rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+    resumed = 0 if force else _finished_runs(partial, key, acc, per_domain)
+    if world > 1:
+        dist.barrier()  # every process has read the checkpoints before any writes to them
+    if resumed:
+        progress.note(f"resuming: {resumed} of {acc.size} trainings already done ({partial})")
+    jobs = [(a, r) for a in range(len(cfg.archs)) for r in range(cfg.runs) if np.isnan(acc[a, r])]
     mine = [job for i, job in enumerate(jobs) if i % world == rank]
+    finished = 0
     with measure() as cost, progress.task(f"evaluate {train_set.name}", total=len(mine)) as task:
         for chunk in _chunks(mine, cfg.parallel):
+            if stop_after is not None and finished >= stop_after:
+                raise KeyboardInterrupt
             arch = cfg.archs[chunk[0][0]]
             seeds = [cfg.seed * 1000 + r for _, r in chunk]
             nets = [create_model(arch, dataset.num_classes, dataset.size, seed=seed).to(device) for seed in seeds]
@@ -188,6 +220,9 @@ def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, worksp
                 if domains is not None:
                     per_domain[a, r] = group_accuracy(pred, test_y, domains, num_domains).numpy()
                 task.advance(1, arch=arch, acc=acc[a, r])
+            finished += len(chunk)
+            save_checkpoint(partial / f"rank{rank}", key, finished,
+                            {"accuracy": torch.from_numpy(acc), "per_domain_accuracy": torch.from_numpy(per_domain)})
     if world > 1:
         acc, per_domain = _combine(acc, per_domain, device)
         if rank != 0:
@@ -198,10 +233,12 @@ def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, worksp
         if domains is not None:
             metrics[arch]["per_domain"] = {d: summarise(per_domain[a, :, i]) for i, d in enumerate(dataset.domain_names)}
     info = {"train_set": train_set.name, "train_kind": train_set.kind, "ipc": train_set.ipc, "dataset": dataset.artifact.name,
-            "num_test": int(len(test)), "num_train": int(len(y)), "domain_names": dataset.domain_names, "device": str(device)}
+            "num_test": int(len(test)), "num_train": int(len(y)), "domain_names": dataset.domain_names, "device": str(device),
+            "resumed_runs": resumed}
     art = workspace.write(
         stage=STAGE, name=name, key=key, config=resolved, inputs={"train": train_set.name, "dataset": dataset.artifact.name},
         tensors={"accuracy": torch.from_numpy(acc), "per_domain_accuracy": torch.from_numpy(per_domain)},
         seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=metrics, cost=cost, schema_version=SCHEMA_VERSION,
     )
+    shutil.rmtree(partial, ignore_errors=True)
     return art, False

@@ -66,6 +66,27 @@ def test_evaluation_reports_overall_and_per_domain(dataset, workspace) -> None:
     assert run(baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, FAST), workspace)[1]
 
 
+def test_interrupted_then_resumed_evaluation_equals_an_uninterrupted_one(dataset, workspace, tmp_path) -> None:
+    from stages.artifacts import Workspace
+    cfg = build(EvaluateConfig, {"runs": 3, "epochs": 2, "archs": ("convnet", "alexnet")})
+    full, _ = run(baseline(dataset, "random", 2, 0), dataset, cfg, Workspace(tmp_path / "full"))
+    with pytest.raises(KeyboardInterrupt):
+        run(baseline(dataset, "random", 2, 0), dataset, cfg, workspace, stop_after=4)
+    resumed, hit = run(baseline(dataset, "random", 2, 0), dataset, cfg, workspace)
+    assert not hit and resumed.info["resumed_runs"] == 4 and full.info["resumed_runs"] == 0
+    assert torch.equal(full.tensor("accuracy"), resumed.tensor("accuracy"))
+    assert torch.equal(full.tensor("per_domain_accuracy").nan_to_num(-1), resumed.tensor("per_domain_accuracy").nan_to_num(-1))
+    assert not workspace.partial_dir(resumed.name).exists()
+
+
+def test_a_forced_evaluation_ignores_the_runs_of_an_interrupted_one(dataset, workspace) -> None:
+    cfg = build(EvaluateConfig, FAST)
+    with pytest.raises(KeyboardInterrupt):
+        run(baseline(dataset, "random", 2, 0), dataset, cfg, workspace, stop_after=1)
+    art, _ = run(baseline(dataset, "random", 2, 0), dataset, cfg, workspace, force=True)
+    assert art.info["resumed_runs"] == 0
+
+
 def test_target_domain_scores_only_that_domain(dataset, workspace) -> None:
     art, _ = run(baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, FAST, {"target_domain": "d1"}), workspace)
     assert art.info["num_test"] == int((dataset.domains[dataset.test_indices] == 1).sum())
