@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.artifacts import Artifact, Workspace
+from stages.condense import EXECUTION_ONLY
 from stages.errors import ChddlError
 from stages.paper import paper_figure
 from stages.progress import NullProgress, Progress
@@ -146,23 +147,61 @@ def _evaluations(evals: list[Artifact], ws: Workspace) -> list[Section]:
     return out
 
 
+def _sweep_settings(e: Artifact, train: Artifact, ws: Workspace) -> dict[str, str]:
+    """Everything that decides a ConvNet score: the condensed set's settings,
+    its labels' (prefixed ``labels.``, sweepable fields unprefixed) and the
+    evaluation protocol; the condensation seed is left out (seeds are pooled)."""
+    out = {k: str(v) for k, v in train.config.items() if k not in EXECUTION_ONLY and k != "seed"}
+    if train.config.get("domain_aware"):
+        labels = ws.find(train.meta["inputs"].get("labels", ""))
+        for k, v in (labels.config if labels else {"labeler": "?"}).items():
+            out[k if k in SWEEP_FIELDS else f"labels.{k}"] = str(v)
+    out |= {f"eval.{k}": str(v) for k, v in e.config.items() if k not in ("archs", "parallel")}
+    out["dataset"] = str(e.info["dataset"])
+    return out
+
+
+def _value_order(value: str) -> tuple:
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
 def _sweeps(evals: list[Artifact], ws: Workspace) -> Section | None:
-    """Accuracy against each condensation/label setting that takes 2+ values
-    among otherwise comparable runs (same method and IPC)."""
-    points: dict[tuple, list[tuple[str, str]]] = {}
+    """ConvNet accuracy against each setting of SWEEP_FIELDS that takes 2+
+    values while every other condensation, label and evaluation setting is
+    equal; the runs of every condensation seed are pooled per value."""
+    runs_of: dict[tuple, dict[str, tuple[list[float], set[int]]]] = {}
     for e in evals:
+        m = e.metrics.get("convnet")
         train = ws.find(e.info["train_set"])
-        if train is None or train.stage != "condensed":
+        if m is None or train is None or train.stage != "condensed":
             continue
-        labels = ws.find(train.meta["inputs"].get("labels", "")) if train.config.get("domain_aware") else None
-        settings = dict(train.config) | ({k: v for k, v in labels.config.items()} if labels else {})
+        settings = _sweep_settings(e, train, ws)
+        runs = [v for v in m.get("runs", []) if v == v]
         for name in SWEEP_FIELDS:
             if name in settings:
-                key = (name, _method(train), train.config["ipc"])
-                points.setdefault(key, []).append((str(settings[name]), _fmt(e.metrics.get("convnet"))))
-    rows = [[name, method.upper(), str(ipc), ", ".join(f"{v}: {acc}" for v, acc in sorted(set(vals)))]
-            for (name, method, ipc), vals in points.items() if len({v for v, _ in vals}) > 1]
-    return Section("Sweeps (ConvNet accuracy by setting)", header=["setting", "method", "IPC", "value: accuracy"], rows=rows) if rows else None
+                rest = tuple(sorted((k, v) for k, v in settings.items() if k != name))
+                pooled, seeds = runs_of.setdefault((name, rest), {}).setdefault(settings[name], ([], set()))
+                pooled.extend(runs)
+                seeds.add(int(train.config.get("seed", 0)))
+    rows = []
+    for (name, rest), values in runs_of.items():
+        if len(values) < 2:
+            continue
+        fixed = dict(rest)
+        method = f"{fixed['base']}{'+chddl' if fixed.get('domain_aware') == 'True' else ''}".upper()
+        cells = [f"{v}: {np.mean(r):.2f} ± {np.std(r):.2f} ({len(seeds)} x {len(r) // len(seeds)})"
+                 for v, (r, seeds) in sorted(values.items(), key=lambda kv: _value_order(kv[0]))]
+        rows.append([name, method, fixed["ipc"], fixed.get("eval.target_domain", "None").replace("None", "all"),
+                     f"{fixed['eval.runs']} x {fixed['eval.epochs']}", ", ".join(cells)])
+    if not rows:
+        return None
+    return Section("Sweeps (ConvNet accuracy by setting)", header=["setting", "method", "IPC", "target domain", "runs x epochs",
+                                                                    "value: accuracy (seeds x runs)"], rows=sorted(rows),
+                   text="Each row varies one setting with every other condensation, label and evaluation setting equal; "
+                        "mean ± std over the runs of every condensation seed.")
 
 
 # Condensation settings that must agree for a base set and a +CHDDL set to be compared.

@@ -135,3 +135,18 @@ def test_each_chddl_variant_gets_its_own_row_against_the_base(tmp_path, workspac
         row = next(r for r in rows if f"lambda {lam}," in r)
         delta, se = report.chddl_delta(runs[(False, 0.1)], runs[(True, lam)])
         assert "fft D 2 beta 0.1" in row and "(1 x 2)" in row and f"{delta:+.2f} ± {se:.2f}" in row
+
+
+def test_a_sweep_row_varies_one_setting_with_every_other_setting_equal(tmp_path, workspace) -> None:
+    ds = load_dataset(ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)[0])
+    labels = load_labels(label_run(ds, build(LabelConfig, {"num_domains": 2}), workspace)[0], ds)
+    short = {"runs": 2, "epochs": 1}
+    for tau, lam, epochs in ((0.1, 0.1, 1), (0.5, 0.1, 1), (0.5, 1.0, 1), (0.1, 0.1, 2)):
+        cond, _ = condense_run(ds, labels, build(CondenseConfig, {"ipc": 1, "iterations": 2, "batch_real": 8, "compile": "off",
+                                                                  "tau": tau, "lam": lam}), workspace)
+        evaluate_run(from_condensed(cond, ds), ds, build(EvaluateConfig, short | {"epochs": epochs}), workspace)
+    evals = [a for a in workspace.all() if a.stage == "evaluation"]
+    rows = report._sweeps(evals, workspace).rows
+    # tau at lambda 0.1 / 1 epoch, lambda at tau 0.5: the lambda 1.0 set and the 2-epoch evaluation join no tau row
+    assert [(r[0], r[4], r[5].count(":")) for r in rows] == [("lam", "2 x 1", 2), ("tau", "2 x 1", 2)]
+    assert rows[1][5].startswith("0.1: ") and ", 0.5: " in rows[1][5] and "(1 x 2)" in rows[1][5]

@@ -69,7 +69,8 @@ describe_scale() {
     cpu) echo "   cpu scale differs from the paper: PACS at 32 px (paper 64), DM $dm_iters iterations (paper 20,000; IPC 10 from real" \
               "images, as REFERENCE.md advises for short runs) with $batch_real real images per group (paper 256), DC $dc_iters / $dc10_iters iterations at IPC 1 / 10 (paper 1,000)," \
               "MTT ${experts[*]} and $mtt_iters iterations (paper 100 x 50 epochs, 5,000), evaluation ${eval_opts[*]}" \
-              "(paper 10 runs x 1,000 epochs), cross-architecture ${xarch_opts[*]}; DC and MTT use the first seed only" ;;
+              "(paper 10 runs x 1,000 epochs), cross-architecture ${xarch_opts[*]}; only DM in Tables 1/2 runs every seed:" \
+              "DC, MTT, the ablation, sweep and per-domain scripts use the first seed unless --seeds is given" ;;
     full) echo "   full scale: the paper's protocol (PACS 64 px, DM 20,000 / DC 1,000 / MTT 5,000 iterations, 100 experts x 50 epochs," \
                "10 evaluation runs x 1,000 epochs)" ;;
   esac
@@ -77,7 +78,8 @@ describe_scale() {
 }
 
 # Seeds for a method: every seed for DM; the first only for the costlier DC
-# and MTT at cpu scale unless --seeds was given.
+# and MTT and for the ablation scripts (which pass their own tag) at cpu
+# scale, unless --seeds was given.
 seeds_for() {
   if [ "$1" = dm ] || [ -n "$seeds_given" ] || [ "$scale" = full ]; then echo "$seeds"; else echo "$first_seed"; fi
 }
