@@ -10,11 +10,14 @@ source "$(dirname "$0")/lib.sh"
 describe_scale
 chddl label "$pacs_source" --config "$pacs_preset"
 opts=(--base dm --ipc 1 --iterations "$dm_iters" --batch-real "$batch_real")
+# Target domains outermost, so an interrupted run leaves complete DM vs DM+CHDDL pairs.
 for seed in $(seeds_for protocols); do
   for aware in --no-domain-aware --domain-aware; do
     chddl condense "${opts[@]}" "$aware" --seed "$seed"
     chddl evaluate "${eval_opts[@]}"  # per-domain accuracy = the multi-domain column of both tables
-    for t in $pacs_domains; do
+  done
+  for t in $pacs_domains; do
+    for aware in --no-domain-aware --domain-aware; do
       chddl condense "${opts[@]}" "$aware" --seed "$seed" --domains "$t"
       chddl evaluate "${eval_opts[@]}" --target-domain "$t"
       chddl condense "${opts[@]}" "$aware" --seed "$seed" --exclude-domain "$t"
