@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -28,7 +29,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise ChddlError(f"unknown device '{name}'; valid: {', '.join(DEVICE_CHOICES)}")
 
 
+def _leave_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def init_distributed() -> None:
-    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on GPU).
+
+    The group is destroyed at exit: left to the interpreter's teardown, a gloo
+    rank could abort (SIGABRT) when its peer had already gone."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(_leave_distributed)
