@@ -183,15 +183,15 @@ def _sweeps(evals: list[Artifact], ws: Workspace) -> Section | None:
         for name in SWEEP_FIELDS:
             if name in settings:
                 rest = tuple(sorted((k, v) for k, v in settings.items() if k != name))
-                pooled, seeds = runs_of.setdefault((name, rest), {}).setdefault(settings[name], ([], set()))
+                family = runs_of.setdefault((name, _method(train).upper(), rest), {})
+                pooled, seeds = family.setdefault(settings[name], ([], set()))
                 pooled.extend(runs)
                 seeds.add(int(train.config.get("seed", 0)))
     rows = []
-    for (name, rest), values in runs_of.items():
+    for (name, method, rest), values in runs_of.items():
         if len(values) < 2:
             continue
         fixed = dict(rest)
-        method = f"{fixed['base']}{'+chddl' if fixed.get('domain_aware') == 'True' else ''}".upper()
         cells = [f"{v}: {np.mean(r):.2f} ± {np.std(r):.2f} ({len(seeds)} x {len(r) // len(seeds)})"
                  for v, (r, seeds) in sorted(values.items(), key=lambda kv: _value_order(kv[0]))]
         rows.append([name, method, fixed["ipc"], fixed.get("eval.target_domain", "None").replace("None", "all"),

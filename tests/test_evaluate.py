@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from stages.artifacts import Workspace
 from stages.condense import CondenseConfig
 from stages.condense import run as condense_run
 from stages.config import build
@@ -67,7 +68,6 @@ def test_evaluation_reports_overall_and_per_domain(dataset, workspace) -> None:
 
 
 def test_interrupted_then_resumed_evaluation_equals_an_uninterrupted_one(dataset, workspace, tmp_path) -> None:
-    from stages.artifacts import Workspace
     cfg = build(EvaluateConfig, {"runs": 3, "epochs": 2, "archs": ("convnet", "alexnet")})
     full, _ = run(baseline(dataset, "random", 2, 0), dataset, cfg, Workspace(tmp_path / "full"))
     with pytest.raises(KeyboardInterrupt):
