@@ -54,6 +54,7 @@ case "$scale" in
     default_seeds="0 1" ;;
   *) echo "--scale must be smoke, cpu or full, got $scale" >&2; exit 2 ;;
 esac
+if [ -z "${ipcs// /}" ]; then echo "--ipcs takes 1 and/or 10, got nothing" >&2; exit 2; fi
 for ipc in $ipcs; do
   case "$ipc" in 1|10) ;; *) echo "--ipcs takes 1 and/or 10, got $ipc" >&2; exit 2 ;; esac
 done
