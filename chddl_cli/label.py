@@ -23,6 +23,8 @@ def dataset_table(art: Artifact) -> Table:
     table = Table(title=f"dataset {art.name}", show_header=False, title_justify="left")
     table.add_row("source", str(info.get("source")))
     table.add_row("images", f"{info['num_images']} ({info['num_train']} train / {info['num_test']} test, split: {info['split_from']})")
+    if info.get("subset"):
+        table.add_row("subset", info["subset"])
     table.add_row("size", f"{art.config.get('size')} px" + (f", ZCA-whitened (eps {art.config.get('zca_eps')})" if art.config.get("zca") else ""))
     table.add_row("classes", f"{len(info['class_names'])}: {', '.join(info['class_names'])}")
     table.add_row("true domains", ", ".join(info["domain_names"]) if info.get("domain_names") else "none")
@@ -71,6 +73,8 @@ def label(
     strict: Annotated[Optional[bool], typer.Option("--strict/--no-strict", help="fail on undecodable files instead of skipping them")] = None,
     zca: Annotated[Optional[bool], typer.Option("--zca/--no-zca", help="ZCA-whiten the normalised images (fitted on the train split), as MTT's reference does for CIFAR")] = None,
     zca_eps: Annotated[Optional[float], typer.Option(help="ZCA regulariser [default: 0.1]")] = None,
+    train_per_class: Annotated[Optional[int], typer.Option(help="keep a seeded random N training images per class (seed: --split-seed) [default: 0, all]")] = None,
+    test_per_class: Annotated[Optional[int], typer.Option(help="keep a seeded random N test images per class (seed: --split-seed) [default: 0, all]")] = None,
     labeler: Annotated[Optional[str], typer.Option(help="fft | fft-kmeans | logvar | logvar-kmeans | random | oracle [default: fft]")] = None,
     num_domains: Annotated[Optional[int], typer.Option("--num-domains", "-D", help="number of pseudo-domains [default: 4]")] = None,
     beta: Annotated[Optional[float], typer.Option(help="FFT crop ratio in (0, 1] [default: 0.1]")] = None,
@@ -86,7 +90,9 @@ def label(
     preset = load_preset(config)
     dcfg = build(DatasetConfig, section(preset, "dataset"), {"size": size, "test_fraction": test_fraction,
                                                               "split_seed": split_seed, "strict": strict,
-                                                              "zca": zca, "zca_eps": zca_eps})
+                                                              "zca": zca, "zca_eps": zca_eps,
+                                                              "train_per_class": train_per_class,
+                                                              "test_per_class": test_per_class})
     lcfg = build(label_stage.LabelConfig, {"seed": g.seed}, section(preset, "label"),
                  {"labeler": labeler, "num_domains": num_domains, "beta": beta, "seed": seed})
     device = resolve_device(g.device)

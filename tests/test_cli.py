@@ -43,6 +43,15 @@ def test_label_prints_agreement_and_then_hits_the_cache(tmp_path) -> None:
     assert "cached - skipping" in second.output
 
 
+def test_label_with_a_training_subset_says_how_many_images_it_kept(tmp_path) -> None:
+    npz = make_npz(tmp_path / "d.npz", n=80)
+    result = invoke("--workdir", str(tmp_path / "ws"), "label", str(npz), "--size", "16", "-D", "2",
+                    "--train-per-class", "10", "--test-per-class", "3")
+    assert result.exit_code == 0, result.output
+    assert "39 (30 train / 9 test" in result.output
+    assert "of 64 train / 16 test: at most 10 train / 3 test per class" in result.output
+
+
 def test_label_without_path_uses_the_workspace_dataset(tmp_path) -> None:
     npz = make_npz(tmp_path / "d.npz", n=80)
     assert invoke("-w", str(tmp_path / "ws"), "label", str(npz), "--size", "16").exit_code == 0

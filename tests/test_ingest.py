@@ -221,6 +221,44 @@ def test_stratified_split_is_seeded_and_per_cell() -> None:
         assert int(a[labels * 2 + domains == cell].sum()) == 5
 
 
+def test_train_per_class_keeps_a_seeded_subset_of_each_class_and_the_whole_test_split(tmp_path, workspace) -> None:
+    path = make_npz(tmp_path / "d.npz", n=60)
+    full, _ = _ingest(path, workspace, size=16)
+    sub, hit = _ingest(path, workspace, size=16, train_per_class=5)
+    again, hit_again = _ingest(path, workspace, size=16, train_per_class=5)
+    assert not hit and hit_again  # a subset is its own cached dataset, found again
+    for c in range(3):
+        assert int((sub.labels[sub.train_indices] == c).sum()) == 5
+    assert len(sub.test_indices) == len(full.test_indices) == 12
+    assert torch.equal(sub.images[sub.test_indices], full.images[full.test_indices])
+    assert torch.equal(sub.images, again.images)
+    # the kept training images are real training images of the source, not copies
+    full_train = {bytes(im.numpy()) for im in full.images[full.train_indices]}
+    assert all(bytes(im.numpy()) in full_train for im in sub.images[sub.train_indices])
+
+
+def test_test_per_class_cuts_the_test_split_only(tmp_path, workspace) -> None:
+    path = make_npz(tmp_path / "d.npz", n=60)
+    full, _ = _ingest(path, workspace, size=16)
+    sub, _ = _ingest(path, workspace, size=16, test_per_class=2)
+    assert torch.equal(sub.images[sub.train_indices], full.images[full.train_indices])
+    for c in range(3):
+        assert int((sub.labels[sub.test_indices] == c).sum()) == 2
+
+
+def test_train_per_class_larger_than_a_class_keeps_every_image(tmp_path, workspace) -> None:
+    path = make_npz(tmp_path / "d.npz")
+    full, _ = _ingest(path, workspace, size=16)
+    sub, _ = _ingest(path, workspace, size=16, train_per_class=1000)
+    assert len(sub.train_indices) == len(full.train_indices)
+
+
+@pytest.mark.parametrize("option", ["train_per_class", "test_per_class"])
+def test_a_negative_subset_size_is_refused(tmp_path, workspace, option) -> None:
+    with pytest.raises(ChddlError, match=f"--{option.replace('_', '-')} must be 0"):
+        _ingest(make_npz(tmp_path / "d.npz"), workspace, **{option: -1})
+
+
 def test_demo_dataset_is_deterministic_and_multi_domain() -> None:
     a, b = generate(16, seed=0), generate(16, seed=0)
     assert torch.equal(a.images, b.images)

@@ -13,7 +13,7 @@ EXPERIMENTS = [s for s in SCRIPTS if "lib.sh" in s.read_text() and s.name != "li
 
 def test_every_experiment_has_a_script() -> None:
     names = {s.stem for s in EXPERIMENTS}
-    assert {"pacs_multidomain", "pacs_domains", "pacs_labelers", "pacs_sweeps", "cifar10"} <= names
+    assert {"pacs_multidomain", "pacs_domains", "pacs_labelers", "pacs_sweeps", "cifar10", "cifar10_xarch"} <= names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.name)

@@ -33,21 +33,21 @@ chddl() { command chddl -q "$@"; }
 case "$scale" in
   smoke)
     pacs_source=builtin:demo; pacs_preset=datasets/demo; cifar_preset=datasets/demo
-    dm_iters=3; dm10_init=real; dc_iters=2; dc10_iters=1; mtt_iters=2
+    dm_iters=3; dm10_init=real; dc_iters=2; dc10_iters=1; mtt_iters=2; mtt10_max_start=""
     experts=(--num-experts 1 --epochs 3); mtt_opts=(--max-start-epoch 1 --expert-epochs 1 --syn-steps 2)
     batch_real=16; pacs_domains="photo cartoon sketch infrared"; cifar_source=builtin:demo
     eval_opts=(--runs 3 --epochs 2); xarch_opts=(--runs 3 --epochs 2)
     default_seeds="0 1" ;;
   cpu)
     pacs_source=${data:?--data DIR (holding pacs_32.npz, or cifar10/ with train/ and test/) is required}/pacs_32.npz; pacs_preset=pacs_32; cifar_preset=cifar10
-    dm_iters=300; dm10_init=real; dc_iters=50; dc10_iters=5; mtt_iters=100
+    dm_iters=300; dm10_init=real; dc_iters=50; dc10_iters=5; mtt_iters=100; mtt10_max_start=10
     experts=(--num-experts 1 --epochs 12); mtt_opts=()
     batch_real=64; pacs_domains="art_painting cartoon photo sketch"; cifar_source=${data:-}/cifar10
     eval_opts=(--runs 3 --epochs 300); xarch_opts=(--runs 3 --epochs 100)
     default_seeds="0 1" ;;
   full)
     pacs_source=${data:?--data DIR (holding pacs_64.npz) is required}/pacs_64.npz; pacs_preset=pacs_64; cifar_preset=cifar10
-    dm_iters=20000; dm10_init=noise; dc_iters=1000; dc10_iters=1000; mtt_iters=5000
+    dm_iters=20000; dm10_init=noise; dc_iters=1000; dc10_iters=1000; mtt_iters=5000; mtt10_max_start=""
     experts=(--num-experts 100 --epochs 50); mtt_opts=()
     batch_real=256; pacs_domains="art_painting cartoon photo sketch"; cifar_source=${data:-}/cifar10
     eval_opts=(--runs 10 --epochs 1000); xarch_opts=(--runs 10 --epochs 1000)
@@ -58,6 +58,9 @@ if [ -z "${ipcs// /}" ]; then echo "--ipcs takes 1 and/or 10, got nothing" >&2; 
 for ipc in $ipcs; do
   case "$ipc" in 1|10) ;; *) echo "--ipcs takes 1 and/or 10, got $ipc" >&2; exit 2 ;; esac
 done
+subset=()  # label options cutting the dataset (--train-per-class, --test-per-class), set by cifar_scale
+multi_seed_methods=dm  # methods that run every seed at cpu scale (the PACS DM vs DM+CHDDL comparison)
+dataset_note="PACS at 32 px (paper 64)"
 seeds_given=${seeds:+yes}
 seeds=${seeds:-$default_seeds}
 first_seed=${seeds%% *}
@@ -67,22 +70,23 @@ describe_scale() {
   echo "== $experiment, scale $scale, workspace $CHDDL_WORKDIR, commit $(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null || echo '?')"
   case "$scale" in
     smoke) echo "   smoke: built-in demo data, a few iterations and epochs; proves the commands chain, measures nothing" ;;
-    cpu) echo "   cpu scale differs from the paper: PACS at 32 px (paper 64), DM $dm_iters iterations (paper 20,000; IPC 10 from real" \
+    cpu) echo "   cpu scale differs from the paper: $dataset_note, DM $dm_iters iterations (paper 20,000; IPC 10 from real" \
               "images, as REFERENCE.md advises for short runs) with $batch_real real images per group (paper 256), DC $dc_iters / $dc10_iters iterations at IPC 1 / 10 (paper 1,000)," \
-              "MTT ${experts[*]} and $mtt_iters iterations (paper 100 x 50 epochs, 5,000), evaluation ${eval_opts[*]}" \
-              "(paper 10 runs x 1,000 epochs), cross-architecture ${xarch_opts[*]}; only DM in Tables 1/2 runs every seed:" \
-              "DC, MTT, the ablation, sweep and per-domain scripts use the first seed unless --seeds is given" ;;
+              "MTT ${experts[*]} and $mtt_iters iterations${mtt10_max_start:+ (IPC 10 start epochs capped at $mtt10_max_start)} (paper 100 x 50 epochs, 5,000), evaluation ${eval_opts[*]}" \
+              "(paper 10 runs x 1,000 epochs), cross-architecture ${xarch_opts[*]};" \
+              "$(if [ -n "$multi_seed_methods" ]; then echo "only $multi_seed_methods runs every seed, the rest use"; else echo "every set uses"; fi)" \
+              "the first seed unless --seeds is given" ;;
     full) echo "   full scale: the paper's protocol (PACS 64 px, DM 20,000 / DC 1,000 / MTT 5,000 iterations, 100 experts x 50 epochs," \
                "10 evaluation runs x 1,000 epochs)" ;;
   esac
   echo "   condensation seeds: $seeds; IPC: $ipcs"
 }
 
-# Seeds for a method: every seed for DM; the first only for the costlier DC
-# and MTT and for the ablation scripts (which pass their own tag) at cpu
-# scale, unless --seeds was given.
+# Seeds for a method: every seed for the methods of $multi_seed_methods (DM);
+# the first only for the costlier DC and MTT and for the ablation scripts
+# (which pass their own tag) at cpu scale, unless --seeds was given.
 seeds_for() {
-  if [ "$1" = dm ] || [ -n "$seeds_given" ] || [ "$scale" = full ]; then echo "$seeds"; else echo "$first_seed"; fi
+  if [[ " $multi_seed_methods " == *" $1 "* ]] || [ -n "$seeds_given" ] || [ "$scale" = full ]; then echo "$seeds"; else echo "$first_seed"; fi
 }
 
 # Condensation options of METHOD at IPC for DATASET (pacs | cifar10), in the array opts.
@@ -95,8 +99,8 @@ method_opts() {
         if [ "$scale" = smoke ]; then opts+=(--batch-real 16); fi ;;
     mtt) preset=mtt_${dataset}_ipc$ipc; if [ "$scale" = smoke ]; then preset=mtt_pacs_ipc1; fi
          opts=(--config "$preset" --ipc "$ipc" --iterations "$mtt_iters" "${mtt_opts[@]}")
-         # cpu-scale experts have 12 epochs: the IPC 10 presets' start epochs (20, 40) are capped at 10
-         if [ "$scale" = cpu ] && [ "$ipc" = 10 ]; then opts+=(--max-start-epoch 10); fi ;;
+         # cpu-scale experts are short: the IPC 10 presets' start epochs (20, 40) are capped
+         if [ -n "$mtt10_max_start" ] && [ "$ipc" = 10 ]; then opts+=(--max-start-epoch "$mtt10_max_start"); fi ;;
     *) echo "unknown method $method (valid: dm dc mtt)" >&2; exit 2 ;;
   esac
 }
@@ -120,4 +124,24 @@ methods_both_ways() {
       done
     done
   done
+}
+
+# CIFAR-10 has 10 classes and 5.6x PACS's training images: at cpu scale its
+# scripts cut the data and shorten every stage further, to stay within about
+# an hour each on 2 cores, and run one condensation seed (the 2-seed
+# comparison is PACS's).
+# Called by the CIFAR scripts before describe_scale.
+cifar_scale() {
+  multi_seed_methods=""
+  dataset_note="CIFAR-10 at 32 px as in the paper"
+  if [ "$scale" = cpu ]; then
+    subset=(--train-per-class 500 --test-per-class 200); dm_iters=200; dc_iters=30; dc10_iters=2; mtt_iters=60
+    mtt10_max_start=6; experts=(--num-experts 1 --epochs 8); eval_opts=(--runs 3 --epochs 200); xarch_opts=(--runs 3 --epochs 30)
+    dataset_note="CIFAR-10 at 32 px with seeded subsets of 500 train / 200 test images per class (paper 5,000 / 1,000)"
+  fi
+}
+
+# `chddl label` of the CIFAR-10 data, with the scale's subset.
+label_cifar() {
+  chddl label "$cifar_source" --config "$cifar_preset" "${subset[@]}"
 }

@@ -60,15 +60,19 @@ class DatasetConfig:
     size: int = option(32, "image side in pixels after resizing (square)")
     format: str = option("auto", "source format: auto, npz, folder, cifar or builtin")
     test_fraction: float = option(0.2, "test share of a seeded stratified split, used only when the source has no split")
-    split_seed: int = option(0, "seed of that stratified split")
+    split_seed: int = option(0, "seed of that stratified split and of the per-class subsets")
     strict: bool = option(False, "fail on undecodable image files instead of skipping and counting them")
     zca: bool = option(False, "ZCA-whiten the normalised images, fitted on the training split (MTT's reference does for CIFAR)")
     zca_eps: float = option(0.1, "ZCA regulariser added to the covariance eigenvalues")
+    train_per_class: int = option(0, "keep a seeded random subset of at most this many training images per class (0: all)")
+    test_per_class: int = option(0, "keep a seeded random subset of at most this many test images per class (0: all)")
 
     def validate(self) -> None:
         require(4 <= self.size <= 1024, f"--size must be between 4 and 1024 pixels, got {self.size}")
         require(0.0 < self.test_fraction < 1.0, f"--test-fraction must lie in (0, 1), got {self.test_fraction}")
         require(self.zca_eps > 0, f"--zca-eps must be positive, got {self.zca_eps}")
+        require(self.train_per_class >= 0, f"--train-per-class must be 0 (all images) or positive, got {self.train_per_class}")
+        require(self.test_per_class >= 0, f"--test-per-class must be 0 (all images) or positive, got {self.test_per_class}")
         require(self.format == "auto" or self.format in DATASETS, f"unknown dataset format '{self.format}'; valid: auto, {', '.join(DATASETS.names())}")
 
 
@@ -129,9 +133,33 @@ def stratified_split(labels: torch.Tensor, domains: torch.Tensor | None, fractio
     return split
 
 
-def _dataset_name(fmt: str, path: Path, size: int, zca: bool) -> str:
+def class_subset(labels: torch.Tensor, split: torch.Tensor, part: int, per_class: int, seed: int) -> torch.Tensor:
+    """Boolean mask of a seeded random draw of at most ``per_class`` images of
+    each class from split ``part`` (TRAIN or TEST), drawn uniformly within the
+    class so its domain mix is kept in expectation."""
+    g = torch.Generator().manual_seed(seed * 2 + part)
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    for c in torch.unique(labels):
+        idx = torch.nonzero((labels == c) & (split == part)).flatten()
+        keep[idx[torch.randperm(len(idx), generator=g)[:per_class]]] = True
+    return keep
+
+
+def subset_mask(labels: torch.Tensor, split: torch.Tensor, cfg: DatasetConfig) -> torch.Tensor | None:
+    """The images kept under ``--train-per-class`` / ``--test-per-class``, or None to keep all."""
+    if not (cfg.train_per_class or cfg.test_per_class):
+        return None
+    keep = torch.ones_like(labels, dtype=torch.bool)
+    for part, per_class in ((TRAIN, cfg.train_per_class), (TEST, cfg.test_per_class)):
+        if per_class:
+            keep &= (split != part) | class_subset(labels, split, part, per_class, cfg.split_seed)
+    return keep
+
+
+def _dataset_name(fmt: str, path: Path, cfg: DatasetConfig) -> str:
     stem = path.name.split(".")[0] or "data"
-    return f"dataset-{stem}-{size}px" + ("-zca" if zca else "")
+    subset = (f"-train{cfg.train_per_class}" if cfg.train_per_class else "") + (f"-test{cfg.test_per_class}" if cfg.test_per_class else "")
+    return f"dataset-{stem}-{cfg.size}px{subset}" + ("-zca" if cfg.zca else "")
 
 
 def ingest(source: str, cfg: DatasetConfig, workspace: Workspace, *, force: bool = False,
@@ -145,9 +173,10 @@ def ingest(source: str, cfg: DatasetConfig, workspace: Workspace, *, force: bool
     if not path.exists() and fmt != "builtin":
         raise ChddlError(f"no such file or directory: {source}")
     workspace.ensure_writable()
-    config = {k: v for k, v in to_dict(cfg).items() if k != "strict"} | {"format": fmt}
+    # Subset sizes of 0 stay out of the key so datasets cached before the options existed are still found.
+    config = {k: v for k, v in to_dict(cfg).items() if k != "strict" and not (k.endswith("_per_class") and not v)} | {"format": fmt}
     key = artifact_key(STAGE, config, {"source": source_fingerprint(fmt, path)}, SCHEMA_VERSION)
-    name = stage_artifact_name(_dataset_name(fmt, path, cfg.size, cfg.zca), key)
+    name = stage_artifact_name(_dataset_name(fmt, path, cfg), key)
     if not force and (hit := workspace.find(name)) is not None:
         if cfg.strict and hit.info.get("skipped_files"):
             raise ChddlError(f"{len(hit.info['skipped_files'])} image file(s) under {source} cannot be decoded (--strict), e.g. {hit.info['skipped_files'][0]}")
@@ -158,6 +187,10 @@ def ingest(source: str, cfg: DatasetConfig, workspace: Workspace, *, force: bool
         if raw.skipped and cfg.strict:
             raise ChddlError(f"{len(raw.skipped)} image file(s) cannot be decoded (--strict), e.g. {raw.skipped[0]}")
         split = raw.split if raw.split is not None else stratified_split(raw.labels, raw.domains, cfg.test_fraction, cfg.split_seed)
+        full_sizes = f"{int((split == TRAIN).sum())} train / {int((split == TEST).sum())} test"
+        if (keep := subset_mask(raw.labels, split, cfg)) is not None:
+            raw = raw.subset(keep)
+            split = split[keep]
         train = split == TRAIN
         if int(train.sum()) == 0:
             raise ChddlError(f"{source} has no training images after splitting")
@@ -184,6 +217,8 @@ def ingest(source: str, cfg: DatasetConfig, workspace: Workspace, *, force: bool
         "num_images": int(len(raw.labels)),
         "num_train": int(train.sum()),
         "num_test": int((~train).sum()),
+        "subset": (f"of {full_sizes}: at most {cfg.train_per_class or 'all'} train / {cfg.test_per_class or 'all'} test "
+                   f"per class, seed {cfg.split_seed}") if keep is not None else None,
         "split_from": "source" if raw.split is not None else f"stratified(test_fraction={cfg.test_fraction}, seed={cfg.split_seed})",
         "mean": [round(float(m), 6) for m in mean],
         "std": [round(float(s), 6) for s in std],
