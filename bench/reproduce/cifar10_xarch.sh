@@ -7,7 +7,7 @@
 #   bash bench/reproduce/cifar10_xarch.sh --scale cpu --data DIR
 source "$(dirname "$0")/lib.sh"
 cifar_scale
-ipcs=10
+ipcs=10  # Table 3 is IPC 10 only: --ipcs does not apply
 describe_scale
 label_cifar
 method_opts dm 10 cifar10

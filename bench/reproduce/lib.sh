@@ -33,22 +33,23 @@ chddl() { command chddl -q "$@"; }
 case "$scale" in
   smoke)
     pacs_source=builtin:demo; pacs_preset=datasets/demo; cifar_preset=datasets/demo
-    dm_iters=3; dm10_init=real; dc_iters=2; dc10_iters=1; mtt_iters=2; mtt10_max_start=""
-    experts=(--num-experts 1 --epochs 3); mtt_opts=(--max-start-epoch 1 --expert-epochs 1 --syn-steps 2)
+    dm_iters=3; dm10_init=real; dc_iters=2; dc10_iters=1; mtt_iters=2
+    experts=(--num-experts 1 --epochs 3); mtt_opts=(--max-start-epoch 1 --expert-epochs 1 --syn-steps 2); mtt10_opts=()
     batch_real=16; pacs_domains="photo cartoon sketch infrared"; cifar_source=builtin:demo
     eval_opts=(--runs 3 --epochs 2); xarch_opts=(--runs 3 --epochs 2)
     default_seeds="0 1" ;;
   cpu)
     pacs_source=${data:?--data DIR (holding pacs_32.npz, or cifar10/ with train/ and test/) is required}/pacs_32.npz; pacs_preset=pacs_32; cifar_preset=cifar10
-    dm_iters=300; dm10_init=real; dc_iters=50; dc10_iters=5; mtt_iters=100; mtt10_max_start=10
-    experts=(--num-experts 1 --epochs 12); mtt_opts=()
+    dm_iters=300; dm10_init=real; dc_iters=50; dc10_iters=5; mtt_iters=100
+    # cpu-scale experts are short: the IPC 10 presets' start epochs (20, 40) are capped
+    experts=(--num-experts 1 --epochs 12); mtt_opts=(); mtt10_opts=(--max-start-epoch 10)
     batch_real=64; pacs_domains="art_painting cartoon photo sketch"; cifar_source=${data:-}/cifar10
     eval_opts=(--runs 3 --epochs 300); xarch_opts=(--runs 3 --epochs 100)
     default_seeds="0 1" ;;
   full)
     pacs_source=${data:?--data DIR (holding pacs_64.npz) is required}/pacs_64.npz; pacs_preset=pacs_64; cifar_preset=cifar10
-    dm_iters=20000; dm10_init=noise; dc_iters=1000; dc10_iters=1000; mtt_iters=5000; mtt10_max_start=""
-    experts=(--num-experts 100 --epochs 50); mtt_opts=()
+    dm_iters=20000; dm10_init=noise; dc_iters=1000; dc10_iters=1000; mtt_iters=5000
+    experts=(--num-experts 100 --epochs 50); mtt_opts=(); mtt10_opts=()
     batch_real=256; pacs_domains="art_painting cartoon photo sketch"; cifar_source=${data:-}/cifar10
     eval_opts=(--runs 10 --epochs 1000); xarch_opts=(--runs 10 --epochs 1000)
     default_seeds="0 1" ;;
@@ -58,7 +59,7 @@ if [ -z "${ipcs// /}" ]; then echo "--ipcs takes 1 and/or 10, got nothing" >&2; 
 for ipc in $ipcs; do
   case "$ipc" in 1|10) ;; *) echo "--ipcs takes 1 and/or 10, got $ipc" >&2; exit 2 ;; esac
 done
-mtt10_opts=()  # replaces --iterations for MTT at IPC 10, set by cifar_scale
+mtt10_iters=$mtt_iters  # MTT iterations at IPC 10 (cifar_scale shortens them)
 subset=()  # label options cutting the dataset (--train-per-class, --test-per-class), set by cifar_scale
 multi_seed_methods=dm  # methods that run every seed at cpu scale (the PACS DM vs DM+CHDDL comparison)
 dataset_note="PACS at 32 px (paper 64)"
@@ -73,7 +74,7 @@ describe_scale() {
     smoke) echo "   smoke: built-in demo data, a few iterations and epochs; proves the commands chain, measures nothing" ;;
     cpu) echo "   cpu scale differs from the paper: $dataset_note, DM $dm_iters iterations (paper 20,000; IPC 10 from real" \
               "images, as REFERENCE.md advises for short runs) with $batch_real real images per group (paper 256), DC $dc_iters / $dc10_iters iterations at IPC 1 / 10 (paper 1,000)," \
-              "MTT ${experts[*]} and $mtt_iters iterations${mtt10_opts[*]:+ (IPC 10: ${mtt10_opts[*]})}${mtt10_max_start:+ (IPC 10 start epochs capped at $mtt10_max_start)} (paper 100 x 50 epochs, 5,000), evaluation ${eval_opts[*]}" \
+              "MTT ${experts[*]} and $mtt_iters iterations (IPC 10: $mtt10_iters${mtt10_opts[*]:+, ${mtt10_opts[*]}}) (paper 100 x 50 epochs, 5,000), evaluation ${eval_opts[*]}" \
               "(paper 10 runs x 1,000 epochs), cross-architecture ${xarch_opts[*]};" \
               "$(if [ -n "$multi_seed_methods" ]; then echo "only $multi_seed_methods runs every seed, the rest use"; else echo "every set uses"; fi)" \
               "the first seed unless --seeds is given" ;;
@@ -99,12 +100,8 @@ method_opts() {
     dc) opts=(--base dc --ipc "$ipc" --iterations "$([ "$ipc" = 1 ] && echo "$dc_iters" || echo "$dc10_iters")")
         if [ "$scale" = smoke ]; then opts+=(--batch-real 16); fi ;;
     mtt) preset=mtt_${dataset}_ipc$ipc; if [ "$scale" = smoke ]; then preset=mtt_pacs_ipc1; fi
-         opts=(--config "$preset" --ipc "$ipc" --iterations "$mtt_iters" "${mtt_opts[@]}")
-         if [ "$ipc" = 10 ] && [ ${#mtt10_opts[@]} -gt 0 ]; then
-           opts=(--config "$preset" --ipc "$ipc" "${mtt10_opts[@]}" "${mtt_opts[@]}")
-         fi
-         # cpu-scale experts are short: the IPC 10 presets' start epochs (20, 40) are capped
-         if [ -n "$mtt10_max_start" ] && [ "$ipc" = 10 ]; then opts+=(--max-start-epoch "$mtt10_max_start"); fi ;;
+         opts=(--config "$preset" --ipc "$ipc" "${mtt_opts[@]}")
+         if [ "$ipc" = 10 ]; then opts+=(--iterations "$mtt10_iters" "${mtt10_opts[@]}"); else opts+=(--iterations "$mtt_iters"); fi ;;
     *) echo "unknown method $method (valid: dm dc mtt)" >&2; exit 2 ;;
   esac
 }
@@ -140,9 +137,9 @@ cifar_scale() {
   dataset_note="CIFAR-10 at 32 px as in the paper"
   if [ "$scale" = cpu ]; then
     subset=(--train-per-class 500 --test-per-class 200); dm_iters=200; dc_iters=30; dc10_iters=2; mtt_iters=60
-    mtt10_max_start=6; experts=(--num-experts 1 --epochs 8); eval_opts=(--runs 3 --epochs 200); xarch_opts=(--runs 3 --epochs 30)
+    experts=(--num-experts 1 --epochs 8); eval_opts=(--runs 3 --epochs 200); xarch_opts=(--runs 3 --epochs 30)
     # an IPC 10 iteration of the preset (30 unrolled steps on 100 images) costs ~6x an IPC 1 one (50 steps on 10)
-    mtt10_opts=(--iterations 30 --syn-steps 10)
+    mtt10_iters=30; mtt10_opts=(--syn-steps 10 --max-start-epoch 6)
     dataset_note="CIFAR-10 at 32 px with seeded subsets of 500 train / 200 test images per class (paper 5,000 / 1,000)"
   fi
 }
