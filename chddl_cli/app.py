@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -49,6 +50,12 @@ app.command("report")(report.report)
 app.command("demo")(demo.demo)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # Schedulers stop jobs with SIGTERM: treat it as Ctrl-C so long stages checkpoint and exit cleanly.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _terminate)
     app()

@@ -75,8 +75,8 @@ def condense(
 ) -> None:
     """Condense the dataset into IPC synthetic images per class (DM, DC or MTT, optionally + CHDDL).
 
-    Long runs checkpoint every 100 iterations; re-running the same command
-    after an interruption resumes from the last checkpoint.
+    Long runs checkpoint every 100 iterations or 10 minutes, and on Ctrl-C
+    or SIGTERM; re-running the same command resumes from the last checkpoint.
     """
     g = globals_of(ctx)
     preset = load_preset(config)

@@ -34,7 +34,7 @@ BASE_DEFAULTS = {
     "mtt": {"iterations": 5000, "lr_img": 1000.0, "dsa": True, "lam": 0.01},
 }
 #: settings that change how fast the run goes, not what it computes
-EXECUTION_ONLY = ("checkpoint_every", "log_every", "compile", "checkpoint_student")
+EXECUTION_ONLY = ("checkpoint_every", "checkpoint_minutes", "log_every", "compile", "checkpoint_student")
 
 
 @dataclass
@@ -83,6 +83,7 @@ class CondenseConfig:
     compile: str = option("auto", "torch.compile the real-image forward: auto (long runs), on, off")
     seed: int = option(0, "seed of init, networks, batches and augmentation")
     checkpoint_every: int = option(100, "iterations between checkpoints (resume point)")
+    checkpoint_minutes: float = option(10.0, "also checkpoint when this many minutes passed since the last checkpoint")
     log_every: int = option(10, "iterations between progress updates and NaN checks")
 
     def validate(self) -> None:
@@ -103,6 +104,7 @@ class CondenseConfig:
         require(self.batch_real >= 1 and self.batch_train >= 1, "batch sizes must be at least 1")
         require(self.compile in ("auto", "on", "off"), "--compile must be auto, on or off")
         require(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1")
+        require(self.checkpoint_minutes > 0, "checkpoint_minutes must be positive")
         require(self.syn_steps >= 1 and self.expert_epochs >= 1 and self.max_start_epoch >= 1,
                 "--syn-steps, --expert-epochs and --max-start-epoch must be at least 1")
         require(self.domain_syn_steps is None or self.domain_syn_steps >= 1, "--domain-syn-steps must be at least 1")
@@ -278,7 +280,7 @@ def _settings(cfg: CondenseConfig, base) -> LoopSettings:
     lr = {"images": cfg.lr_img, "masks": cfg.mask_lr} | {g["name"]: g["lr"] for g in base.extra_parameter_groups()}
     return LoopSettings(iterations=cfg.iterations, seed=cfg.seed, lam=cfg.lam, schedule=cfg.schedule, momentum=cfg.momentum_img,
                         lr=lr, clip_grad=cfg.clip_grad, nan_retries=cfg.nan_retries, log_every=cfg.log_every,
-                        checkpoint_every=cfg.checkpoint_every)
+                        checkpoint_every=cfg.checkpoint_every, checkpoint_minutes=cfg.checkpoint_minutes)
 
 
 def _build(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig, device: torch.device,

@@ -248,3 +248,21 @@ def test_condense_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_pa
         results.append(read_artifact(next((tmp_path / name / "artifacts").glob("condensed-*")), "condensed"))
     assert results[1].metrics["resumed_from"] > 0
     assert torch.equal(results[0].tensor("images"), results[1].tensor("images"))
+
+
+def test_sigterm_stops_the_cli_like_ctrl_c(monkeypatch) -> None:
+    import os
+    import signal
+
+    from chddl_cli import app as app_module
+
+    def send_sigterm() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(app_module, "app", send_sigterm)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            app_module.main()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -111,6 +111,51 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(data, tmp_path
     assert torch.equal(full.tensor("loss_history"), resumed.tensor("loss_history"))
 
 
+def _fail_at_step(monkeypatch, n: int, exc: type[BaseException]) -> None:
+    """Make the n-th image update (1-based) raise ``exc``, as a Ctrl-C or a crash would."""
+    from stages.methods.loop import Loop
+
+    real_step, calls = Loop.step, {"n": 0}
+
+    def step(self, g):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise exc()
+        return real_step(self, g)
+
+    monkeypatch.setattr(Loop, "step", step)
+
+
+def test_ctrl_c_between_checkpoints_keeps_the_iterations_done(data, tmp_path, monkeypatch) -> None:
+    from stages.artifacts import Workspace
+
+    ds, labels = data
+    cfg = build(CondenseConfig, TINY, {"iterations": 6, "checkpoint_every": 100})
+    full, _ = run(ds, labels, cfg, Workspace(tmp_path / "full"))
+    ws = Workspace(tmp_path / "resumed")
+    with monkeypatch.context() as m:
+        _fail_at_step(m, 5, KeyboardInterrupt)  # during iteration 5, long before the first scheduled checkpoint
+        with pytest.raises(KeyboardInterrupt):
+            run(ds, labels, cfg, ws)
+    resumed, _ = run(ds, labels, cfg, ws)
+    assert resumed.metrics["resumed_from"] == 4
+    assert torch.equal(full.tensor("images"), resumed.tensor("images"))
+
+
+@pytest.mark.parametrize(("minutes", "expected"), [(1e-9, 4), (10.0, None)])
+def test_a_crash_keeps_the_last_timed_checkpoint(data, workspace, monkeypatch, minutes, expected) -> None:
+    from stages.methods.checkpoint import load_checkpoint
+
+    ds, labels = data
+    cfg = build(CondenseConfig, TINY, {"iterations": 6, "checkpoint_every": 100, "checkpoint_minutes": minutes})
+    _fail_at_step(monkeypatch, 5, RuntimeError)  # not an interruption: nothing is saved on the way out
+    with pytest.raises(RuntimeError):
+        run(ds, labels, cfg, workspace)
+    partial = next((workspace.root / "partial").iterdir(), None)
+    saved = load_checkpoint(partial, partial.name.rsplit("-", 1)[1]) if partial else None
+    assert (saved[0] if saved else None) == expected
+
+
 def test_a_second_run_is_a_cache_hit(data, workspace) -> None:
     ds, labels = data
     cfg = build(CondenseConfig, TINY)

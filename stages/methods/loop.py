@@ -27,6 +27,7 @@ class LoopSettings:
     nan_retries: int
     log_every: int
     checkpoint_every: int
+    checkpoint_minutes: float = float("inf")
 
 
 def iteration_generator(seed: int, iteration: int) -> torch.Generator:
@@ -126,15 +127,35 @@ class Loop:
 
     # -- the loop ------------------------------------------------------------
     def run(self, stop_after: int | None = None) -> int:
-        """Run to the end (resuming a checkpoint if one exists); returns the start iteration."""
-        s = self.s
+        """Run to the end (resuming a checkpoint if one exists); returns the start iteration.
+
+        Checkpoints every ``checkpoint_every`` iterations or ``checkpoint_minutes``,
+        whichever comes first, and on interruption (KeyboardInterrupt) saves the
+        last state that passed the finiteness check before re-raising.
+        """
         start = 0
         resumed = load_checkpoint(self.partial, self.key)
         if resumed is not None:
             start, saved = resumed
             self.restore(saved)
             self.progress.note(f"resuming from the checkpoint at iteration {start} ({self.partial})")
-        good, good_it = self.state(), start
+        self._good = (start, self.state())
+        self._saved = (start, time.monotonic())
+        try:
+            self._iterate(start, stop_after)
+        except KeyboardInterrupt:
+            if self._good[0] > self._saved[0]:
+                self._checkpoint()
+            raise
+        return start
+
+    def _checkpoint(self) -> None:
+        it, state = self._good
+        save_checkpoint(self.partial, self.key, it, state)
+        self._saved = (it, time.monotonic())
+
+    def _iterate(self, start: int, stop_after: int | None) -> None:
+        s = self.s
         pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         retries = s.nan_retries
         it = start
@@ -163,6 +184,7 @@ class Loop:
                             f"non-finite loss or images at iteration {bad}; stopped. The last good checkpoint is kept in "
                             f"{self.partial} (re-running resumes from it); lower --lr-img or --mask-lr, or allow --nan-retries")
                     retries -= 1
+                    good_it, good = self._good
                     self.restore(good)
                     for opt in self.opts.values():
                         opt.param_groups[0]["lr"] *= 0.5
@@ -175,12 +197,14 @@ class Loop:
                     self.history[i] = row
                 task.advance(len(pending), loss=float(self.history[it - 1, 0]), dom=float(self.history[it - 1, 1]))
                 pending = []
-                good, good_it = self.state(), it
-                if (it % s.checkpoint_every == 0 and it < s.iterations) or (stop_after is not None and it - start >= stop_after):
-                    save_checkpoint(self.partial, self.key, it, good)
-                if stop_after is not None and it - start >= stop_after:
+                self._good = (it, self.state())
+                stop = stop_after is not None and it - start >= stop_after
+                due = it < s.iterations and (
+                    it % s.checkpoint_every == 0 or time.monotonic() - self._saved[1] >= 60 * s.checkpoint_minutes)
+                if due or stop:
+                    self._checkpoint()
+                if stop:
                     raise KeyboardInterrupt
-        return start
 
     def stats(self, start: int) -> dict:
         steady = sorted(self.timings[1:] if len(self.timings) > 1 else self.timings)
