@@ -104,7 +104,7 @@ class CondenseConfig:
         require(self.batch_real >= 1 and self.batch_train >= 1, "batch sizes must be at least 1")
         require(self.compile in ("auto", "on", "off"), "--compile must be auto, on or off")
         require(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1")
-        require(self.checkpoint_minutes > 0, "checkpoint_minutes must be positive")
+        require(self.checkpoint_minutes > 0, f"checkpoint_minutes must be a positive number of minutes, got {self.checkpoint_minutes}")
         require(self.syn_steps >= 1 and self.expert_epochs >= 1 and self.max_start_epoch >= 1,
                 "--syn-steps, --expert-epochs and --max-start-epoch must be at least 1")
         require(self.domain_syn_steps is None or self.domain_syn_steps >= 1, "--domain-syn-steps must be at least 1")

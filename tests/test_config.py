@@ -62,3 +62,11 @@ def test_yaml_preset_from_a_path(tmp_path) -> None:
     path = tmp_path / "mine.yaml"
     path.write_text("label:\n  beta: 0.3\n")
     assert build(LabelConfig, section(load_preset(str(path)), "label")).beta == 0.3
+
+
+@pytest.mark.parametrize("minutes", [0.0, -1.0, float("nan")])
+def test_checkpoint_minutes_must_be_positive(minutes) -> None:
+    from stages.condense import CondenseConfig
+
+    with pytest.raises(ChddlError, match="checkpoint_minutes must be a positive number of minutes"):
+        build(CondenseConfig, {"checkpoint_minutes": minutes})

@@ -27,7 +27,7 @@ class LoopSettings:
     nan_retries: int
     log_every: int
     checkpoint_every: int
-    checkpoint_minutes: float = float("inf")
+    checkpoint_minutes: float
 
 
 def iteration_generator(seed: int, iteration: int) -> torch.Generator:
