@@ -108,3 +108,15 @@ def human_bytes(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
+
+
+def cost_line(cost: dict) -> str:
+    """Wall time (with the time of any interrupted runs it resumed) and peak memory."""
+    def seconds(x: float) -> str:
+        return f"{x:.2f} s" if x < 10 else f"{x:.1f} s"
+
+    line = seconds(cost.get("wall_s", 0))
+    if cost.get("earlier_wall_s"):
+        line += f" ({seconds(cost['wall_s_total'])} with the interrupted run it resumed)"
+    line += f", peak RSS {human_bytes(cost.get('peak_rss_bytes'))}"
+    return line + (f", peak CUDA {human_bytes(cost['peak_cuda_bytes'])}" if cost.get("peak_cuda_bytes") else "")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from chddl_cli.common import console, globals_of, guarded, human_bytes, progress_for
+from chddl_cli.common import console, cost_line, globals_of, guarded, progress_for
 from stages import condense as condense_stage
 from stages.artifacts import Artifact, Workspace
 from stages.config import build, load_preset, section
@@ -30,8 +30,7 @@ def condensed_table(art: Artifact) -> Table:
     cost = art.meta.get("cost", {})
     if cfg["base"] == "mtt":
         table.add_row("learned lr", f"{info['eval_lr']:.4g} (used for evaluation); rollbacks: {len(m.get('rollbacks', []))}")
-    table.add_row("cost", f"{cost.get('wall_s', 0):.1f} s, peak RSS {human_bytes(cost.get('peak_rss_bytes'))}"
-                  + (f", peak CUDA {human_bytes(cost['peak_cuda_bytes'])}" if cost.get("peak_cuda_bytes") else ""))
+    table.add_row("cost", cost_line(cost))
     table.add_row("image grid", str(art.path / "grid.png"))
     return table
 

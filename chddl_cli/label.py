@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from chddl_cli.common import console, globals_of, guarded, human_bytes, progress_for
+from chddl_cli.common import console, cost_line, globals_of, guarded, progress_for
 from stages import label as label_stage
 from stages.artifacts import Artifact, Workspace
 from stages.config import build, load_preset, section
@@ -57,11 +57,6 @@ def agreement_table(art: Artifact) -> Table | None:
     return table
 
 
-def cost_line(art: Artifact) -> str:
-    cost = art.meta.get("cost", {})
-    return f"{cost.get('wall_s', 0):.2f} s, peak RSS {human_bytes(cost.get('peak_rss_bytes'))}"
-
-
 @guarded
 def label(
     ctx: typer.Context,
@@ -100,12 +95,12 @@ def label(
     progress = progress_for(g)
     if path is not None and not is_artifact_dir(path):
         data_art, hit = ingest(path, dcfg, ws, force=force, progress=progress)
-        progress.note(f"dataset {data_art.name}: " + ("cached - skipping ingestion" if hit else f"ingested in {cost_line(data_art)}"))
+        progress.note(f"dataset {data_art.name}: " + ("cached - skipping ingestion" if hit else f"ingested in {cost_line(data_art.meta.get('cost', {}))}"))
     else:
         data_art = resolve(ws, "dataset", path)
     dataset = load_dataset(data_art)
     lab_art, hit = label_stage.run(dataset, lcfg, ws, device=device, force=force, progress=progress)
-    progress.note(f"labels {lab_art.name}: " + ("cached - skipping (use --force to recompute)" if hit else f"computed in {cost_line(lab_art)}"))
+    progress.note(f"labels {lab_art.name}: " + ("cached - skipping (use --force to recompute)" if hit else f"computed in {cost_line(lab_art.meta.get('cost', {}))}"))
     if not g.quiet:
         console.print(dataset_table(data_art))
         console.print(labels_table(lab_art, dataset.domain_names))

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from chddl_cli.common import console, globals_of, guarded, human_bytes, progress_for
+from chddl_cli.common import console, cost_line, globals_of, guarded, human_bytes, progress_for
 from stages import pretrain_experts as experts_stage
 from stages.artifacts import Workspace
 from stages.config import build, load_preset, section
@@ -61,6 +61,6 @@ def pretrain_experts(
     size = sum(f["bytes"] for f in info["files"].values())
     cost = art.meta.get("cost", {})
     table.add_row("storage", human_bytes(size))
-    table.add_row("cost", f"{cost.get('wall_s', 0):.1f} s, peak RSS {human_bytes(cost.get('peak_rss_bytes'))}")
+    table.add_row("cost", cost_line(cost))
     console.print(table)
     console.print(f"experts: {art.path}")

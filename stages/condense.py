@@ -19,7 +19,7 @@ from stages.methods import METHODS, RealPool
 from stages.methods.loop import Loop, LoopSettings, iteration_generator
 from stages.methods.trajectories import ExpertStore
 from stages.methods.dc import default_loops
-from stages.metering import measure
+from stages.metering import measure, resumed_cost
 from stages.models import ARCHITECTURES, create_model
 from stages.progress import NullProgress, Progress
 from stages.visual import grid_png
@@ -252,7 +252,8 @@ def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, w
         tensors={"images": images.detach().cpu(), "labels": syn_labels.cpu(), "mean": mean, "std": std,
                  "loss_history": loop.history},
         seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=stats,
-        cost=cost | {"s_per_iteration": stats["s_per_iteration"]}, files=files, schema_version=SCHEMA_VERSION,
+        cost=cost | resumed_cost(cost, loop.earlier_s) | {"s_per_iteration": stats["s_per_iteration"]}, files=files,
+        schema_version=SCHEMA_VERSION,
     )
     shutil.rmtree(partial, ignore_errors=True)
     return art, False

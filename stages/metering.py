@@ -37,3 +37,10 @@ def measure() -> Iterator[dict]:
         record["peak_rss_bytes"] = peak_rss_bytes()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             record["peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated())
+
+
+def resumed_cost(cost: dict, earlier_s: float) -> dict:
+    """``earlier_wall_s`` (time interrupted runs spent on work this run
+    resumed) and ``wall_s_total`` (that plus this run's ``wall_s``): without
+    them a resumed stage would record only its last stretch."""
+    return {"earlier_wall_s": round(earlier_s, 2), "wall_s_total": round(cost["wall_s"] + earlier_s, 2)}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from stages.data.augment import DEFAULT_STRATEGY, DSA
 from stages.data.dataset import Dataset
 from stages.errors import ChddlError
 from stages.label import PseudoLabels
-from stages.metering import measure
+from stages.metering import measure, resumed_cost
 from stages.models import ARCHITECTURES, create_model
 from stages.progress import NullProgress, Progress
 from stages.training import accuracy, predict, train_network
@@ -92,6 +93,7 @@ def _valid_file(path: Path, expected: int) -> bool:
 
 def _train_one(dataset: Dataset, idx: torch.Tensor, test_x: torch.Tensor, cfg: ExpertsConfig, seed: int,
                path: Path, device: torch.device) -> float:
+    start = time.perf_counter()
     x = dataset.normalized(idx, device)
     y = dataset.labels[idx].to(device)
     net = create_model(cfg.arch, dataset.num_classes, dataset.size, seed=seed).to(device)
@@ -107,7 +109,8 @@ def _train_one(dataset: Dataset, idx: torch.Tensor, test_x: torch.Tensor, cfg: E
                   g=torch.Generator().manual_seed(seed), decay=False, on_epoch=snapshot)
     acc = accuracy(predict(net, test_x), dataset.labels[dataset.test_indices])
     tmp = path.with_suffix(".tmp")
-    safetensors.torch.save_file(snapshots, str(tmp), metadata={"epochs": str(cfg.epochs), "seed": str(seed), "test_acc": f"{acc:.3f}"})
+    safetensors.torch.save_file(snapshots, str(tmp), metadata={"epochs": str(cfg.epochs), "seed": str(seed), "test_acc": f"{acc:.3f}",
+                                                               "train_s": f"{time.perf_counter() - start:.2f}"})
     os.replace(tmp, path)
     return acc
 
@@ -137,9 +140,13 @@ def run(dataset: Dataset, labels: PseudoLabels | None, cfg: ExpertsConfig, works
     if world > 1:
         dist.barrier()
     partial.mkdir(parents=True, exist_ok=True)
+    jobs = [(role, d, k) for role, d in _sets(labels, cfg) for k in range(cfg.num_experts)]
+    # Experts an interrupted run already trained, listed before any rank starts training.
+    earlier = {expert_file(role, k) for role, _, k in jobs if _valid_file(partial / expert_file(role, k), cfg.epochs)}
+    if world > 1:
+        dist.barrier()
     train = dataset.train_indices
     test_x = dataset.normalized(dataset.test_indices, device)
-    jobs = [(role, d, k) for role, d in _sets(labels, cfg) for k in range(cfg.num_experts)]
     mine = [job for i, job in enumerate(jobs) if i % world == rank]
     with measure() as cost, progress.task(f"experts (rank {rank}/{world})" if world > 1 else "experts", total=len(mine)) as task:
         for role, d, k in mine:
@@ -155,7 +162,7 @@ def run(dataset: Dataset, labels: PseudoLabels | None, cfg: ExpertsConfig, works
         dist.barrier()
     if rank != 0:
         return None, False
-    files, accs = {}, {}
+    files, accs, earlier_s = {}, {}, 0.0
     for role, _, k in jobs:
         path = partial / expert_file(role, k)
         if not _valid_file(path, cfg.epochs):
@@ -163,6 +170,8 @@ def run(dataset: Dataset, labels: PseudoLabels | None, cfg: ExpertsConfig, works
         files[path.name] = path
         with safetensors.safe_open(str(path), framework="pt") as fh:
             accs.setdefault(role, []).append(float(fh.metadata()["test_acc"]))
+            if path.name in earlier:  # files from before train_s was recorded count as 0
+                earlier_s += float(fh.metadata().get("train_s", 0.0))
     net = create_model(cfg.arch, dataset.num_classes, dataset.size)
     info = {
         "sets": [role for role, _ in _sets(labels, cfg)], "num_experts": cfg.num_experts, "epochs": cfg.epochs,
@@ -175,7 +184,7 @@ def run(dataset: Dataset, labels: PseudoLabels | None, cfg: ExpertsConfig, works
     metrics = {role: {"mean_test_acc": round(sum(v) / len(v), 3)} for role, v in accs.items()}
     art = workspace.write(stage=STAGE, name=name, key=key, config=to_dict(cfg), inputs={"dataset": dataset.artifact.name} | (
         {"labels": labels.artifact.name} if cfg.domain_experts else {}), tensors={"test_accuracy": torch.tensor(accs["class"])},
-        seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=metrics, cost=cost, link_files=files,
+        seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=metrics, cost=cost | resumed_cost(cost, earlier_s), link_files=files,
         schema_version=SCHEMA_VERSION)
     shutil.rmtree(partial, ignore_errors=True)
     return art, False

@@ -260,10 +260,11 @@ def _comparisons(evals: list[Artifact], ws: Workspace) -> Section | None:
 
 
 def _costs(arts: list[Artifact]) -> Section:
-    s = Section("Cost of each stage", header=["artifact", "stage", "wall s", "peak RSS GB", "peak CUDA GB"])
+    s = Section("Cost of each stage", header=["artifact", "stage", "wall s", "peak RSS GB", "peak CUDA GB"],
+                text="wall s includes the time of interrupted runs a stage resumed.")
     for a in arts:
         c = a.meta.get("cost", {})
-        s.rows.append([a.name, a.stage, f"{c.get('wall_s', 0):.2f}", f"{c.get('peak_rss_bytes', 0) / 2**30:.2f}",
+        s.rows.append([a.name, a.stage, f"{c.get('wall_s_total', c.get('wall_s', 0)):.2f}", f"{c.get('peak_rss_bytes', 0) / 2**30:.2f}",
                        f"{c['peak_cuda_bytes'] / 2**30:.2f}" if c.get("peak_cuda_bytes") else "-"])
     return s
 

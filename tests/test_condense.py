@@ -142,6 +142,31 @@ def test_ctrl_c_between_checkpoints_keeps_the_iterations_done(data, tmp_path, mo
     assert torch.equal(full.tensor("images"), resumed.tensor("images"))
 
 
+def test_a_resumed_run_records_the_time_of_the_interrupted_one(data, tmp_path, monkeypatch) -> None:
+    import time
+
+    from stages.artifacts import Workspace
+    from stages.methods.loop import Loop
+
+    ds, labels = data
+    cfg = build(CondenseConfig, TINY, {"iterations": 5})
+    ws = Workspace(tmp_path / "ws")
+    real_step = Loop.step
+    with monkeypatch.context() as m:
+        m.setattr(Loop, "step", lambda self, g: time.sleep(0.2) or real_step(self, g))
+        with pytest.raises(KeyboardInterrupt):
+            run(ds, labels, cfg, ws, stop_after=3)
+    resumed, _ = run(ds, labels, cfg, ws)
+    cost = resumed.meta["cost"]
+    assert cost["earlier_wall_s"] >= 0.6  # three slowed iterations before the interruption
+    assert cost["wall_s_total"] == pytest.approx(cost["wall_s"] + cost["earlier_wall_s"], abs=0.01)
+
+
+def test_an_uninterrupted_run_has_no_earlier_time(data, workspace) -> None:
+    cost = _run(data, workspace).meta["cost"]
+    assert cost["earlier_wall_s"] == 0 and cost["wall_s_total"] == pytest.approx(cost["wall_s"], abs=0.01)
+
+
 @pytest.mark.parametrize(("minutes", "expected"), [(1e-9, 4), (10.0, None)])
 def test_a_crash_keeps_the_last_timed_checkpoint(data, workspace, monkeypatch, minutes, expected) -> None:
     from stages.methods.checkpoint import load_checkpoint

@@ -97,6 +97,10 @@ def test_resume_after_a_kill_trains_only_the_missing_experts(data, tmp_path, mon
     art, _ = experts_run(ds, None, cfg, ws)
     assert trained == [expert_file("class", 0)] and calls == [expert_file("class", 1)]
     assert set(art.info["files"]) == {expert_file("class", 0), expert_file("class", 1)}
+    with safetensors.safe_open(str(art.path / expert_file("class", 0)), framework="pt") as fh:
+        first_s = float(fh.metadata()["train_s"])
+    assert first_s > 0 and art.meta["cost"]["earlier_wall_s"] == pytest.approx(first_s, abs=0.01)
+    assert art.meta["cost"]["wall_s_total"] == pytest.approx(art.meta["cost"]["wall_s"] + first_s, abs=0.01)
 
 
 @pytest.mark.slow

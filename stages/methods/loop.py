@@ -51,10 +51,13 @@ class Loop:
         self.history = torch.zeros(s.iterations, 2)
         self.rollbacks: list[dict] = []
         self.timings: list[float] = []
+        self.earlier_s = 0.0  # wall time earlier (interrupted) runs spent reaching the resumed checkpoint
+        self._clock = time.monotonic()
 
     # -- state ---------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
-        out = {"history": self.history.clone()}
+        elapsed = self.earlier_s + time.monotonic() - self._clock
+        out = {"history": self.history.clone(), "elapsed_s": torch.tensor(elapsed, dtype=torch.float64)}
         for name, params in self.groups.items():
             opt = self.opts[name]
             out[f"lr/{name}"] = torch.tensor(opt.param_groups[0]["lr"], dtype=torch.float64)
@@ -138,9 +141,12 @@ class Loop:
         if resumed is not None:
             start, saved = resumed
             self.restore(saved)
+            # Checkpoints written before elapsed_s existed carry no time: count it as unknown (0).
+            self.earlier_s = float(saved.get("elapsed_s", 0.0))
             self.progress.note(f"resuming from the checkpoint at iteration {start} ({self.partial})")
+        self._clock = time.monotonic()
         self._good = (start, self.state())
-        self._saved = (start, time.monotonic())
+        self._saved = (start, self._clock)
         try:
             self._iterate(start, stop_after)
         except KeyboardInterrupt:
