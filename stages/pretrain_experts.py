@@ -151,7 +151,7 @@ def run(dataset: Dataset, labels: PseudoLabels | None, cfg: ExpertsConfig, works
     with measure() as cost, progress.task(f"experts (rank {rank}/{world})" if world > 1 else "experts", total=len(mine)) as task:
         for role, d, k in mine:
             path = partial / expert_file(role, k)
-            if not _valid_file(path, cfg.epochs):
+            if path.name not in earlier:
                 idx = train if d is None else train[labels.labels == d]
                 if len(idx) == 0:
                     raise ChddlError(f"pseudo-domain {d} has no training images")
