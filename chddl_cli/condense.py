@@ -46,7 +46,8 @@ def condense(
     tau: Annotated[Optional[float], typer.Option(help="mask softmax temperature [0.1]")] = None,
     mask_init: Annotated[Optional[float], typer.Option(help="mask init value (constant) or std (normal) [0.01]")] = None,
     mask_init_mode: Annotated[Optional[str], typer.Option(help="constant | normal [constant]")] = None,
-    mask_lr: Annotated[Optional[float], typer.Option(help="mask learning rate [same as --lr-img]")] = None,
+    mask_lr: Annotated[Optional[float], typer.Option(help="mask learning rate [sgd: same as --lr-img; adam: 0.01]")] = None,
+    mask_optimizer: Annotated[Optional[str], typer.Option(help="sgd (the images' optimiser) | adam [sgd]")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="summed | sequential (Algorithm 1) [summed]")] = None,
     share_real: Annotated[Optional[bool], typer.Option("--share-real/--no-share-real", help="dm, summed: one class-grouped real draw serves both losses [on]")] = None,
     init: Annotated[Optional[str], typer.Option(help="noise | real [noise]")] = None,
@@ -81,7 +82,7 @@ def condense(
     preset = load_preset(config)
     cfg = build(condense_stage.CondenseConfig, {"seed": g.seed}, section(preset, "condense"), {
         "base": base, "ipc": ipc, "domain_aware": domain_aware, "iterations": iterations, "lam": lam, "tau": tau,
-        "mask_init": mask_init, "mask_init_mode": mask_init_mode, "mask_lr": mask_lr, "schedule": schedule, "share_real": share_real,
+        "mask_init": mask_init, "mask_init_mode": mask_init_mode, "mask_lr": mask_lr, "mask_optimizer": mask_optimizer, "schedule": schedule, "share_real": share_real,
         "init": init, "arch": arch, "lr_img": lr_img, "batch_real": batch_real, "dsa": dsa, "compile": compile, "seed": seed,
         "domains": tuple(d.strip() for d in domains.split(",") if d.strip()) if domains else None, "exclude_domain": exclude_domain,
         "syn_steps": syn_steps, "domain_syn_steps": domain_syn_steps, "expert_epochs": expert_epochs, "max_start_epoch": max_start_epoch, "lr_lr": lr_lr,

@@ -33,6 +33,9 @@ BASE_DEFAULTS = {
     "dc": {"iterations": 1000, "lr_img": 0.1, "dsa": False, "lam": 0.1},
     "mtt": {"iterations": 5000, "lr_img": 1000.0, "dsa": True, "lam": 0.01},
 }
+MASK_OPTIMIZERS = ("sgd", "adam")
+#: default mask learning rate under adam: z moves ~0.01 per step, alpha = softmax(z / tau) with tau 0.1
+ADAM_MASK_LR = 0.01
 #: settings that change how fast the run goes, not what it computes
 EXECUTION_ONLY = ("checkpoint_every", "checkpoint_minutes", "log_every", "compile", "checkpoint_student")
 
@@ -49,7 +52,9 @@ class CondenseConfig:
     tau: float = option(0.1, "softmax temperature of the domain masks")
     mask_init: float = option(0.01, "initial mask value (constant) or std (normal)")
     mask_init_mode: str = option("constant", "constant (uniform alpha, the paper) or normal (random alpha)")
-    mask_lr: float | None = option(None, "learning rate of the masks [same as lr_img]")
+    mask_lr: float | None = option(None, "learning rate of the masks [sgd: same as lr_img; adam: 0.01]")
+    mask_optimizer: str = option("sgd", "optimiser of the masks: sgd (the images' optimiser and momentum) or adam "
+                                 "(step size independent of the loss scale, which differs 10^4x between dm and mtt)")
     schedule: str = option("summed", "summed: one step on L_cls + lambda L_dom; sequential: Algorithm 1's two steps")
     share_real: bool = option(True, "dm, summed schedule: one real forward pass serves both losses "
                               "(class-stratified draw re-weighted per domain; augmentation siamese per class)")
@@ -98,6 +103,9 @@ class CondenseConfig:
         require(self.lam is None or self.lam >= 0, f"--lam must be >= 0, got {self.lam}")
         require(self.mask_init_mode in MASK_INITS, f"--mask-init-mode must be one of {', '.join(MASK_INITS)}")
         require(self.schedule in ("summed", "sequential"), "--schedule must be summed or sequential")
+        require(self.mask_optimizer in MASK_OPTIMIZERS, f"--mask-optimizer must be one of {', '.join(MASK_OPTIMIZERS)}, "
+                f"got {self.mask_optimizer}")
+        require(self.mask_lr is None or self.mask_lr > 0, "--mask-lr must be positive")
         require(self.init in ("noise", "real"), f"--init must be noise or real, got {self.init}")
         require(self.iterations is None or self.iterations >= 1, "--iterations must be at least 1")
         require(self.lr_img is None or self.lr_img > 0, "--lr-img must be positive")
@@ -123,7 +131,7 @@ class CondenseConfig:
             self,
             iterations=self.iterations or d["iterations"],
             lr_img=lr_img,
-            mask_lr=self.mask_lr if self.mask_lr is not None else lr_img,
+            mask_lr=self.mask_lr if self.mask_lr is not None else (lr_img if self.mask_optimizer == "sgd" else ADAM_MASK_LR),
             lam=lam,
             dsa=d["dsa"] if self.dsa is None else self.dsa,
             outer_loop=self.outer_loop or outer,
@@ -137,8 +145,10 @@ class CondenseConfig:
             out.pop("domains")
         if self.exclude_domain is None:
             out.pop("exclude_domain")
+        if self.mask_optimizer == "sgd":  # the default leaves the keys of sets made before the option existed
+            out.pop("mask_optimizer")
         if not self.domain_aware:
-            for k in ("lam", "tau", "mask_init", "mask_init_mode", "mask_lr", "schedule", "share_real", "domain_syn_steps"):
+            for k in ("lam", "tau", "mask_init", "mask_init_mode", "mask_lr", "mask_optimizer", "schedule", "share_real", "domain_syn_steps"):
                 out.pop(k, None)
         if self.base != "dc":
             for k in ("lr_net", "outer_loop", "inner_loop", "batch_train"):
@@ -280,7 +290,7 @@ def _expert_store(experts: Artifact | None, dataset: Dataset, labels: PseudoLabe
 def _settings(cfg: CondenseConfig, base) -> LoopSettings:
     lr = {"images": cfg.lr_img, "masks": cfg.mask_lr} | {g["name"]: g["lr"] for g in base.extra_parameter_groups()}
     return LoopSettings(iterations=cfg.iterations, seed=cfg.seed, lam=cfg.lam, schedule=cfg.schedule, momentum=cfg.momentum_img,
-                        lr=lr, clip_grad=cfg.clip_grad, nan_retries=cfg.nan_retries, log_every=cfg.log_every,
+                        lr=lr, adam_groups=("masks",) if cfg.mask_optimizer == "adam" else (), clip_grad=cfg.clip_grad, nan_retries=cfg.nan_retries, log_every=cfg.log_every,
                         checkpoint_every=cfg.checkpoint_every, checkpoint_minutes=cfg.checkpoint_minutes)
 
 

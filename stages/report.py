@@ -6,19 +6,21 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from stages.artifacts import Artifact, Workspace
-from stages.condense import EXECUTION_ONLY
+from stages.condense import EXECUTION_ONLY, CondenseConfig
 from stages.errors import ChddlError
 from stages.paper import paper_figure
 from stages.progress import NullProgress, Progress
 
-SWEEP_FIELDS = ("num_domains", "beta", "tau", "lam", "mask_init", "mask_init_mode", "init", "schedule", "labeler")
+SWEEP_FIELDS = ("num_domains", "beta", "tau", "lam", "mask_init", "mask_init_mode", "mask_lr", "mask_optimizer", "init", "schedule",
+                "labeler")
 
 
 @dataclass
@@ -49,7 +51,9 @@ def chddl_settings(cond: Artifact, ws: Workspace) -> str:
     beta = f" beta {lc['beta']}" if lc.get("labeler", "").startswith("fft") else ""
     parts = [f"{lc.get('labeler', '?')} D {lc.get('num_domains', '?')}{beta}", f"lambda {c.get('lam')}", f"tau {c.get('tau')}",
              f"mask {c.get('mask_init_mode')} {c.get('mask_init')}", str(c.get("schedule"))]
-    if c.get("mask_lr") != c.get("lr_img"):
+    if c.get("mask_optimizer", "sgd") != "sgd":
+        parts.append(f"mask {c['mask_optimizer']} lr {c.get('mask_lr')}")
+    elif c.get("mask_lr") != c.get("lr_img"):
         parts.append(f"mask lr {c.get('mask_lr')}")
     if c.get("base") == "dm" and c.get("schedule") == "summed":
         parts.append("shared real draw" if c.get("share_real") else "separate real draws")
@@ -147,16 +151,29 @@ def _evaluations(evals: list[Artifact], ws: Workspace) -> list[Section]:
     return out
 
 
+def eval_lr(e: Artifact, train: Artifact) -> str:
+    """The evaluation's learning rate as a protocol setting: "own" when it is
+    the condensed set's own (MTT's learned lr, else the protocol's 0.01), so
+    sets with different learned lrs evaluated the default way still compare."""
+    lr, own = e.config.get("lr"), train.info.get("eval_lr")
+    if lr is None or own is None or math.isclose(float(lr), float(own), rel_tol=1e-9):
+        return "own"
+    return f"{float(lr):g}"
+
+
 def _sweep_settings(e: Artifact, train: Artifact, ws: Workspace) -> dict[str, str]:
     """Everything that decides a ConvNet score: the condensed set's settings,
     its labels' (prefixed ``labels.``, sweepable fields unprefixed) and the
     evaluation protocol; the condensation seed is left out (seeds are pooled)."""
-    out = {k: str(v) for k, v in train.config.items() if k not in EXECUTION_ONLY and k != "seed"}
+    # A set made before a setting existed ran with that setting's default.
+    config = {f.name: f.default for f in fields(CondenseConfig)} | train.config
+    out = {k: str(v) for k, v in config.items() if k not in EXECUTION_ONLY and k != "seed"}
     if train.config.get("domain_aware"):
         labels = ws.find(train.meta["inputs"].get("labels", ""))
         for k, v in (labels.config if labels else {"labeler": "?"}).items():
             out[k if k in SWEEP_FIELDS else f"labels.{k}"] = str(v)
     out |= {f"eval.{k}": str(v) for k, v in e.config.items() if k not in ("archs", "parallel")}
+    out["eval.lr"] = eval_lr(e, train)
     out["dataset"] = str(e.info["dataset"])
     return out
 
@@ -194,7 +211,8 @@ def _sweeps(evals: list[Artifact], ws: Workspace) -> Section | None:
         fixed = dict(rest)
         cells = [f"{v}: {np.mean(r):.2f} ± {np.std(r):.2f} ({len(seeds)} x {len(r) // len(seeds)})"
                  for v, (r, seeds) in sorted(values.items(), key=lambda kv: _value_order(kv[0]))]
-        rows.append([name, method, fixed["ipc"], fixed.get("eval.target_domain", "None").replace("None", "all"),
+        label = f"{name} ({fixed['mask_optimizer']})" if name == "mask_lr" else name  # the lr means nothing without it
+        rows.append([label, method, fixed["ipc"], fixed.get("eval.target_domain", "None").replace("None", "all"),
                      f"{fixed['eval.runs']} x {fixed['eval.epochs']}", ", ".join(cells)])
     if not rows:
         return None
@@ -204,6 +222,8 @@ def _sweeps(evals: list[Artifact], ws: Workspace) -> Section | None:
                         "mean ± std over the runs of every condensation seed.")
 
 
+# Evaluation settings (besides the lr, see eval_lr) that must agree for two evaluations to be compared.
+EVAL_PROTOCOL = ("dsa", "dsa_strategy", "momentum", "weight_decay", "batch_size")
 # Condensation settings that must agree for a base set and a +CHDDL set to be compared.
 PAIRED_FIELDS = ("base", "ipc", "init", "iterations", "lr_img", "batch_real", "arch", "dsa", "domains", "exclude_domain")
 
@@ -217,8 +237,9 @@ def chddl_delta(base_runs: list[float], chddl_runs: list[float]) -> tuple[float,
 
 
 def _comparisons(evals: list[Artifact], ws: Workspace) -> Section | None:
-    """Base vs base+CHDDL under otherwise identical settings, pooled over
-    condensation seeds (one evaluation per condensed set: the one with most runs)."""
+    """Base vs base+CHDDL under otherwise identical condensation settings and
+    evaluation protocol, pooled over condensation seeds (one evaluation per
+    condensed set and protocol: the one with most runs)."""
     best: dict[tuple, tuple[int, list[float], str, int]] = {}
     for e in evals:
         train = ws.find(e.info["train_set"])
@@ -227,7 +248,9 @@ def _comparisons(evals: list[Artifact], ws: Workspace) -> Section | None:
         c = train.config
         for arch, m in e.metrics.items():
             runs = [v for v in m.get("runs", []) if v == v]
-            group = (e.info["dataset"], *(str(c.get(k)) for k in PAIRED_FIELDS), arch, e.config["epochs"], e.config.get("target_domain"))
+            protocol = (eval_lr(e, train), *(e.config.get(k) for k in EVAL_PROTOCOL))
+            group = (e.info["dataset"], *(str(c.get(k)) for k in PAIRED_FIELDS), protocol, arch, e.config["epochs"],
+                     e.config.get("target_domain"))
             slot = (group, train.name)
             if runs and len(runs) > len(best.get(slot, (0, []))[1]):
                 best[slot] = (len(runs), runs, chddl_settings(train, ws), int(c.get("seed", 0)))
@@ -246,14 +269,17 @@ def _comparisons(evals: list[Artifact], ws: Workspace) -> Section | None:
             if settings == "-":
                 continue
             delta, se = chddl_delta(b, a)
-            dataset, base, ipc, init = group[0], group[1], group[2], group[3]
-            rows.append([dataset, base.upper(), ipc, init, group[-3], f"{np.mean(b):.2f} ± {np.std(b):.2f} ({len(bs)} x {len(b) // len(bs)})",
+            dataset, base, ipc, init, protocol = group[0], group[1], group[2], group[3], group[-4]
+            evaluation = f"{group[-2]} epochs" + ("" if protocol[0] == "own" else f", lr {protocol[0]}") + \
+                ("" if protocol[1] else ", no DSA")
+            rows.append([dataset, base.upper(), ipc, init, group[-3], evaluation,
+                         f"{np.mean(b):.2f} ± {np.std(b):.2f} ({len(bs)} x {len(b) // len(bs)})",
                          settings, f"{np.mean(a):.2f} ± {np.std(a):.2f} ({len(as_)} x {len(a) // len(as_)})",
                          f"{delta:+.2f} ± {se:.2f}", group[-1] or "all"])
     if not rows:
         return None
     return Section("CHDDL minus base (same condensation settings, pooled over condensation seeds)",
-                   header=["dataset", "base", "IPC", "init", "arch", "base (seeds x runs)", "CHDDL settings",
+                   header=["dataset", "base", "IPC", "init", "arch", "evaluation", "base (seeds x runs)", "CHDDL settings",
                            "+CHDDL (seeds x runs)", "delta ± s.e.", "target domain"], rows=rows,
                    text="mean ± std over every evaluation run of every condensation seed; the delta's standard error is "
                         "Welch's over runs, so it understates the spread between condensation seeds when there are few.")

@@ -95,12 +95,18 @@ def test_same_seed_gives_identical_output(data, tmp_path) -> None:
     assert not torch.equal(a.tensor("images"), c.tensor("images"))
 
 
-@pytest.mark.parametrize("base", ["dm", "dc"])
-def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(data, tmp_path, base) -> None:
+def _masks_of(art) -> torch.Tensor:
+    import safetensors.torch
+
+    return safetensors.torch.load_file(str(art.path / "extra_domain_masks.safetensors"))["z"]
+
+
+@pytest.mark.parametrize("base, extra", [("dm", {}), ("dc", {}), ("dm", {"mask_optimizer": "adam"})])
+def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(data, tmp_path, base, extra) -> None:
     from stages.artifacts import Workspace
 
     ds, labels = data
-    cfg = build(CondenseConfig, TINY, {"base": base, "iterations": 5})
+    cfg = build(CondenseConfig, TINY, {"base": base, "iterations": 5}, extra)
     full, _ = run(ds, labels, cfg, Workspace(tmp_path / "full"))
     ws = Workspace(tmp_path / "resumed")
     with pytest.raises(KeyboardInterrupt):
@@ -109,6 +115,51 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(data, tmp_path
     assert resumed.metrics["resumed_from"] == 3
     assert torch.equal(full.tensor("images"), resumed.tensor("images"))
     assert torch.equal(full.tensor("loss_history"), resumed.tensor("loss_history"))
+    assert torch.equal(_masks_of(full), _masks_of(resumed))
+
+
+def test_a_checkpoint_from_before_the_optimiser_choice_still_resumes_exactly(data, tmp_path) -> None:
+    from stages.artifacts import Workspace
+    from stages.methods import checkpoint
+
+    ds, labels = data
+    cfg = build(CondenseConfig, TINY, {"iterations": 5})
+    full, _ = run(ds, labels, cfg, Workspace(tmp_path / "full"))
+    ws = Workspace(tmp_path / "old")
+    with pytest.raises(KeyboardInterrupt):
+        run(ds, labels, cfg, ws, stop_after=3)
+    folder = next(ws.root.glob("partial/*"))
+    meta = checkpoint.yaml.safe_load((folder / checkpoint.CKPT_META).read_text())
+    it, tensors = checkpoint.load_checkpoint(folder, meta["key"])
+    # Earlier versions stored SGD's buffer as momentum/<group>/<i>.
+    legacy = {k.replace("opt/", "momentum/").removesuffix("/momentum_buffer") if k.endswith("/momentum_buffer") else k: v
+              for k, v in tensors.items()}
+    assert any(k.startswith("momentum/masks/") for k in legacy)
+    checkpoint.save_checkpoint(folder, meta["key"], it, legacy)
+    resumed, _ = run(ds, labels, cfg, ws)
+    assert resumed.metrics["resumed_from"] == 3
+    assert torch.equal(full.tensor("images"), resumed.tensor("images"))
+
+
+def test_adam_masks_default_to_their_own_learning_rate() -> None:
+    sgd = build(CondenseConfig, {"base": "mtt"}).resolved()
+    adam = build(CondenseConfig, {"base": "mtt", "mask_optimizer": "adam"}).resolved()
+    chosen = build(CondenseConfig, {"base": "mtt", "mask_optimizer": "adam", "mask_lr": 0.5}).resolved()
+    assert (sgd.mask_lr, adam.mask_lr, chosen.mask_lr) == (1000.0, 0.01, 0.5)
+
+
+def test_the_default_mask_optimiser_leaves_earlier_cache_keys_unchanged() -> None:
+    sgd = build(CondenseConfig).resolved().key_fields()
+    adam = build(CondenseConfig, {"mask_optimizer": "adam"}).resolved().key_fields()
+    assert "mask_optimizer" not in sgd and adam["mask_optimizer"] == "adam"
+
+
+def test_adam_moves_the_masks_by_about_its_learning_rate_per_step(data, workspace) -> None:
+    art = _run(data, workspace, base="dm", mask_optimizer="adam", mask_lr=0.05, iterations=2)
+    moved = (_masks_of(art) - 0.01).abs()
+    # Adam's first steps have magnitude lr whatever the gradient's scale: two steps move z by at most 2 lr.
+    assert 0.05 < moved.max() <= 0.1 * 1.01
+    assert art.config["mask_optimizer"] == "adam" and art.metrics["final_lr"]["masks"] == 0.05
 
 
 def _fail_at_step(monkeypatch, n: int, exc: type[BaseException]) -> None:
@@ -279,6 +330,8 @@ def test_real_pool_draws_per_group_without_replacement() -> None:
     ({"lam": float("inf")}, "finite"),
     ({"lr_img": float("nan")}, "finite"),
     ({"init": "zeros"}, "--init must be noise or real"),
+    ({"mask_optimizer": "rmsprop"}, "--mask-optimizer must be one of sgd, adam, got rmsprop"),
+    ({"mask_lr": 0.0}, "--mask-lr must be positive"),
 ])
 def test_bad_settings_fail_cleanly_without_partial_artifact(data, workspace, overrides, message) -> None:
     with pytest.raises(ChddlError, match=message):

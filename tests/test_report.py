@@ -150,3 +150,35 @@ def test_a_sweep_row_varies_one_setting_with_every_other_setting_equal(tmp_path,
     # tau at lambda 0.1 / 1 epoch, lambda at tau 0.5: the lambda 1.0 set and the 2-epoch evaluation join no tau row
     assert [(r[0], r[4], r[5].count(":")) for r in rows] == [("lam", "2 x 1", 2), ("tau", "2 x 1", 2)]
     assert rows[1][5].startswith("0.1: ") and ", 0.5: " in rows[1][5] and "(1 x 2)" in rows[1][5]
+
+
+def test_evaluations_at_another_learning_rate_are_compared_only_with_each_other(tmp_path, workspace) -> None:
+    ds = load_dataset(ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)[0])
+    labels = load_labels(label_run(ds, build(LabelConfig, {"num_domains": 2}), workspace)[0], ds)
+    runs = {}
+    for aware in (False, True):
+        cfg = build(CondenseConfig, {"ipc": 1, "iterations": 2, "batch_real": 8, "compile": "off", "domain_aware": aware})
+        cond, _ = condense_run(ds, labels, cfg, workspace)
+        for lr, n in ((None, 2), (0.05, 3)):
+            ev, _ = evaluate_run(from_condensed(cond, ds), ds, build(EvaluateConfig, {"runs": n, "epochs": 1, "lr": lr}), workspace)
+            runs[(aware, lr)] = ev.metrics["convnet"]["runs"]
+    text = report.run(workspace)[0].read_text()
+    rows = [line for line in text.splitlines() if line.startswith(f"| {ds.artifact.name} | DM | 1 |")]
+    assert len(rows) == 2
+    own = next(r for r in rows if "| 1 epochs |" in r)
+    other = next(r for r in rows if "| 1 epochs, lr 0.05 |" in r)
+    for row, lr in ((own, None), (other, 0.05)):
+        delta, se = report.chddl_delta(runs[(False, lr)], runs[(True, lr)])
+        assert f"{delta:+.2f} ± {se:.2f}" in row
+
+
+def test_a_set_made_before_a_setting_existed_sweeps_as_if_it_had_the_default(full_workspace) -> None:
+    import yaml
+
+    old = next(a for a in full_workspace.all() if a.stage == "condensed" and a.config["tau"] == 0.1)
+    meta = yaml.safe_load((old.path / "meta.yaml").read_text())
+    del meta["config"]["mask_optimizer"]  # as written before --mask-optimizer existed
+    (old.path / "meta.yaml").write_text(yaml.safe_dump(meta))
+    evals = [a for a in full_workspace.all() if a.stage == "evaluation" and a.info.get("train_kind") != "random"]
+    rows = report._sweeps(evals, full_workspace).rows
+    assert [r[0] for r in rows] == ["tau"] and rows[0][5].count(":") == 2

@@ -2,7 +2,8 @@
 # The open decisions of DESIGN.md, tried where CHDDL should help most (paper
 # Table 2: DM +6.0 at PACS IPC 1): DM+CHDDL at IPC 1 with Algorithm 1's
 # sequential schedule, separate real draws for the domain loss, lambda 0.01
-# and 1, random (normal) mask init, and FFT labels with beta 0.05 (the crop
+# and 1, random (normal) mask init, mask learning rate 0.1 and 10 (images: 1),
+# Adam for the masks (lr 0.01 and 0.001), temperature tau 0.01 and 1, and FFT labels with beta 0.05 (the crop
 # that agrees best with the true domains); DM and default DM+CHDDL as the
 # reference lines. Every variant is one `chddl condense` option.
 #
@@ -14,7 +15,9 @@ for seed in $(seeds_for variants); do
   chddl label "$pacs_source" --config "$pacs_preset"
   for variant in "--no-domain-aware" "--domain-aware" "--domain-aware --schedule sequential" \
                  "--domain-aware --no-share-real" "--domain-aware --lam 0.01" "--domain-aware --lam 1" \
-                 "--domain-aware --mask-init-mode normal"; do
+                 "--domain-aware --mask-init-mode normal" "--domain-aware --mask-lr 0.1" "--domain-aware --mask-lr 10" \
+                 "--domain-aware --tau 1" "--domain-aware --tau 0.01" "--domain-aware --mask-optimizer adam" \
+                 "--domain-aware --mask-optimizer adam --mask-lr 0.001"; do
     # shellcheck disable=SC2086  # each variant is a list of options
     chddl condense "${opts[@]}" $variant --seed "$seed"
     chddl evaluate "${eval_opts[@]}"

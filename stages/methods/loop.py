@@ -23,6 +23,7 @@ class LoopSettings:
     schedule: str
     momentum: float
     lr: dict[str, float]  # per parameter group: images, masks, method groups
+    adam_groups: tuple[str, ...]  # groups trained with Adam; the others with SGD and ``momentum``
     clip_grad: float | None
     nan_retries: int
     log_every: int
@@ -47,7 +48,8 @@ class Loop:
             self.groups["masks"] = objective.extra_parameters()
         for group in base.extra_parameter_groups():
             self.groups[group["name"]] = group["params"]
-        self.opts = {n: torch.optim.SGD(p, lr=s.lr[n], momentum=s.momentum) for n, p in self.groups.items()}
+        self.opts = {n: torch.optim.Adam(p, lr=s.lr[n]) if n in s.adam_groups else torch.optim.SGD(p, lr=s.lr[n], momentum=s.momentum)
+                     for n, p in self.groups.items()}
         self.history = torch.zeros(s.iterations, 2)
         self.rollbacks: list[dict] = []
         self.timings: list[float] = []
@@ -63,9 +65,8 @@ class Loop:
             out[f"lr/{name}"] = torch.tensor(opt.param_groups[0]["lr"], dtype=torch.float64)
             for i, p in enumerate(params):
                 out[f"param/{name}/{i}"] = p.detach().clone()
-                buf = opt.state.get(p, {}).get("momentum_buffer")
-                if buf is not None:
-                    out[f"momentum/{name}/{i}"] = buf.clone()
+                for k, v in opt.state.get(p, {}).items():  # SGD: momentum_buffer; Adam: step, exp_avg, exp_avg_sq
+                    out[f"opt/{name}/{i}/{k}"] = torch.as_tensor(v).clone()
         return out
 
     def restore(self, saved: dict[str, torch.Tensor]) -> None:
@@ -76,8 +77,12 @@ class Loop:
                 opt.param_groups[0]["lr"] = float(saved[f"lr/{name}"])
                 for i, p in enumerate(params):
                     p.copy_(saved[f"param/{name}/{i}"].to(p.device))
-                    key = f"momentum/{name}/{i}"
-                    opt.state[p] = {"momentum_buffer": saved[key].to(p.device).clone()} if key in saved else {}
+                    prefix = f"opt/{name}/{i}/"
+                    state = {k[len(prefix):]: v.clone() for k, v in saved.items() if k.startswith(prefix)}
+                    if f"momentum/{name}/{i}" in saved:  # checkpoints written before the optimiser choice existed
+                        state["momentum_buffer"] = saved[f"momentum/{name}/{i}"].clone()
+                    # Adam keeps its step count on the host (unless capturable); the rest lives with the parameter.
+                    opt.state[p] = {k: v if k == "step" else v.to(p.device) for k, v in state.items()}
 
     def learning_rates(self) -> dict[str, float]:
         return {n: o.param_groups[0]["lr"] for n, o in self.opts.items()}
