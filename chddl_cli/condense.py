@@ -48,6 +48,7 @@ def condense(
     mask_init_mode: Annotated[Optional[str], typer.Option(help="constant | normal [constant]")] = None,
     mask_lr: Annotated[Optional[float], typer.Option(help="mask learning rate [sgd: same as --lr-img; adam: 0.01]")] = None,
     mask_optimizer: Annotated[Optional[str], typer.Option(help="sgd (the images' optimiser) | adam [sgd]")] = None,
+    theta_prime: Annotated[Optional[str], typer.Option(help="Theta' of the domain loss: own (dc: a second network; mtt: the pseudo-domain experts) | shared (the class loss's) [dm shared; dc, mtt own]")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="summed | sequential (Algorithm 1) [summed]")] = None,
     share_real: Annotated[Optional[bool], typer.Option("--share-real/--no-share-real", help="dm, summed: one class-grouped real draw serves both losses [on]")] = None,
     init: Annotated[Optional[str], typer.Option(help="noise | real [noise]")] = None,
@@ -82,7 +83,7 @@ def condense(
     preset = load_preset(config)
     cfg = build(condense_stage.CondenseConfig, {"seed": g.seed}, section(preset, "condense"), {
         "base": base, "ipc": ipc, "domain_aware": domain_aware, "iterations": iterations, "lam": lam, "tau": tau,
-        "mask_init": mask_init, "mask_init_mode": mask_init_mode, "mask_lr": mask_lr, "mask_optimizer": mask_optimizer, "schedule": schedule, "share_real": share_real,
+        "mask_init": mask_init, "mask_init_mode": mask_init_mode, "mask_lr": mask_lr, "mask_optimizer": mask_optimizer, "theta_prime": theta_prime, "schedule": schedule, "share_real": share_real,
         "init": init, "arch": arch, "lr_img": lr_img, "batch_real": batch_real, "dsa": dsa, "compile": compile, "seed": seed,
         "domains": tuple(d.strip() for d in domains.split(",") if d.strip()) if domains else None, "exclude_domain": exclude_domain,
         "syn_steps": syn_steps, "domain_syn_steps": domain_syn_steps, "expert_epochs": expert_epochs, "max_start_epoch": max_start_epoch, "lr_lr": lr_lr,

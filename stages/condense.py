@@ -33,6 +33,8 @@ BASE_DEFAULTS = {
     "dc": {"iterations": 1000, "lr_img": 0.1, "dsa": False, "lam": 0.1},
     "mtt": {"iterations": 5000, "lr_img": 1000.0, "dsa": True, "lam": 0.01},
 }
+#: Theta' of the domain loss per base (DESIGN.md 1.3)
+THETA_PRIME_DEFAULT = {"dm": "shared", "dc": "own", "mtt": "own"}
 MASK_OPTIMIZERS = ("sgd", "adam")
 #: default mask learning rate under adam: z moves ~0.01 per step, alpha = softmax(z / tau) with tau 0.1
 ADAM_MASK_LR = 0.01
@@ -55,6 +57,9 @@ class CondenseConfig:
     mask_lr: float | None = option(None, "learning rate of the masks [sgd: same as lr_img; adam: 0.01]")
     mask_optimizer: str = option("sgd", "optimiser of the masks: sgd (the images' optimiser and momentum) or adam "
                                  "(step size independent of the loss scale, which differs 10^4x between dm and mtt)")
+    theta_prime: str | None = option(None, "parameters Theta' of the domain loss: own (dc: a second network; mtt: the "
+                                     "pseudo-domain experts) or shared (the class loss's network or experts) [dm shared, "
+                                     "dc and mtt own: DESIGN.md]")
     schedule: str = option("summed", "summed: one step on L_cls + lambda L_dom; sequential: Algorithm 1's two steps")
     share_real: bool = option(True, "dm, summed schedule: one real forward pass serves both losses "
                               "(class-stratified draw re-weighted per domain; augmentation siamese per class)")
@@ -106,6 +111,10 @@ class CondenseConfig:
         require(self.mask_optimizer in MASK_OPTIMIZERS, f"--mask-optimizer must be one of {', '.join(MASK_OPTIMIZERS)}, "
                 f"got {self.mask_optimizer}")
         require(self.mask_lr is None or self.mask_lr > 0, "--mask-lr must be positive")
+        require(self.theta_prime in (None, "own", "shared"), f"--theta-prime must be own or shared, got {self.theta_prime}")
+        require(not (self.base == "dm" and self.theta_prime == "own"),
+                "--theta-prime own is not available for dm: its Theta' is the class loss's random network by construction "
+                "(DESIGN.md); use shared or leave it out")
         require(self.init in ("noise", "real"), f"--init must be noise or real, got {self.init}")
         require(self.iterations is None or self.iterations >= 1, "--iterations must be at least 1")
         require(self.lr_img is None or self.lr_img > 0, "--lr-img must be positive")
@@ -131,6 +140,7 @@ class CondenseConfig:
             self,
             iterations=self.iterations or d["iterations"],
             lr_img=lr_img,
+            theta_prime=self.theta_prime or THETA_PRIME_DEFAULT[self.base],
             mask_lr=self.mask_lr if self.mask_lr is not None else (lr_img if self.mask_optimizer == "sgd" else ADAM_MASK_LR),
             lam=lam,
             dsa=d["dsa"] if self.dsa is None else self.dsa,
@@ -145,10 +155,14 @@ class CondenseConfig:
             out.pop("domains")
         if self.exclude_domain is None:
             out.pop("exclude_domain")
-        if self.mask_optimizer == "sgd":  # the default leaves the keys of sets made before the option existed
+        # Defaults leave the keys of sets made before these options existed.
+        if self.mask_optimizer == "sgd":
             out.pop("mask_optimizer")
+        if self.theta_prime in (None, THETA_PRIME_DEFAULT[self.base]):
+            out.pop("theta_prime")
         if not self.domain_aware:
-            for k in ("lam", "tau", "mask_init", "mask_init_mode", "mask_lr", "mask_optimizer", "schedule", "share_real", "domain_syn_steps"):
+            for k in ("lam", "tau", "mask_init", "mask_init_mode", "mask_lr", "mask_optimizer", "theta_prime", "schedule", "share_real",
+                      "domain_syn_steps"):
                 out.pop(k, None)
         if self.base != "dc":
             for k in ("lr_net", "outer_loop", "inner_loop", "batch_train"):
@@ -278,8 +292,8 @@ def _expert_store(experts: Artifact | None, dataset: Dataset, labels: PseudoLabe
         raise ChddlError(f"experts {experts.name} were trained on another dataset than {dataset.artifact.name}")
     store = ExpertStore(experts)
     store.check_compatible(cfg.arch, dataset.size, dataset.num_classes, dataset.mean, dataset.std,
-                           labels.num_domains if cfg.domain_aware else 0)
-    if cfg.domain_aware and experts.meta.get("inputs", {}).get("labels") != labels.artifact.name:
+                           labels.num_domains if cfg.domain_aware and cfg.theta_prime == "own" else 0)
+    if cfg.domain_aware and cfg.theta_prime == "own" and experts.meta.get("inputs", {}).get("labels") != labels.artifact.name:
         raise ChddlError(f"the domain experts of {experts.name} were trained on other pseudo-domain labels than {labels.artifact.name}")
     if cfg.max_start_epoch + cfg.expert_epochs > store.epochs:
         raise ChddlError(f"--max-start-epoch {cfg.max_start_epoch} + --expert-epochs {cfg.expert_epochs} exceeds the "
@@ -305,7 +319,8 @@ def _build(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig, d
     compile_embed = cfg.compile == "on" or (cfg.compile == "auto" and cfg.iterations >= {"dm": 2000, "dc": 200, "mtt": 10**9}[cfg.base])
     base = METHODS.create(cfg.base, net_factory=factory, device=device, dsa=dsa, compile_embed=compile_embed,
                           lr_net=cfg.lr_net, outer_loop=cfg.outer_loop, inner_loop=cfg.inner_loop, batch_train=cfg.batch_train,
-                          store=store, syn_steps=cfg.syn_steps, domain_syn_steps=cfg.domain_syn_steps, expert_epochs=cfg.expert_epochs,
+                          store=store, syn_steps=cfg.syn_steps, domain_syn_steps=cfg.domain_syn_steps,
+                          shared_theta=cfg.theta_prime == "shared", expert_epochs=cfg.expert_epochs,
                           max_start_epoch=cfg.max_start_epoch, syn_lr=cfg.syn_lr, lr_lr=cfg.lr_lr, batch_syn=cfg.batch_syn,
                           min_syn_lr=cfg.min_syn_lr, checkpoint_student=cfg.checkpoint_student)
     g0 = iteration_generator(cfg.seed, -1)

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from stages.artifacts import Artifact, Workspace
-from stages.condense import EXECUTION_ONLY, CondenseConfig
+from stages.condense import EXECUTION_ONLY, THETA_PRIME_DEFAULT, CondenseConfig
+from stages.config import to_dict
 from stages.errors import ChddlError
 from stages.paper import paper_figure
 from stages.progress import NullProgress, Progress
 
-SWEEP_FIELDS = ("num_domains", "beta", "tau", "lam", "mask_init", "mask_init_mode", "mask_lr", "mask_optimizer", "init", "schedule",
-                "labeler")
+SWEEP_FIELDS = ("num_domains", "beta", "tau", "lam", "mask_init", "mask_init_mode", "mask_lr", "mask_optimizer", "theta_prime",
+                "init", "schedule", "labeler")
 
 
 @dataclass
@@ -55,6 +56,8 @@ def chddl_settings(cond: Artifact, ws: Workspace) -> str:
         parts.append(f"mask {c['mask_optimizer']} lr {c.get('mask_lr')}")
     elif c.get("mask_lr") != c.get("lr_img"):
         parts.append(f"mask lr {c.get('mask_lr')}")
+    if c.get("theta_prime") not in (None, THETA_PRIME_DEFAULT.get(c.get("base"))):
+        parts.append(f"Theta' {c['theta_prime']}")
     if c.get("base") == "dm" and c.get("schedule") == "summed":
         parts.append("shared real draw" if c.get("share_real") else "separate real draws")
     if c.get("domain_syn_steps"):
@@ -165,8 +168,9 @@ def _sweep_settings(e: Artifact, train: Artifact, ws: Workspace) -> dict[str, st
     """Everything that decides a ConvNet score: the condensed set's settings,
     its labels' (prefixed ``labels.``, sweepable fields unprefixed) and the
     evaluation protocol; the condensation seed is left out (seeds are pooled)."""
-    # A set made before a setting existed ran with that setting's default.
-    config = {f.name: f.default for f in fields(CondenseConfig)} | train.config
+    # A set made before a setting existed ran with that setting's (resolved) default.
+    known = {f.name for f in fields(CondenseConfig)}
+    config = to_dict(CondenseConfig(**{k: v for k, v in train.config.items() if k in known}).resolved())
     out = {k: str(v) for k, v in config.items() if k not in EXECUTION_ONLY and k != "seed"}
     if train.config.get("domain_aware"):
         labels = ws.find(train.meta["inputs"].get("labels", ""))

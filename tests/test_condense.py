@@ -332,6 +332,8 @@ def test_real_pool_draws_per_group_without_replacement() -> None:
     ({"init": "zeros"}, "--init must be noise or real"),
     ({"mask_optimizer": "rmsprop"}, "--mask-optimizer must be one of sgd, adam, got rmsprop"),
     ({"mask_lr": 0.0}, "--mask-lr must be positive"),
+    ({"theta_prime": "both"}, "--theta-prime must be own or shared, got both"),
+    ({"base": "dm", "theta_prime": "own"}, "--theta-prime own is not available for dm"),
 ])
 def test_bad_settings_fail_cleanly_without_partial_artifact(data, workspace, overrides, message) -> None:
     with pytest.raises(ChddlError, match=message):
@@ -373,3 +375,22 @@ def test_single_domain_selection_uses_only_that_domain(data) -> None:
 def test_unknown_domain_in_a_selection_is_refused(data, workspace) -> None:
     with pytest.raises(ChddlError, match="unknown domain 'sketch'; this dataset has: d0, d1"):
         _run(data, workspace, exclude_domain="sketch")
+
+
+def test_shared_theta_prime_makes_dc_match_domains_on_the_class_network(data) -> None:
+    from stages.condense import _build
+
+    ds, labels = data
+    for theta_prime, same in (("own", False), ("shared", True)):
+        cfg = build(CondenseConfig, TINY, {"base": "dc", "theta_prime": theta_prime}).resolved()
+        method, objective, _, _, _ = _build(ds, labels, cfg, torch.device("cpu"))
+        method.new_round(0, objective.roles, torch.Generator().manual_seed(0))
+        assert (method.nets["domain"] is method.nets["class"]) == same
+        assert sorted(method.optimizers) == (["class"] if same else ["class", "domain"])
+
+
+def test_theta_prime_defaults_per_base_and_keeps_earlier_cache_keys() -> None:
+    resolved = {b: build(CondenseConfig, {"base": b}).resolved() for b in ("dm", "dc", "mtt")}
+    assert {b: c.theta_prime for b, c in resolved.items()} == {"dm": "shared", "dc": "own", "mtt": "own"}
+    assert all("theta_prime" not in c.key_fields() for c in resolved.values())
+    assert build(CondenseConfig, {"base": "dc", "theta_prime": "shared"}).resolved().key_fields()["theta_prime"] == "shared"

@@ -272,3 +272,23 @@ def test_summed_step_back_propagates_one_graph_at_a_time_with_the_same_gradient(
         grads.append([p.grad.clone() for p in (images, base.syn_lr, objective.masks.z)])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_shared_theta_prime_needs_no_domain_experts(data, workspace) -> None:
+    ds, labels = data
+    class_only = experts_run(ds, labels, build(ExpertsConfig, TINY_EXPERTS, {"domain_experts": False}), workspace)[0]
+    with pytest.raises(ChddlError, match="no domain experts"):
+        condense_run(ds, labels, build(CondenseConfig, TINY_MTT), workspace, experts=class_only)
+    art, _ = condense_run(ds, labels, build(CondenseConfig, TINY_MTT, {"theta_prime": "shared"}), workspace, experts=class_only)
+    assert art.config["theta_prime"] == "shared" and torch.isfinite(art.tensor("images")).all()
+
+
+def test_shared_theta_prime_starts_the_domain_student_from_a_class_expert(data, experts, monkeypatch) -> None:
+    ds, labels = data
+    cfg = build(CondenseConfig, TINY_MTT, {"theta_prime": "shared"}).resolved()
+    base, objective, images, _, _ = _build(ds, labels, cfg, torch.device("cpu"), _expert_store(experts, ds, labels, cfg))
+    used = []
+    real_pair = base.store.pair
+    monkeypatch.setattr(base.store, "pair", lambda expert_set, *a: used.append(expert_set) or real_pair(expert_set, *a))
+    objective.losses(images, torch.Generator().manual_seed(0))
+    assert used == ["class", "class"]

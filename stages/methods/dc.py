@@ -6,7 +6,9 @@ the reference's layer-wise distance (1 - cosine per output channel, summed;
 1-D parameters skipped), updating the images, then trains the network
 ``inner_loop`` epochs on the synthetic set. Theta' (the domain role) is a
 second network with its own initialisation on the same schedule, trained in
-its inner loop on the domain views (DESIGN.md 1.3).
+its inner loop on the domain views (DESIGN.md 1.3); with ``shared_theta`` the
+domain loss uses the class network itself (Theta' = Theta), trained only on
+the synthetic images.
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ class DC(BaseMethod):
     default_lambda = 0.1
 
     def __init__(self, net_factory: NetFactory, device: torch.device, dsa: DSA | None, lr_net: float,
-                 outer_loop: int, inner_loop: int, batch_train: int, compile_real: bool = False) -> None:
+                 outer_loop: int, inner_loop: int, batch_train: int, compile_real: bool = False,
+                 shared_theta: bool = False) -> None:
         self.nets = RoleNets(net_factory, device)
         self.dsa, self.lr_net = dsa, lr_net
         self.outer_loop, self.inner_loop, self.batch_train = outer_loop, inner_loop, batch_train
-        self.compile_real = compile_real
+        self.compile_real, self.shared_theta = compile_real, shared_theta
         self._grad_fns: dict[str, object] = {}
 
     def _real_gradients(self, role: str, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
@@ -60,18 +63,20 @@ class DC(BaseMethod):
         matched = {k: v.detach() for k, v in net.named_parameters() if v.ndim > 1}
         if not self.compile_real:
             return [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(x), y), [p for p in net.parameters() if p.ndim > 1])]
-        if role not in self._grad_fns:
+        key = "class" if self.shared_theta else role  # one compiled function per network
+        if key not in self._grad_fns:
             def loss(params, rest, x, y):
                 return F.cross_entropy(functional_call(net, {**params, **rest}, (x,)), y)
 
-            self._grad_fns[role] = torch.compile(grad(loss), dynamic=False)
+            self._grad_fns[key] = torch.compile(grad(loss), dynamic=False)
         rest = {k: v.detach() for k, v in net.named_parameters() if v.ndim <= 1}
-        out = self._grad_fns[role](matched, rest, x, y)
+        out = self._grad_fns[key](matched, rest, x, y)
         return [out[k] for k in matched]
 
     def new_round(self, round_index: int, roles: tuple[str, ...], g: torch.Generator) -> None:
-        self.nets.renew(roles, g, shared=False)
-        self.optimizers = {r: torch.optim.SGD(self.nets[r].parameters(), lr=self.lr_net) for r in roles}
+        self.nets.renew(roles, g, shared=self.shared_theta)
+        trained = roles[:1] if self.shared_theta else roles
+        self.optimizers = {r: torch.optim.SGD(self.nets[r].parameters(), lr=self.lr_net) for r in trained}
         for r in roles:
             self.nets[r].requires_grad_(True).train()
 
@@ -99,6 +104,8 @@ class DC(BaseMethod):
         if step == self.outer_loop - 1:
             return  # the reference does not train the network after the last outer step
         for role, (images, labels) in role_data.items():
+            if role not in self.optimizers:
+                continue  # a shared Theta' trains once, on the synthetic images, as the class network
             train_epochs(self.nets[role], self.optimizers[role], images, labels, self.inner_loop, self.batch_train, self.dsa, g)
 
 
@@ -121,6 +128,7 @@ def train_epochs(net: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
 
 @METHODS.register("dc")
 def dc(net_factory: NetFactory, device: torch.device, dsa: DSA | None, lr_net: float = 0.01, outer_loop: int = 1,
-       inner_loop: int = 1, batch_train: int = 256, compile_embed: bool = False, **_: object) -> DC:
+       inner_loop: int = 1, batch_train: int = 256, compile_embed: bool = False, shared_theta: bool = False, **_: object) -> DC:
     """Gradient matching with the reference's outer/inner loops."""
-    return DC(net_factory, device, dsa, lr_net, outer_loop, inner_loop, batch_train, compile_real=compile_embed)
+    return DC(net_factory, device, dsa, lr_net, outer_loop, inner_loop, batch_train, compile_real=compile_embed,
+              shared_theta=shared_theta)

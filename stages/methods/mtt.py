@@ -11,7 +11,8 @@ the backward pass instead of stored: identical gradients; at IPC 10 with 50
 steps the peak falls from 16.1 to 1.9 GB for 12% more time. For CHDDL's
 domain loss, the student starts from a domain expert of a random
 pseudo-domain d and trains on the domain-d views (Theta' = the domain
-experts, DESIGN.md 1.3).
+experts, DESIGN.md 1.3); with ``shared_theta`` it starts from a class expert
+instead (Theta' = Theta).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class MTT(BaseMethod):
 
     def __init__(self, net_factory: NetFactory, device: torch.device, dsa: DSA | None, store: ExpertStore, syn_steps: int,
                  expert_epochs: int, max_start_epoch: int, syn_lr: float, lr_lr: float, batch_syn: int | None,
-                 min_syn_lr: float = 1e-6, checkpoint_student: bool = False, domain_syn_steps: int | None = None) -> None:
+                 min_syn_lr: float = 1e-6, checkpoint_student: bool = False, domain_syn_steps: int | None = None,
+                 shared_theta: bool = False) -> None:
         self.net = net_factory().to(device)
         self.device, self.dsa, self.store = device, dsa, store
         self.domain_syn_steps = domain_syn_steps or syn_steps
@@ -41,6 +43,7 @@ class MTT(BaseMethod):
         self.syn_lr = torch.tensor(float(syn_lr), device=device, requires_grad=True)
         self.min_syn_lr = min_syn_lr
         self.checkpoint_student = checkpoint_student
+        self.shared_theta = shared_theta
         self.clamped = 0
 
     def after_update(self) -> None:
@@ -62,7 +65,8 @@ class MTT(BaseMethod):
             steps = self.domain_syn_steps
             d = int(torch.randint(batch.num_groups, (1,), generator=g))
             chosen = batch.syn_groups == d
-            syn, labels, expert_set = syn[chosen], labels[chosen], f"domain{d}"
+            syn, labels = syn[chosen], labels[chosen]
+            expert_set = "class" if self.shared_theta else f"domain{d}"
         k = int(torch.randint(self.store.num_experts, (1,), generator=g))
         start = int(torch.randint(self.max_start_epoch, (1,), generator=g))
         theta0, target = self.store.pair(expert_set, k, start, start + self.expert_epochs, self.device)
@@ -97,9 +101,9 @@ class MTT(BaseMethod):
 def mtt(net_factory: NetFactory, device: torch.device, dsa: DSA | None, store: ExpertStore | None = None,
         syn_steps: int = 20, expert_epochs: int = 3, max_start_epoch: int = 25, syn_lr: float = 0.01,
         lr_lr: float = 1e-5, batch_syn: int | None = None, min_syn_lr: float = 1e-6, checkpoint_student: bool = False,
-        domain_syn_steps: int | None = None, **_: object) -> MTT:
+        domain_syn_steps: int | None = None, shared_theta: bool = False, **_: object) -> MTT:
     """Trajectory matching against stored expert trajectories."""
     if store is None:
         raise ValueError("MTT needs an ExpertStore")
     return MTT(net_factory, device, dsa, store, syn_steps, expert_epochs, max_start_epoch, syn_lr, lr_lr, batch_syn,
-               min_syn_lr, checkpoint_student, domain_syn_steps)
+               min_syn_lr, checkpoint_student, domain_syn_steps, shared_theta)
