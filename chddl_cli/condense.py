@@ -83,7 +83,8 @@ def condense(
     preset = load_preset(config)
     cfg = build(condense_stage.CondenseConfig, {"seed": g.seed}, section(preset, "condense"), {
         "base": base, "ipc": ipc, "domain_aware": domain_aware, "iterations": iterations, "lam": lam, "tau": tau,
-        "mask_init": mask_init, "mask_init_mode": mask_init_mode, "mask_lr": mask_lr, "mask_optimizer": mask_optimizer, "theta_prime": theta_prime, "schedule": schedule, "share_real": share_real,
+        "mask_init": mask_init, "mask_init_mode": mask_init_mode, "mask_lr": mask_lr, "mask_optimizer": mask_optimizer,
+        "theta_prime": theta_prime, "schedule": schedule, "share_real": share_real,
         "init": init, "arch": arch, "lr_img": lr_img, "batch_real": batch_real, "dsa": dsa, "compile": compile, "seed": seed,
         "domains": tuple(d.strip() for d in domains.split(",") if d.strip()) if domains else None, "exclude_domain": exclude_domain,
         "syn_steps": syn_steps, "domain_syn_steps": domain_syn_steps, "expert_epochs": expert_epochs, "max_start_epoch": max_start_epoch, "lr_lr": lr_lr,

@@ -304,8 +304,9 @@ def _expert_store(experts: Artifact | None, dataset: Dataset, labels: PseudoLabe
 def _settings(cfg: CondenseConfig, base) -> LoopSettings:
     lr = {"images": cfg.lr_img, "masks": cfg.mask_lr} | {g["name"]: g["lr"] for g in base.extra_parameter_groups()}
     return LoopSettings(iterations=cfg.iterations, seed=cfg.seed, lam=cfg.lam, schedule=cfg.schedule, momentum=cfg.momentum_img,
-                        lr=lr, adam_groups=("masks",) if cfg.mask_optimizer == "adam" else (), clip_grad=cfg.clip_grad, nan_retries=cfg.nan_retries, log_every=cfg.log_every,
-                        checkpoint_every=cfg.checkpoint_every, checkpoint_minutes=cfg.checkpoint_minutes)
+                        lr=lr, adam_groups=("masks",) if cfg.mask_optimizer == "adam" else (), clip_grad=cfg.clip_grad,
+                        nan_retries=cfg.nan_retries, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+                        checkpoint_minutes=cfg.checkpoint_minutes)
 
 
 def _build(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig, device: torch.device,

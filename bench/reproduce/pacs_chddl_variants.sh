@@ -3,11 +3,11 @@
 # Table 2: DM +6.0 at PACS IPC 1): DM+CHDDL at IPC 1 with Algorithm 1's
 # sequential schedule, separate real draws for the domain loss, lambda 0.01
 # and 1, random (normal) mask init, mask learning rate 0.1 and 10 (images: 1),
-# Adam for the masks (lr 0.01 and 0.001), temperature tau 0.01 and 1, and FFT labels with beta 0.05 (the crop
-# that agrees best with the true domains); DM and default DM+CHDDL as the
-# reference lines. Then DC and MTT at IPC 1 with Theta' shared (the domain
-# loss on the class loss's network / experts instead of their own). Every
-# variant is one `chddl condense` option.
+# Adam for the masks (lr 0.01 and 0.001), temperature tau 0.01 and 1, and FFT
+# labels with beta 0.05 (the crop that agrees best with the true domains);
+# DM and default DM+CHDDL as the reference lines. Then DC and MTT at IPC 1
+# with Theta' shared (the domain loss on the class loss's network / experts
+# instead of their own). Every variant is one `chddl condense` option.
 #
 #   bash bench/reproduce/pacs_chddl_variants.sh --scale cpu --data ../shared/data
 source "$(dirname "$0")/lib.sh"

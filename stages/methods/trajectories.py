@@ -46,7 +46,7 @@ class ExpertStore:
             raise ChddlError(f"experts {self.art.name} were trained with another normalisation than this dataset's")
         if need_domains and f"domain{need_domains - 1}" not in info["sets"]:
             raise ChddlError(f"experts {self.art.name} have no domain experts for {need_domains} pseudo-domains; "
-                             "re-run chddl pretrain-experts with these labels")
+                             "re-run chddl pretrain-experts with these labels, or condense with --theta-prime shared")
 
     def _check_file(self, fname: str) -> None:
         if not self.verify or fname in self._checked:
