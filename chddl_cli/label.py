@@ -95,12 +95,14 @@ def label(
     progress = progress_for(g)
     if path is not None and not is_artifact_dir(path):
         data_art, hit = ingest(path, dcfg, ws, force=force, progress=progress)
-        progress.note(f"dataset {data_art.name}: " + ("cached - skipping ingestion" if hit else f"ingested in {cost_line(data_art.meta.get('cost', {}))}"))
+        done = "cached - skipping ingestion" if hit else f"ingested in {cost_line(data_art.meta.get('cost', {}))}"
+        progress.note(f"dataset {data_art.name}: {done}")
     else:
         data_art = resolve(ws, "dataset", path)
     dataset = load_dataset(data_art)
     lab_art, hit = label_stage.run(dataset, lcfg, ws, device=device, force=force, progress=progress)
-    progress.note(f"labels {lab_art.name}: " + ("cached - skipping (use --force to recompute)" if hit else f"computed in {cost_line(lab_art.meta.get('cost', {}))}"))
+    done = "cached - skipping (use --force to recompute)" if hit else f"computed in {cost_line(lab_art.meta.get('cost', {}))}"
+    progress.note(f"labels {lab_art.name}: {done}")
     if not g.quiet:
         console.print(dataset_table(data_art))
         console.print(labels_table(lab_art, dataset.domain_names))

@@ -110,7 +110,7 @@ class CondenseConfig:
         require(self.schedule in ("summed", "sequential"), "--schedule must be summed or sequential")
         require(self.mask_optimizer in MASK_OPTIMIZERS, f"--mask-optimizer must be one of {', '.join(MASK_OPTIMIZERS)}, "
                 f"got {self.mask_optimizer}")
-        require(self.mask_lr is None or self.mask_lr > 0, "--mask-lr must be positive")
+        require(self.mask_lr is None or self.mask_lr > 0, f"--mask-lr must be positive, got {self.mask_lr}")
         require(self.theta_prime in (None, "own", "shared"), f"--theta-prime must be own or shared, got {self.theta_prime}")
         require(not (self.base == "dm" and self.theta_prime == "own"),
                 "--theta-prime own is not available for dm: its Theta' is the class loss's random network by construction "

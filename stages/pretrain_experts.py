@@ -184,8 +184,8 @@ def run(dataset: Dataset, labels: PseudoLabels | None, cfg: ExpertsConfig, works
     metrics = {role: {"mean_test_acc": round(sum(v) / len(v), 3)} for role, v in accs.items()}
     art = workspace.write(stage=STAGE, name=name, key=key, config=to_dict(cfg), inputs={"dataset": dataset.artifact.name} | (
         {"labels": labels.artifact.name} if cfg.domain_experts else {}), tensors={"test_accuracy": torch.tensor(accs["class"])},
-        seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=metrics, cost=cost | resumed_cost(cost, earlier_s), link_files=files,
-        schema_version=SCHEMA_VERSION)
+        seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=metrics, cost=cost | resumed_cost(cost, earlier_s),
+        link_files=files, schema_version=SCHEMA_VERSION)
     shutil.rmtree(partial, ignore_errors=True)
     return art, False
 

@@ -119,6 +119,8 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(data, tmp_path
 
 
 def test_a_checkpoint_from_before_the_optimiser_choice_still_resumes_exactly(data, tmp_path) -> None:
+    import yaml
+
     from stages.artifacts import Workspace
     from stages.methods import checkpoint
 
@@ -129,7 +131,7 @@ def test_a_checkpoint_from_before_the_optimiser_choice_still_resumes_exactly(dat
     with pytest.raises(KeyboardInterrupt):
         run(ds, labels, cfg, ws, stop_after=3)
     folder = next(ws.root.glob("partial/*"))
-    meta = checkpoint.yaml.safe_load((folder / checkpoint.CKPT_META).read_text())
+    meta = yaml.safe_load((folder / checkpoint.CKPT_META).read_text())
     it, tensors = checkpoint.load_checkpoint(folder, meta["key"])
     # Earlier versions stored SGD's buffer as momentum/<group>/<i>.
     legacy = {k.replace("opt/", "momentum/").removesuffix("/momentum_buffer") if k.endswith("/momentum_buffer") else k: v
@@ -331,7 +333,7 @@ def test_real_pool_draws_per_group_without_replacement() -> None:
     ({"lr_img": float("nan")}, "finite"),
     ({"init": "zeros"}, "--init must be noise or real"),
     ({"mask_optimizer": "rmsprop"}, "--mask-optimizer must be one of sgd, adam, got rmsprop"),
-    ({"mask_lr": 0.0}, "--mask-lr must be positive"),
+    ({"mask_lr": 0.0}, "--mask-lr must be positive, got 0.0"),
     ({"theta_prime": "both"}, "--theta-prime must be own or shared, got both"),
     ({"base": "dm", "theta_prime": "own"}, "--theta-prime own is not available for dm"),
 ])

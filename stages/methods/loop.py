@@ -48,13 +48,17 @@ class Loop:
             self.groups["masks"] = objective.extra_parameters()
         for group in base.extra_parameter_groups():
             self.groups[group["name"]] = group["params"]
-        self.opts = {n: torch.optim.Adam(p, lr=s.lr[n]) if n in s.adam_groups else torch.optim.SGD(p, lr=s.lr[n], momentum=s.momentum)
-                     for n, p in self.groups.items()}
+        self.opts = {n: self._optimizer(n, p) for n, p in self.groups.items()}
         self.history = torch.zeros(s.iterations, 2)
         self.rollbacks: list[dict] = []
         self.timings: list[float] = []
         self.earlier_s = 0.0  # wall time earlier (interrupted) runs spent reaching the resumed checkpoint
         self._clock = time.monotonic()
+
+    def _optimizer(self, name: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        if name in self.s.adam_groups:
+            return torch.optim.Adam(params, lr=self.s.lr[name])
+        return torch.optim.SGD(params, lr=self.s.lr[name], momentum=self.s.momentum)
 
     # -- state ---------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
