@@ -22,7 +22,14 @@ def condensed_table(art: Artifact) -> Table:
     table = Table(title=f"condensed set {art.name}", show_header=False, title_justify="left")
     table.add_row("method", f"{cfg['base'].upper()}{' + CHDDL' if cfg['domain_aware'] else ''} ({cfg['arch']}, init {cfg['init']})")
     table.add_row("images", f"{info['ipc']} per class x {info['num_classes']} classes, {info['image_size']} px")
-    table.add_row("iterations", f"{cfg['iterations']} ({m.get('s_per_iteration')} s/iteration, resumed from {m.get('resumed_from')})")
+    start = m.get("resumed_from") or 0
+    origin = f", continued from {m['continued_from']}" if m.get("continued_from") else (
+        f", resumed at iteration {start}" if start else "")
+    table.add_row("iterations", f"{cfg['iterations']} ({m.get('s_per_iteration')} s/iteration{origin})")
+    if m.get("masks"):
+        k = m["masks"]
+        table.add_row("masks", f"mean largest alpha {k['mean_max_alpha']}, neighbour agreement {k['neighbour_agreement']} "
+                               f"(chance {k['chance_agreement']})")
     losses = f"class {m.get('final_loss_cls'):.4g}"
     if cfg["domain_aware"]:
         losses += f", domain {m.get('final_loss_dom'):.4g} (lambda {cfg['lam']}, tau {cfg['tau']})"
@@ -49,7 +56,10 @@ def condense(
     mask_lr: Annotated[Optional[float], typer.Option(help="mask learning rate [sgd: same as --lr-img; adam: 0.01]")] = None,
     mask_optimizer: Annotated[Optional[str], typer.Option(help="sgd (the images' optimiser) | adam [sgd]")] = None,
     theta_prime: Annotated[Optional[str], typer.Option(help="Theta' of the domain loss: own (dc: a second network; mtt: the pseudo-domain experts) | shared (the class loss's) [dm shared; dc, mtt own]")] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="summed | sequential (Algorithm 1) [summed]")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="summed (one step on L_cls + lambda L_dom) | sequential (a class step, then a domain step) | algorithm1 (the paper's pseudocode: a step per class, then a step per pseudo-domain) [summed]")] = None,
+    domain_lambda: Annotated[Optional[bool], typer.Option("--domain-lambda/--no-domain-lambda", help="sequential, algorithm1: the domain steps minimise lambda L_dom; off: L_dom unweighted, as Algorithm 1 writes it [on]")] = None,
+    mask_resolution: Annotated[Optional[int], typer.Option(help="structured masks: K x K per domain, up-sampled bilinearly to the image [full resolution]")] = None,
+    mask_channels: Annotated[Optional[str], typer.Option(help="per-channel (the paper) | shared (one mask for the 3 colour channels) [per-channel]")] = None,
     share_real: Annotated[Optional[bool], typer.Option("--share-real/--no-share-real", help="dm, summed: one class-grouped real draw serves both losses [on]")] = None,
     init: Annotated[Optional[str], typer.Option(help="noise | real [noise]")] = None,
     arch: Annotated[Optional[str], typer.Option(help="matching network [convnet]")] = None,
@@ -78,6 +88,8 @@ def condense(
 
     Long runs checkpoint every 100 iterations or 10 minutes, and on Ctrl-C
     or SIGTERM; re-running the same command resumes from the last checkpoint.
+    A run with more --iterations than a finished run of the same settings
+    continues from that run's final state (each rung stays its own artifact).
     """
     g = globals_of(ctx)
     preset = load_preset(config)
@@ -85,6 +97,7 @@ def condense(
         "base": base, "ipc": ipc, "domain_aware": domain_aware, "iterations": iterations, "lam": lam, "tau": tau,
         "mask_init": mask_init, "mask_init_mode": mask_init_mode, "mask_lr": mask_lr, "mask_optimizer": mask_optimizer,
         "theta_prime": theta_prime, "schedule": schedule, "share_real": share_real,
+        "domain_lambda": domain_lambda, "mask_resolution": mask_resolution, "mask_channels": mask_channels,
         "init": init, "arch": arch, "lr_img": lr_img, "batch_real": batch_real, "dsa": dsa, "compile": compile, "seed": seed,
         "domains": tuple(d.strip() for d in domains.split(",") if d.strip()) if domains else None, "exclude_domain": exclude_domain,
         "syn_steps": syn_steps, "domain_syn_steps": domain_syn_steps, "expert_epochs": expert_epochs, "max_start_epoch": max_start_epoch, "lr_lr": lr_lr,

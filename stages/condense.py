@@ -3,16 +3,19 @@ optionally domain-aware (CHDDL)."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass, replace
 
+import safetensors
+import safetensors.torch
 import torch
 
 from stages.artifacts import Artifact, Workspace, artifact_key, stage_artifact_name
-from stages.config import option, require, require_finite, to_dict
+from stages.config import build, option, require, require_finite, to_dict
 from stages.data.augment import DEFAULT_STRATEGY, DSA
 from stages.data.dataset import Dataset
-from stages.domain.aware import MASK_INITS, ClassObjective, DomainAwareObjective, DomainMasks
+from stages.domain.aware import MASK_CHANNELS, MASK_INITS, ClassObjective, DomainAwareObjective, DomainMasks, mask_diagnostics
 from stages.errors import ChddlError
 from stages.label import PseudoLabels
 from stages.methods import METHODS, RealPool
@@ -25,6 +28,8 @@ from stages.progress import NullProgress, Progress
 from stages.visual import grid_png
 
 STAGE = "condensed"
+#: the loop's state at the end (images, masks, optimiser state, history), from which a longer run continues
+FINAL_STATE = "final_state.safetensors"
 SCHEMA_VERSION = 1
 
 #: per-base defaults of the reference implementations (REFERENCE.md)
@@ -36,6 +41,7 @@ BASE_DEFAULTS = {
 #: Theta' of the domain loss per base (DESIGN.md 1.3)
 THETA_PRIME_DEFAULT = {"dm": "shared", "dc": "own", "mtt": "own"}
 MASK_OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("summed", "sequential", "algorithm1")
 #: default mask learning rate under adam: z moves ~0.01 per step, alpha = softmax(z / tau) with tau 0.1
 ADAM_MASK_LR = 0.01
 #: settings that change how fast the run goes, not what it computes
@@ -60,7 +66,15 @@ class CondenseConfig:
     theta_prime: str | None = option(None, "parameters Theta' of the domain loss: own (dc: a second network; mtt: the "
                                      "pseudo-domain experts) or shared (the class loss's network or experts) [dm shared, "
                                      "dc and mtt own: DESIGN.md]")
-    schedule: str = option("summed", "summed: one step on L_cls + lambda L_dom; sequential: Algorithm 1's two steps")
+    schedule: str = option("summed", "summed: one step on L_cls + lambda L_dom; sequential: a step on L_cls, then one "
+                           "on lambda L_dom; algorithm1: the paper's pseudocode, one step per class on its loss, then "
+                           "one step per pseudo-domain on its loss (images and masks)")
+    domain_lambda: bool = option(True, "sequential, algorithm1: the domain steps minimise lambda L_dom (off: L_dom "
+                                 "unweighted, as Algorithm 1 writes it; lambda then has no effect)")
+    mask_resolution: int | None = option(None, "masks held at K x K per domain and up-sampled bilinearly to the image "
+                                         "(structured masks; default: full resolution, the paper)")
+    mask_channels: str = option("per-channel", "per-channel: one mask per colour channel (the paper); shared: one "
+                                "mask for all three")
     share_real: bool = option(True, "dm, summed schedule: one real forward pass serves both losses "
                               "(class-stratified draw re-weighted per domain; augmentation siamese per class)")
     init: str = option("noise", "synthetic image init: noise (Gaussian, the paper) or real (random real images)")
@@ -107,7 +121,11 @@ class CondenseConfig:
         require(self.tau > 0, f"--tau must be positive, got {self.tau}")
         require(self.lam is None or self.lam >= 0, f"--lam must be >= 0, got {self.lam}")
         require(self.mask_init_mode in MASK_INITS, f"--mask-init-mode must be one of {', '.join(MASK_INITS)}")
-        require(self.schedule in ("summed", "sequential"), "--schedule must be summed or sequential")
+        require(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule}")
+        require(self.mask_resolution is None or self.mask_resolution >= 1,
+                f"--mask-resolution must be at least 1, got {self.mask_resolution}")
+        require(self.mask_channels in MASK_CHANNELS, f"--mask-channels must be one of {', '.join(MASK_CHANNELS)}, "
+                f"got {self.mask_channels}")
         require(self.mask_optimizer in MASK_OPTIMIZERS, f"--mask-optimizer must be one of {', '.join(MASK_OPTIMIZERS)}, "
                 f"got {self.mask_optimizer}")
         require(self.mask_lr is None or self.mask_lr > 0, f"--mask-lr must be positive, got {self.mask_lr}")
@@ -160,9 +178,12 @@ class CondenseConfig:
             out.pop("mask_optimizer")
         if self.theta_prime in (None, THETA_PRIME_DEFAULT[self.base]):
             out.pop("theta_prime")
+        for k, default in (("domain_lambda", True), ("mask_resolution", None), ("mask_channels", "per-channel")):
+            if out.get(k) == default:
+                out.pop(k)
         if not self.domain_aware:
             for k in ("lam", "tau", "mask_init", "mask_init_mode", "mask_lr", "mask_optimizer", "theta_prime", "schedule", "share_real",
-                      "domain_syn_steps"):
+                      "domain_syn_steps", "domain_lambda", "mask_resolution", "mask_channels"):
                 out.pop(k, None)
         if self.base != "dc":
             for k in ("lr_net", "outer_loop", "inner_loop", "batch_train"):
@@ -248,14 +269,25 @@ def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, w
     partial = workspace.partial_dir(name)
     if force:
         shutil.rmtree(partial, ignore_errors=True)
+    input_names = {"dataset": dataset.artifact.name} | ({"labels": labels.artifact.name} if cfg.domain_aware else {}) | (
+        {"experts": experts.name} if store else {})
     with measure() as cost:
         base, objective, images, syn_labels, _ = _build(dataset, labels, cfg, device, store)
         loop = Loop(base, objective, images, _settings(cfg, base), key, partial, progress, f"condense {tag} ({cfg.iterations} it)")
-        start = loop.run(stop_after)
+        source = None if force else continuable(workspace, cfg, input_names)
+        start_from = _final_state(source) if source is not None else None
+        if start_from is not None:
+            progress.note(f"continuing {source.name} from its final iteration {start_from[0]}")
+        start = loop.run(stop_after, start_from)
         stats = loop.stats(start)
+        if start_from is not None and start == start_from[0]:
+            stats["continued_from"] = source.name
+        if cfg.domain_aware:
+            stats["masks"] = mask_diagnostics(objective.masks.alpha())
         extras = _mask_extras(objective, images, dataset) if cfg.domain_aware else {}
+        final_state = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in loop.state().items()})
     mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
-    files = {"grid.png": grid_png(dataset.displayable(images), nrow=cfg.ipc)}
+    files = {"grid.png": grid_png(dataset.displayable(images), nrow=cfg.ipc), FINAL_STATE: final_state}
     if extras:
         files["extra_domain_masks.safetensors"] = extras["blob"]
         files["extra_domain_views.png"] = extras["views_png"]
@@ -270,9 +302,7 @@ def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, w
         "eval_lr": eval_lr, "device": str(device), "train_images_used": int(selected_train(dataset, cfg).sum()),
     }
     art = workspace.write(
-        stage=STAGE, name=name, key=key, config=to_dict(cfg),
-        inputs={"dataset": dataset.artifact.name} | ({"labels": labels.artifact.name} if cfg.domain_aware else {}) | (
-            {"experts": experts.name} if store else {}),
+        stage=STAGE, name=name, key=key, config=to_dict(cfg), inputs=input_names,
         tensors={"images": images.detach().cpu(), "labels": syn_labels.cpu(), "mean": mean, "std": std,
                  "loss_history": loop.history},
         seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=stats,
@@ -281,6 +311,40 @@ def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, w
     )
     shutil.rmtree(partial, ignore_errors=True)
     return art, False
+
+
+def _lineage(cfg: CondenseConfig) -> dict:
+    return {k: v for k, v in cfg.key_fields().items() if k != "iterations"}
+
+
+def continuable(workspace: Workspace, config: CondenseConfig, inputs: dict[str, str]) -> Artifact | None:
+    """The finished set in ``workspace`` that a run of ``config`` can continue:
+    same inputs and settings except fewer iterations (the most such), with
+    its final state saved. Each rung of an iteration ladder thus costs only
+    its extra iterations and stays its own artifact."""
+    cfg = config.resolved()
+    mine, best = _lineage(cfg), None
+    names = {f.name for f in dataclasses.fields(CondenseConfig)}
+    for art in workspace.all():
+        n = art.config.get("iterations")
+        if (art.stage != STAGE or art.meta.get("inputs") != inputs or FINAL_STATE not in art.meta.get("files", [])
+                or not isinstance(n, int) or n >= cfg.iterations or (best is not None and n <= best.config["iterations"])):
+            continue
+        try:
+            theirs = build(CondenseConfig, {k: v for k, v in art.config.items() if k in names}).resolved()
+        except ChddlError:
+            continue
+        if _lineage(theirs) == mine:
+            best = art
+    return best
+
+
+def _final_state(art: Artifact) -> tuple[int, dict[str, torch.Tensor]] | None:
+    try:
+        state = safetensors.torch.load_file(str(art.path / FINAL_STATE))
+    except (OSError, safetensors.SafetensorError):
+        return None  # damaged: start over rather than continue from garbage
+    return int(art.config["iterations"]), state
 
 
 def _expert_store(experts: Artifact | None, dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig) -> ExpertStore | None:
@@ -303,7 +367,8 @@ def _expert_store(experts: Artifact | None, dataset: Dataset, labels: PseudoLabe
 
 def _settings(cfg: CondenseConfig, base) -> LoopSettings:
     lr = {"images": cfg.lr_img, "masks": cfg.mask_lr} | {g["name"]: g["lr"] for g in base.extra_parameter_groups()}
-    return LoopSettings(iterations=cfg.iterations, seed=cfg.seed, lam=cfg.lam, schedule=cfg.schedule, momentum=cfg.momentum_img,
+    return LoopSettings(iterations=cfg.iterations, seed=cfg.seed, lam=cfg.lam, schedule=cfg.schedule,
+                        domain_lambda=cfg.domain_lambda, momentum=cfg.momentum_img,
                         lr=lr, adam_groups=("masks",) if cfg.mask_optimizer == "adam" else (), clip_grad=cfg.clip_grad,
                         nan_retries=cfg.nan_retries, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
                         checkpoint_minutes=cfg.checkpoint_minutes)
@@ -330,7 +395,11 @@ def _build(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig, d
     if cfg.domain_aware:
         if labels.labels.shape[0] != len(keep):
             raise ChddlError(f"labels {labels.artifact.name} do not cover this dataset's training split; re-run chddl label")
-        masks = DomainMasks(len(images), labels.num_domains, tuple(images.shape[1:]), cfg.mask_init, cfg.mask_init_mode, cfg.tau, g0).to(device)
+        if cfg.mask_resolution is not None and cfg.mask_resolution > dataset.size:
+            raise ChddlError(f"--mask-resolution {cfg.mask_resolution} exceeds the image size {dataset.size}; "
+                             f"pick at most {dataset.size}")
+        masks = DomainMasks(len(images), labels.num_domains, tuple(images.shape[1:]), cfg.mask_init, cfg.mask_init_mode,
+                            cfg.tau, g0, cfg.mask_resolution, cfg.mask_channels).to(device)
         share = cfg.share_real and cfg.schedule == "summed"
         objective = DomainAwareObjective(base, pool, pool.labels, dataset.num_classes, syn_labels, cfg.batch_real,
                                          labels.labels[keep], masks, share_real=share)
@@ -341,8 +410,6 @@ def _build(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig, d
 
 def _mask_extras(objective: DomainAwareObjective, images: torch.Tensor, dataset: Dataset) -> dict:
     """The final masks and views, saved beside (never inside) the condensed set."""
-    import safetensors.torch
-
     with torch.no_grad():
         alpha = objective.masks.alpha().cpu()
         views = objective.masks.views(images).cpu()

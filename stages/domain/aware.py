@@ -11,33 +11,86 @@ batches grouped by pseudo-domain against the views of all synthetic images
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from stages.methods.base import BaseMethod, MatchBatch, RealPool
 
 MASK_INITS = ("constant", "normal")
+MASK_CHANNELS = ("per-channel", "shared")
 
 
 class DomainMasks(nn.Module):
-    """Masks z (M, D, C, H, W). ``constant`` init gives uniform alpha = 1/D
-    whatever the value; ``normal`` draws z ~ N(0, value^2), breaking the
-    symmetry between domains from the start."""
+    """Masks z (M, D, Cz, K, K); alpha = softmax(up(z) / tau) over D, with
+    ``up`` the bilinear up-sampling of z to the image size (the identity at
+    full resolution, the paper's masks) and Cz = C (``per-channel``, the
+    paper) or 1 (``shared``: one mask for the three colour channels).
+
+    A low ``resolution`` K forces each domain to own smooth regions, which
+    is what the paper's section 3.2 describes; K = 1 gives every image one
+    weight per domain. ``constant`` init gives uniform alpha = 1/D whatever
+    the value; ``normal`` draws z ~ N(0, value^2), breaking the symmetry
+    between domains from the start."""
 
     def __init__(self, num_images: int, num_domains: int, shape: tuple[int, int, int], init_value: float,
-                 init_mode: str, tau: float, g: torch.Generator) -> None:
+                 init_mode: str, tau: float, g: torch.Generator, resolution: int | None = None,
+                 channels: str = "per-channel") -> None:
         super().__init__()
-        size = (num_images, num_domains, *shape)
+        c, h, w = shape
+        zc = c if channels == "per-channel" else 1
+        zh, zw = (h, w) if resolution is None else (resolution, resolution)
+        size = (num_images, num_domains, zc, zh, zw)
         z = torch.full(size, init_value) if init_mode == "constant" else torch.randn(size, generator=g) * init_value
         self.z = nn.Parameter(z)
         self.tau = tau
+        self.shape = shape
+
+    def logits(self) -> torch.Tensor:
+        """z at the image's resolution, (M, D, Cz, H, W)."""
+        z, (h, w) = self.z, self.shape[1:]
+        if z.shape[-2:] == (h, w):
+            return z
+        up = F.interpolate(z.flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False)
+        return up.view(*z.shape[:3], h, w)
 
     def alpha(self) -> torch.Tensor:
-        return torch.softmax(self.z / self.tau, dim=1)
+        """(M, D, C, H, W) per-pixel domain weights, summing to 1 over D."""
+        a = torch.softmax(self.logits() / self.tau, dim=1)
+        return a.expand(-1, -1, self.shape[0], -1, -1)
 
     def views(self, images: torch.Tensor) -> torch.Tensor:
         """(M, D, C, H, W) domain views of (M, C, H, W) images."""
         return images.unsqueeze(1) * self.alpha()
+
+
+def mask_diagnostics(alpha: torch.Tensor) -> dict:
+    """Whether the masks form regions: of alpha (M, D, C, H, W),
+
+    - ``mean_max_alpha``: mean over pixels of the largest weight (1/D: uniform, 1: one domain per pixel);
+    - ``neighbour_agreement``: how often two horizontally or vertically adjacent
+      pixels have the same winning domain, beside ``chance_agreement``, what
+      independent pixels with these domain shares would give (regions: near 1);
+    - ``domain_share``: each domain's share of winning pixels, averaged over images;
+    - ``dominant_share``: the largest domain's share within an image, averaged over images;
+    - ``tied_fraction``: pixels where the two largest weights are equal (uniform masks).
+    """
+    alpha = alpha.detach().float()
+    d = alpha.shape[1]
+    top2 = alpha.topk(min(2, d), dim=1).values
+    win = alpha.argmax(dim=1)  # (M, C, H, W)
+    same = torch.cat([(win[..., 1:, :] == win[..., :-1, :]).flatten(1), (win[..., :, 1:] == win[..., :, :-1]).flatten(1)], 1)
+    share = F.one_hot(win.flatten(1), d).float().mean(dim=1)  # (M, D)
+    return {
+        "mean_max_alpha": round(float(top2[:, 0].mean()), 4),
+        "neighbour_agreement": round(float(same.float().mean()), 4),
+        "chance_agreement": round(float((share**2).sum(dim=1).mean()), 4),
+        "domain_share": [round(float(v), 4) for v in share.mean(dim=0)],
+        "dominant_share": round(float(share.max(dim=1).values.mean()), 4),
+        "tied_fraction": round(float(((top2[:, 0] - top2[:, -1]) <= 1e-6).float().mean()) if d > 1 else 1.0, 4),
+    }
 
 
 class ClassObjective:
@@ -68,6 +121,21 @@ class ClassObjective:
 
     def domain_loss(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor | None:
         return None
+
+    def class_losses(self, images: torch.Tensor, g: torch.Generator) -> Iterator[tuple[torch.Tensor | None, torch.Tensor]]:
+        """Algorithm 1's class steps: (rows of the images it moves, loss) per
+        class, from one class-grouped real draw; a base whose loss does not
+        split by class gives one (None, L_cls)."""
+        if not self.base.splits_by_class:
+            yield None, self.class_loss(images, g)
+            return
+        idx, groups = self.pool.draw(self.class_of_pool, self.num_classes, self.batch_real, g)
+        for c in range(self.num_classes):
+            rows = torch.nonzero(self.syn_labels == c).flatten()
+            real = groups == c
+            batch = MatchBatch(idx[real], groups[real], images[rows], self.syn_labels[rows], self.syn_labels[rows],
+                               self.num_classes, focus=c)
+            yield rows, self.base.loss("class", batch, self.pool, g)
 
     def losses(self, images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(L_cls, L_dom) for one summed step; L_dom is None without CHDDL."""
@@ -113,6 +181,16 @@ class DomainAwareObjective(ClassObjective):
         views, labels, domains = self._flat_views(images)
         idx, groups = self.pool.draw(self.domain_of_pool, self.num_domains, self.batch_real, g)
         batch = MatchBatch(idx, groups, views, labels, domains, self.num_domains)
+        return self.base.loss("domain", batch, self.pool, g)
+
+    def domain_loss_of(self, d: int, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Algorithm 1's step for pseudo-domain d: real images of d against the
+        d-views of all synthetic images (views from the current masks)."""
+        views = images * self.masks.alpha()[:, d]
+        idx, groups = self.pool.draw(self.domain_of_pool, self.num_domains, self.batch_real, g)
+        real = groups == d
+        domains = torch.full((len(views),), d, dtype=torch.long, device=images.device)
+        batch = MatchBatch(idx[real], groups[real], views, self.syn_labels, domains, self.num_domains, focus=d)
         return self.base.loss("domain", batch, self.pool, g)
 
     def losses(self, images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

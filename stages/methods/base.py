@@ -56,6 +56,7 @@ class MatchBatch:
     syn_labels: torch.Tensor
     syn_groups: torch.Tensor
     num_groups: int
+    focus: int | None = None  # the one group this batch is about (Algorithm 1's per-domain steps), else None
 
 
 class BaseMethod(ABC):
@@ -63,6 +64,9 @@ class BaseMethod(ABC):
 
     #: the paper's lambda for this base method (L = L_cls + lambda * L_dom)
     default_lambda: float = 0.1
+    #: whether the class loss is a sum of per-class terms, each depending only on
+    #: that class's images (DM, DC), so Algorithm 1 can take one step per class
+    splits_by_class: bool = True
 
     @abstractmethod
     def new_round(self, round_index: int, roles: tuple[str, ...], g: torch.Generator) -> None:

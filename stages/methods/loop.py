@@ -20,7 +20,8 @@ class LoopSettings:
     iterations: int
     seed: int
     lam: float
-    schedule: str
+    schedule: str  # summed | sequential | algorithm1 (see Loop.step)
+    domain_lambda: bool  # sequential, algorithm1: the domain steps minimise lam * L_dom (off: L_dom itself)
     momentum: float
     lr: dict[str, float]  # per parameter group: images, masks, method groups
     adam_groups: tuple[str, ...]  # groups trained with Adam; the others with SGD and ``momentum``
@@ -74,7 +75,11 @@ class Loop:
         return out
 
     def restore(self, saved: dict[str, torch.Tensor]) -> None:
-        self.history.copy_(saved["history"])
+        """Load a :meth:`state`; its history may be shorter than this run's
+        (the final state of a finished run with fewer iterations)."""
+        done = saved["history"][: len(self.history)]
+        self.history.zero_()
+        self.history[: len(done)] = done
         with torch.no_grad():
             for name, params in self.groups.items():
                 opt = self.opts[name]
@@ -103,10 +108,40 @@ class Loop:
         for o in self.opts.values():
             o.zero_grad(set_to_none=True)
 
+    def _apply_rows(self, rows: torch.Tensor) -> None:
+        """An image step that moves only ``rows``: SGD's momentum would
+        otherwise move the other images on a step whose loss ignores them."""
+        opt = self.opts["images"]
+        others = torch.ones(len(self.images), dtype=torch.bool, device=self.images.device)
+        others[rows] = False
+        kept = self.images.detach()[others].clone()
+        buffers = {k: v[others].clone() for k, v in opt.state.get(self.images, {}).items() if torch.is_tensor(v) and v.ndim}
+        self._apply(["images"])
+        with torch.no_grad():
+            self.images[others] = kept
+            for k, v in buffers.items():
+                opt.state[self.images][k][others] = v
+
+    def _domain_weight(self) -> float:
+        return self.s.lam if self.s.domain_lambda else 1.0
+
     def step(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """One image update; returns the detached class and domain losses."""
+        """One image update of the schedule; returns the detached class and domain losses.
+
+        - ``summed``: one step on L_cls + lam * L_dom (images, masks, method groups).
+        - ``sequential``: a step on L_cls, then a step on lam * L_dom (both as wholes).
+        - ``algorithm1`` (the paper's pseudocode, literally): one step per class c
+          on that class's loss, moving only class c's images (for a base whose
+          class loss does not split by class, MTT, one step on the whole L_cls),
+          then one step per pseudo-domain d on that domain's loss, moving the
+          images and the masks, with fresh views after every step.
+        ``domain_lambda`` off makes the domain steps of the last two minimise
+        L_dom unweighted, as Algorithm 1 writes it (lam then has no effect).
+        """
         method_groups = [n for n in self.groups if n not in ("images", "masks")]
         zero = self.images.new_zeros(())
+        if "masks" in self.groups and self.s.schedule == "algorithm1":
+            return self._algorithm1(g, method_groups)
         if (self.s.schedule == "summed" or "masks" not in self.groups) and self.objective.separable:
             # L_cls + lam * L_dom, one graph at a time (draws in the same order as losses()).
             self._zero()
@@ -123,23 +158,45 @@ class Loop:
             (l_cls if l_dom is None else l_cls + self.s.lam * l_dom).backward()
             self._apply(list(self.groups))
             return l_cls.detach(), zero if l_dom is None else l_dom.detach()
-        # Algorithm 1: a class step, then a domain step on images and masks.
+        # sequential: a class step, then a domain step on images and masks.
         l_cls = self.objective.class_loss(self.images, g)
         self._zero()
         l_cls.backward()
         self._apply(["images", *method_groups])
         l_dom = self.objective.domain_loss(self.images, g)
         self._zero()
-        (self.s.lam * l_dom).backward()
+        (self._domain_weight() * l_dom).backward()
         self._apply(list(self.groups))
         return l_cls.detach(), l_dom.detach()
+
+    def _algorithm1(self, g: torch.Generator, method_groups: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        cls_total, dom_total = self.images.new_zeros(()), self.images.new_zeros(())
+        for rows, l_cls in self.objective.class_losses(self.images, g):
+            self._zero()
+            l_cls.backward()
+            if rows is None:
+                self._apply(["images", *method_groups])
+            else:
+                self._apply_rows(rows)
+            cls_total = cls_total + l_cls.detach()
+        for d in range(self.objective.num_domains):
+            l_dom = self.objective.domain_loss_of(d, self.images, g)
+            self._zero()
+            (self._domain_weight() * l_dom).backward()
+            self._apply(list(self.groups))
+            dom_total = dom_total + l_dom.detach()
+        return cls_total, dom_total
 
     def _finite(self, values: torch.Tensor) -> bool:
         return bool(torch.isfinite(values).all()) and all(bool(torch.isfinite(p).all()) for ps in self.groups.values() for p in ps)
 
     # -- the loop ------------------------------------------------------------
-    def run(self, stop_after: int | None = None) -> int:
+    def run(self, stop_after: int | None = None, start_from: tuple[int, dict[str, torch.Tensor]] | None = None) -> int:
         """Run to the end (resuming a checkpoint if one exists); returns the start iteration.
+
+        ``start_from`` is (iteration, :meth:`state`) of a finished shorter run
+        of the same settings: the loop continues from it, unless a checkpoint
+        of this run is further along.
 
         Checkpoints every ``checkpoint_every`` iterations or ``checkpoint_minutes``,
         whichever comes first, and on interruption (KeyboardInterrupt) saves the
@@ -147,7 +204,11 @@ class Loop:
         """
         start = 0
         resumed = load_checkpoint(self.partial, self.key)
-        if resumed is not None:
+        if start_from is not None and (resumed is None or resumed[0] < start_from[0]):
+            start, saved = start_from
+            self.restore(saved)
+            self.earlier_s = float(saved.get("elapsed_s", 0.0))
+        elif resumed is not None:
             start, saved = resumed
             self.restore(saved)
             # Checkpoints written before elapsed_s existed carry no time: count it as unknown (0).

@@ -30,6 +30,7 @@ from stages.methods.trajectories import ExpertStore
 
 class MTT(BaseMethod):
     default_lambda = 0.01
+    splits_by_class = False  # one student trains on all classes at once
 
     def __init__(self, net_factory: NetFactory, device: torch.device, dsa: DSA | None, store: ExpertStore, syn_steps: int,
                  expert_epochs: int, max_start_epoch: int, syn_lr: float, lr_lr: float, batch_syn: int | None,
@@ -63,7 +64,7 @@ class MTT(BaseMethod):
         syn, labels, expert_set, steps = batch.syn, batch.syn_labels, "class", self.syn_steps
         if role == "domain":
             steps = self.domain_syn_steps
-            d = int(torch.randint(batch.num_groups, (1,), generator=g))
+            d = int(torch.randint(batch.num_groups, (1,), generator=g)) if batch.focus is None else batch.focus
             chosen = batch.syn_groups == d
             syn, labels = syn[chosen], labels[chosen]
             expert_set = "class" if self.shared_theta else f"domain{d}"
