@@ -292,3 +292,23 @@ def test_shared_theta_prime_starts_the_domain_student_from_a_class_expert(data, 
     monkeypatch.setattr(base.store, "pair", lambda expert_set, *a: used.append(expert_set) or real_pair(expert_set, *a))
     objective.losses(images, torch.Generator().manual_seed(0))
     assert used == ["class", "class"]
+
+
+def test_algorithm1_steps_each_pseudo_domain_from_its_own_experts(data, experts, monkeypatch) -> None:
+    ds, labels = data
+    cfg = build(CondenseConfig, TINY_MTT, {"schedule": "algorithm1"}).resolved()
+    base, objective, images, _, _ = _build(ds, labels, cfg, torch.device("cpu"), _expert_store(experts, ds, labels, cfg))
+    used = []
+    real_pair = base.store.pair
+    monkeypatch.setattr(base.store, "pair", lambda expert_set, *a: used.append(expert_set) or real_pair(expert_set, *a))
+    g = torch.Generator().manual_seed(0)
+    assert [rows for rows, _ in objective.class_losses(images, g)] == [None]  # MTT's loss does not split by class
+    for d in (1, 0):
+        assert torch.isfinite(objective.domain_loss_of(d, images, g))
+    assert used == ["class", "domain1", "domain0"]
+
+
+def test_mtt_condenses_with_algorithm1(data, workspace, experts) -> None:
+    ds, labels = data
+    art, _ = condense_run(ds, labels, build(CondenseConfig, TINY_MTT, {"schedule": "algorithm1"}), workspace, experts=experts)
+    assert torch.isfinite(art.tensor("images")).all() and art.info["eval_lr"] > 0

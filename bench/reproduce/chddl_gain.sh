@@ -6,8 +6,9 @@
 #   a  the paper's setting: 64 px (ConvNet-4), noise init, IPC 1, DM and
 #      DM+CHDDL at an iteration ladder (LADDER env, default "300 1000"); each
 #      rung continues the finished shorter run (`condense` does this itself)
-#   b  lambda -> 0 (0.001 and 0) through the CHDDL code path, for each
-#      schedule (summed, sequential, algorithm1), 32 px IPC 1
+#   b  lambda -> 0 (LAMS env, default "0.001 0") through the CHDDL code path,
+#      for each schedule of SCHEDULES (env, default "summed sequential
+#      algorithm1"), 32 px IPC 1
 #   c  Algorithm 1 with and without lambda on its domain steps against DM,
 #      32 px IPC 1 and 10 (IPC 10 from real images)
 #   d  structured masks: K x K masks shared by the colour channels, K in
@@ -24,6 +25,8 @@ describe_scale
 parts=${PARTS:-a b c d e}
 ladder=${LADDER:-300 1000}
 ks=${KS:-1 4 8}
+lams=${LAMS:-0.001 0}
+schedules=${SCHEDULES:-summed sequential algorithm1}
 if [ "$scale" = smoke ]; then ladder="2 4"; ks="1 2"; fi
 echo "   parts: $parts; 64 px ladder: $ladder; mask resolutions: $ks"
 
@@ -57,8 +60,8 @@ for part in $parts; do
       chddl label "$pacs_source" --config "$pacs_preset"
       for seed in $seeds; do
         references "$seed" 1
-        for schedule in summed sequential algorithm1; do
-          for lam in 0.001 0; do set_of "$seed" 1 --domain-aware --schedule "$schedule" --lam "$lam"; done
+        for schedule in $schedules; do
+          for lam in $lams; do set_of "$seed" 1 --domain-aware --schedule "$schedule" --lam "$lam"; done
         done
       done ;;
     c)
