@@ -117,6 +117,6 @@ def cost_line(cost: dict) -> str:
 
     line = seconds(cost.get("wall_s", 0))
     if cost.get("earlier_wall_s"):
-        line += f" ({seconds(cost['wall_s_total'])} with the interrupted run it resumed)"
+        line += f" ({seconds(cost['wall_s_total'])} with the earlier run it resumed or continued)"
     line += f", peak RSS {human_bytes(cost.get('peak_rss_bytes'))}"
     return line + (f", peak CUDA {human_bytes(cost['peak_cuda_bytes'])}" if cost.get("peak_cuda_bytes") else "")

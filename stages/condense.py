@@ -25,7 +25,7 @@ from stages.methods.dc import default_loops
 from stages.metering import measure, resumed_cost
 from stages.models import ARCHITECTURES, create_model
 from stages.progress import NullProgress, Progress
-from stages.visual import grid_png
+from stages.visual import grid_png, winner_map
 
 STAGE = "condensed"
 #: the loop's state at the end (images, masks, optimiser state, history), from which a longer run continues
@@ -416,9 +416,11 @@ def _mask_extras(objective: DomainAwareObjective, images: torch.Tensor, dataset:
     mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
     shown = views[: min(len(views), 8)]
     d = shown.shape[1]
+    # per shown image: the image | its D views | its D masks | which domain wins each pixel
     panel = torch.cat([dataset.displayable(images[: len(shown)]).unsqueeze(1),
-                       (shown * std.view(1, 1, 3, 1, 1)).clamp(-1, 1).add(1).div(2), alpha[: len(shown)]], dim=1)
+                       (shown * std.view(1, 1, 3, 1, 1)).clamp(-1, 1).add(1).div(2), alpha[: len(shown)],
+                       winner_map(alpha[: len(shown)]).unsqueeze(1)], dim=1)
     return {
         "blob": safetensors.torch.save({"z": objective.masks.z.detach().cpu().contiguous(), "alpha": alpha.contiguous()}),
-        "views_png": grid_png(panel.flatten(0, 1), nrow=1 + 2 * d),
+        "views_png": grid_png(panel.flatten(0, 1), nrow=2 + 2 * d),
     }

@@ -21,7 +21,7 @@ from stages.paper import paper_figure
 from stages.progress import NullProgress, Progress
 
 SWEEP_FIELDS = ("num_domains", "beta", "tau", "lam", "mask_init", "mask_init_mode", "mask_lr", "mask_optimizer", "theta_prime",
-                "init", "schedule", "labeler")
+                "init", "schedule", "labeler", "mask_resolution", "mask_channels", "domain_lambda", "iterations")
 
 
 @dataclass
@@ -56,6 +56,11 @@ def chddl_settings(cond: Artifact, ws: Workspace) -> str:
         parts.append(f"mask {c['mask_optimizer']} lr {c.get('mask_lr')}")
     elif c.get("mask_lr") != c.get("lr_img"):
         parts.append(f"mask lr {c.get('mask_lr')}")
+    if c.get("schedule") in ("sequential", "algorithm1") and c.get("domain_lambda") is False:
+        parts.append("domain steps unweighted")
+    if c.get("mask_resolution") is not None or c.get("mask_channels", "per-channel") != "per-channel":
+        k = c.get("mask_resolution")
+        parts.append(f"masks {f'{k}x{k}' if k else 'full size'} {c.get('mask_channels', 'per-channel')}")
     if c.get("theta_prime") not in (None, THETA_PRIME_DEFAULT.get(c.get("base"))):
         parts.append(f"Theta' {c['theta_prime']}")
     if c.get("base") == "dm" and c.get("schedule") == "summed":
@@ -92,18 +97,26 @@ def _labels(arts: list[Artifact]) -> Section:
 
 def _condensed(arts: list[Artifact], ws: Workspace, with_plots: bool) -> Section:
     s = Section("Condensed sets", header=["artifact", "method", "IPC", "init", "iterations", "seed", "CHDDL settings", "s/it",
-                                          "final L_cls", "final L_dom"])
+                                          "final L_cls", "final L_dom", "masks: max alpha / neighbours (chance)"])
     for a in arts:
         c, m = a.config, a.metrics
         s.rows.append([a.name, _method(a).upper(), str(c["ipc"]), c["init"], str(c["iterations"]), str(c.get("seed")),
                        chddl_settings(a, ws), str(m.get("s_per_iteration")),
-                       f"{m.get('final_loss_cls', 0):.4g}", f"{m.get('final_loss_dom', 0):.4g}" if c.get("domain_aware") else "-"])
+                       f"{m.get('final_loss_cls', 0):.4g}", f"{m.get('final_loss_dom', 0):.4g}" if c.get("domain_aware") else "-",
+                       _mask_cell(m.get("masks"))])
         s.images.append((f"{a.name}: synthetic images (one row per class)", (a.path / "grid.png").read_bytes()))
         if (a.path / "extra_domain_views.png").is_file():
-            s.images.append((f"{a.name}: image | D domain views | D masks (first images)", (a.path / "extra_domain_views.png").read_bytes()))
+            s.images.append((f"{a.name}: image | D domain views | D masks | winning domain per pixel (first images)",
+                             (a.path / "extra_domain_views.png").read_bytes()))
         if with_plots:
             s.images.append((f"{a.name}: loss curves", _loss_plot(a)))
     return s
+
+
+def _mask_cell(masks: dict | None) -> str:
+    if not masks:
+        return "-"
+    return f"{masks['mean_max_alpha']:.2f} / {masks['neighbour_agreement']:.2f} ({masks['chance_agreement']:.2f})"
 
 
 def _loss_plot(a: Artifact) -> bytes:
@@ -291,7 +304,7 @@ def _comparisons(evals: list[Artifact], ws: Workspace) -> Section | None:
 
 def _costs(arts: list[Artifact]) -> Section:
     s = Section("Cost of each stage", header=["artifact", "stage", "wall s", "peak RSS GB", "peak CUDA GB"],
-                text="wall s includes the time of interrupted runs a stage resumed.")
+                text="wall s includes the time of the earlier runs a stage resumed (interrupted) or continued (shorter).")
     for a in arts:
         c = a.meta.get("cost", {})
         s.rows.append([a.name, a.stage, f"{c.get('wall_s_total', c.get('wall_s', 0)):.2f}", f"{c.get('peak_rss_bytes', 0) / 2**30:.2f}",

@@ -266,3 +266,22 @@ def test_sigterm_stops_the_cli_like_ctrl_c(monkeypatch) -> None:
             app_module.main()
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_condense_help_lists_algorithm1_and_the_mask_options() -> None:
+    result = runner.invoke(app, ["condense", "--help"], catch_exceptions=False, terminal_width=200)
+    assert result.exit_code == 0
+    for text in ("algorithm1", "--no-domain-lambda", "--mask-resolution", "--mask-channels"):
+        assert text in result.output
+
+
+def test_a_longer_condense_says_which_set_it_continued(tmp_path) -> None:
+    ws = str(tmp_path / "ws")
+    npz = make_npz(tmp_path / "d.npz", n=60)
+    assert invoke("--workdir", ws, "label", str(npz), "--size", "16", "-D", "2").exit_code == 0
+    common = ["--workdir", ws, "condense", "--ipc", "1", "--batch-real", "8", "--compile", "off"]
+    first = invoke(*common, "--iterations", "2")
+    second = runner.invoke(app, [*common, "--iterations", "3"], catch_exceptions=False, terminal_width=300)
+    assert first.exit_code == 0 and second.exit_code == 0, second.output
+    name = re.search(r"condensed: \S+/(condensed-\S+)", first.output).group(1)
+    assert f"continued from {name}" in second.output

@@ -250,3 +250,23 @@ def test_condensed_sets_record_mask_diagnostics(data, workspace) -> None:
     m = art.metrics["masks"]
     assert set(m) >= {"mean_max_alpha", "neighbour_agreement", "chance_agreement", "domain_share"}
     assert len(m["domain_share"]) == 3 and sum(m["domain_share"]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_the_winner_map_colours_each_pixel_by_its_domain() -> None:
+    from stages.visual import DOMAIN_COLOURS, winner_map
+
+    alpha = torch.zeros(1, 3, 3, 2, 2)
+    alpha[0, 2, :, 0, 0] = alpha[0, 1, :, 0, 1] = alpha[0, 0, :, 1, :] = 1.0
+    colours = winner_map(alpha)[0]
+    assert torch.equal(colours[:, 0, 0], DOMAIN_COLOURS[2]) and torch.equal(colours[:, 0, 1], DOMAIN_COLOURS[1])
+    assert torch.equal(colours[:, 1, 1], DOMAIN_COLOURS[0])
+
+
+def test_the_report_names_the_schedule_and_mask_settings(data, workspace) -> None:
+    from stages.report import chddl_settings
+
+    ds, labels = data
+    art, _ = run(ds, labels, _cfg(iterations=1, schedule="algorithm1", domain_lambda=False, mask_resolution=4,
+                                  mask_channels="shared"), workspace)
+    text = chddl_settings(art, workspace)
+    assert "algorithm1" in text and "domain steps unweighted" in text and "masks 4x4 shared" in text
