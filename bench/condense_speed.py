@@ -53,7 +53,7 @@ def one(base: str, ipc: int, aware: int, iterations: int, compile_mode: str, dev
         labels = load_labels(label_run(ds, build(LabelConfig, {"labeler": "random"}), ws)[0], ds)
         cfg = build(CondenseConfig, {"base": base, "ipc": ipc, "domain_aware": bool(aware), "iterations": iterations,
                                      "batch_real": 256, "compile": compile_mode, "log_every": 1,
-                                     "checkpoint_every": 10**6, "checkpoint_minutes": 10**6})
+                                     "checkpoint_every": 10**6, "checkpoint_minutes": 10**6, "first_checkpoint_minutes": 10**6})
         art, _ = run(ds, labels, cfg, ws, device=torch.device(device))
         return {"s_per_iteration": art.metrics["s_per_iteration"], "peak_rss_gb": art.meta["cost"]["peak_rss_bytes"] / 2**30,
                 "peak_cuda_gb": art.meta["cost"].get("peak_cuda_bytes", 0) / 2**30, "wall_s": art.meta["cost"]["wall_s"]}

@@ -65,7 +65,7 @@ def mtt_child(tmp: Path, ipc: int, aware: int, ck: int, dss: int, iterations: in
     cfg = build(CondenseConfig, {"base": "mtt", "ipc": ipc, "domain_aware": bool(aware), "iterations": iterations,
                                  "syn_steps": 50, "expert_epochs": 2, "max_start_epoch": 1, "lr_img": 1000.0,
                                  "checkpoint_student": bool(ck), "domain_syn_steps": dss or None, "log_every": 1,
-                                 "checkpoint_every": 10**6, "checkpoint_minutes": 10**6})
+                                 "checkpoint_every": 10**6, "checkpoint_minutes": 10**6, "first_checkpoint_minutes": 10**6})
     art, _ = run(ds, labels, cfg, ws, experts=experts)
     return {"s_per_iteration": art.metrics["s_per_iteration"], "peak_rss_gb": art.meta["cost"]["peak_rss_bytes"] / 2**30}
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
+import torch
 import typer
 
 from chddl_cli import condense, demo, evaluate, label, pretrain_experts, report
-from chddl_cli.common import Globals
+from chddl_cli.common import Globals, error, show_library_notes
 from stages import __version__
 
 app = typer.Typer(
@@ -36,10 +38,18 @@ def global_options(
     seed: Annotated[int, typer.Option(help="default seed of every stage")] = 0,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="more output (repeatable)")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or tables, only results")] = False,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads of torch [the cores this "
+                                                   "process may use]; 1 per process is fastest when several jobs "
+                                                   "share the machine")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="fail at once, naming the process, when another process is "
+                                          "computing the same artifact (default: wait, then reuse its result)")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")] = False,
 ) -> None:
     """Global options, given before the subcommand."""
-    ctx.obj = Globals(workdir=workdir, device=device, seed=seed, verbose=verbose, quiet=quiet)
+    ctx.obj = Globals(workdir=workdir, device=device, seed=seed, verbose=verbose, quiet=quiet, wait=not no_wait)
+    show_library_notes(verbose)
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 app.command("label")(label.label)
@@ -58,4 +68,17 @@ def _terminate(signum: int, frame: object) -> None:
 def main() -> None:
     """Console-script entry point."""
     signal.signal(signal.SIGTERM, _terminate)
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except Exception as exc:
+        # Typer's (click's) usage errors: one line in chddl's own "error:" format, not a boxed "Error:".
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `chddl`: its help
+            typer.echo(exc.format_message())
+            sys.exit(0)
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        context = getattr(exc, "ctx", None)
+        hint = f"; see `{context.command_path} --help`" if context is not None else ""
+        error(exc.format_message() + hint)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

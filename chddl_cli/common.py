@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import logging
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
+from stages.artifacts import Workspace
 from stages.errors import ChddlError
 
 console = Console(highlight=False)
@@ -28,6 +30,18 @@ class Globals:
     seed: int
     verbose: int
     quiet: bool
+    wait: bool = True
+    opened: list[Workspace] = field(default_factory=list)
+
+    def workspace(self) -> Workspace:
+        """The workspace these options name; its index changes when the command succeeds."""
+        ws = Workspace(self.workdir, wait=self.wait, defer_index=True)
+        self.opened.append(ws)
+        return ws
+
+    def commit(self) -> None:
+        for ws in self.opened:
+            ws.commit()
 
 
 def globals_of(ctx: typer.Context) -> Globals:
@@ -39,13 +53,33 @@ def error(message: str) -> None:
     err_console.print(Text.assemble(("error: ", "bold red"), message.replace("\n", " ")), soft_wrap=True)
 
 
+class _NoteHandler(logging.Handler):
+    """The library's one-line notes (logger ``chddl``), as ``note: ...`` on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(Text.assemble(("note: ", "yellow"), record.getMessage().replace("\n", " ")), soft_wrap=True)
+
+
+def show_library_notes(verbose: int) -> None:
+    """Print the library's warnings (and with -v its debug notes) on stderr, once."""
+    logger = logging.getLogger("chddl")
+    if not any(isinstance(h, _NoteHandler) for h in logger.handlers):
+        logger.addHandler(_NoteHandler())
+    logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    logger.propagate = False
+
+
 def guarded(fn: Callable) -> Callable:
     """Turn ChddlError into a one-line message and exit code 1; Ctrl-C into 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            ctx = kwargs.get("ctx") or next((a for a in args if isinstance(a, typer.Context)), None)
+            if ctx is not None and isinstance(ctx.find_root().obj, Globals):
+                globals_of(ctx).commit()  # the index changes only once the command has succeeded
+            return result
         except ChddlError as exc:
             error(str(exc))
             raise typer.Exit(1) from None
@@ -98,6 +132,11 @@ class RichProgress:
 
 def progress_for(g: Globals) -> RichProgress:
     return RichProgress(enabled=not g.quiet, verbose=g.verbose)
+
+
+def plural(n: int, word: str) -> str:
+    """``1 run``, ``3 runs``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def human_bytes(n: float | None) -> str:

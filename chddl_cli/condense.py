@@ -9,7 +9,7 @@ from rich.table import Table
 
 from chddl_cli.common import console, cost_line, globals_of, guarded, progress_for
 from stages import condense as condense_stage
-from stages.artifacts import Artifact, Workspace
+from stages.artifacts import Artifact
 from stages.config import build, load_preset, section
 from stages.data.dataset import load_dataset
 from stages.device import resolve_device
@@ -70,7 +70,7 @@ def condense(
     exclude_domain: Annotated[Optional[str], typer.Option(help="protocols: leave this true domain out (leave-one-domain-out)")] = None,
     compile: Annotated[Optional[str], typer.Option(help="torch.compile the real forward: auto | on | off [auto]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed [default: the global --seed]")] = None,
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML preset (path or shipped name, e.g. dm_pacs)")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML preset (path or shipped name, e.g. dm_pacs_cpu or mtt_pacs_ipc1)")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="dataset artifact directory [the labels' dataset, else the workspace's latest]")] = None,
     labels: Annotated[Optional[str], typer.Option(help="labels artifact directory [the workspace's latest]")] = None,
     experts: Annotated[Optional[str], typer.Option(help="mtt: experts artifact directory [the workspace's latest]")] = None,
@@ -92,7 +92,7 @@ def condense(
     continues from that run's final state (each rung stays its own artifact).
     """
     g = globals_of(ctx)
-    preset = load_preset(config)
+    preset = load_preset(config, "condense")
     cfg = build(condense_stage.CondenseConfig, {"seed": g.seed}, section(preset, "condense"), {
         "base": base, "ipc": ipc, "domain_aware": domain_aware, "iterations": iterations, "lam": lam, "tau": tau,
         "mask_init": mask_init, "mask_init_mode": mask_init_mode, "mask_lr": mask_lr, "mask_optimizer": mask_optimizer,
@@ -103,7 +103,7 @@ def condense(
         "syn_steps": syn_steps, "domain_syn_steps": domain_syn_steps, "expert_epochs": expert_epochs, "max_start_epoch": max_start_epoch, "lr_lr": lr_lr,
         "clip_grad": clip_grad, "nan_retries": nan_retries, "checkpoint_student": checkpoint_student})
     device = resolve_device(g.device)
-    ws = Workspace(g.workdir)
+    ws = g.workspace()
     label_art = resolve(ws, "labels", labels) if cfg.domain_aware else None
     if dataset is not None:
         data_art = resolve(ws, "dataset", dataset)

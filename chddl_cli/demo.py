@@ -13,7 +13,6 @@ from stages import condense as condense_stage
 from stages import evaluate as evaluate_stage
 from stages import label as label_stage
 from stages import report as report_stage
-from stages.artifacts import Workspace
 from stages.config import build, load_preset, section
 from stages.data.dataset import load_dataset
 from stages.data.ingest import DatasetConfig, ingest
@@ -32,7 +31,7 @@ def demo(
     random real subset with ConvNet, prints the comparison and writes the report.
     """
     g = globals_of(ctx)
-    ws = Workspace(g.workdir)
+    ws = g.workspace()
     progress = progress_for(g)
     device = resolve_device(g.device)
     data_art, _ = ingest("builtin:demo", build(DatasetConfig), ws, force=force, progress=progress)

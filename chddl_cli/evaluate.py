@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from chddl_cli.common import console, globals_of, guarded, progress_for
+from chddl_cli.common import console, globals_of, guarded, plural, progress_for
 from stages import evaluate as evaluate_stage
-from stages.artifacts import Artifact, Workspace
+from stages.artifacts import Artifact
 from stages.config import build, load_preset, section
 from stages.data.dataset import load_dataset
 from stages.device import init_distributed, resolve_device
@@ -20,7 +20,7 @@ from stages.inputs import resolve, upstream
 def results_table(art: Artifact) -> Table:
     domains = art.info.get("domain_names") or []
     cfg = art.config
-    title = f"{art.info['train_set']}: top-1 % on {art.info['num_test']} test images, {cfg['runs']} runs x {cfg['epochs']} epochs"
+    title = f"{art.info['train_set']}: top-1 % on {art.info['num_test']} test images, {plural(cfg['runs'], 'run')} x {plural(cfg['epochs'], 'epoch')}"
     table = Table(title=title, title_justify="left")
     # the architecture never shrinks to an ellipsis; on a narrow console the
     # accuracies wrap at "±" and long domain names fold instead
@@ -56,11 +56,11 @@ def evaluate(
     init_distributed()
     g = globals_of(ctx)
     archs = tuple(a.strip() for a in arch.split(",") if a.strip()) if arch else None
-    cfg = build(evaluate_stage.EvaluateConfig, {"seed": g.seed}, section(load_preset(config), "evaluate"), {
+    cfg = build(evaluate_stage.EvaluateConfig, {"seed": g.seed}, section(load_preset(config, "evaluate"), "evaluate"), {
         "archs": archs, "runs": runs, "epochs": epochs, "lr": lr, "dsa": dsa, "seed": seed, "target_domain": target_domain,
         "parallel": parallel})
     device = resolve_device(g.device)
-    ws = Workspace(g.workdir)
+    ws = g.workspace()
     if baseline is not None:
         ds = load_dataset(resolve(ws, "dataset", dataset))
         train_set = evaluate_stage.baseline(ds, baseline, ipc, cfg.seed)

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from chddl_cli.common import console, cost_line, globals_of, guarded, progress_for
 from stages import label as label_stage
-from stages.artifacts import Artifact, Workspace
+from stages.artifacts import Artifact
 from stages.config import build, load_preset, section
 from stages.data.dataset import load_dataset
 from stages.data.ingest import DatasetConfig, ingest
@@ -82,7 +82,7 @@ def label(
     their agreement with them (NMI, ARI, purity).
     """
     g = globals_of(ctx)
-    preset = load_preset(config)
+    preset = load_preset(config, "datasets")
     dcfg = build(DatasetConfig, section(preset, "dataset"), {"size": size, "test_fraction": test_fraction,
                                                               "split_seed": split_seed, "strict": strict,
                                                               "zca": zca, "zca_eps": zca_eps,
@@ -91,7 +91,7 @@ def label(
     lcfg = build(label_stage.LabelConfig, {"seed": g.seed}, section(preset, "label"),
                  {"labeler": labeler, "num_domains": num_domains, "beta": beta, "seed": seed})
     device = resolve_device(g.device)
-    ws = Workspace(g.workdir)
+    ws = g.workspace()
     progress = progress_for(g)
     if path is not None and not is_artifact_dir(path):
         data_art, hit = ingest(path, dcfg, ws, force=force, progress=progress)

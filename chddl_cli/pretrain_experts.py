@@ -9,7 +9,6 @@ from rich.table import Table
 
 from chddl_cli.common import console, cost_line, globals_of, guarded, human_bytes, progress_for
 from stages import pretrain_experts as experts_stage
-from stages.artifacts import Workspace
 from stages.config import build, load_preset, section
 from stages.data.dataset import load_dataset
 from stages.device import init_distributed, resolve_device
@@ -42,7 +41,7 @@ def pretrain_experts(
         "num_experts": num_experts, "epochs": epochs, "lr": lr, "batch_size": batch_size, "domain_experts": domain_experts, "dtype": dtype,
         "arch": arch, "seed": seed})
     device = resolve_device(g.device)
-    ws = Workspace(g.workdir)
+    ws = g.workspace()
     label_art = resolve(ws, "labels", labels) if cfg.domain_experts else None
     data_art = resolve(ws, "dataset", dataset) if dataset else (
         (upstream(ws, label_art, "dataset", "dataset") if label_art else None) or resolve(ws, "dataset"))

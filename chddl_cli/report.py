@@ -9,7 +9,6 @@ import typer
 
 from chddl_cli.common import console, globals_of, guarded, progress_for
 from stages import report as report_stage
-from stages.artifacts import Workspace
 
 
 @guarded
@@ -20,6 +19,6 @@ def report(
     """Gather every artifact of the workspace into report.md and report.html (tables, image grids,
     pseudo-domain diagnostics, loss curves, sweeps, costs, the paper's figures alongside)."""
     g = globals_of(ctx)
-    md, page = report_stage.run(Workspace(g.workdir), out, progress_for(g))
+    md, page = report_stage.run(g.workspace(), out, progress_for(g))
     console.print(f"report: {page}")
     console.print(f"markdown: {md}")

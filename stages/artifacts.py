@@ -7,6 +7,11 @@ Layout of a workspace::
     <workdir>/latest.yaml          # stage -> artifact name
     <workdir>/tmp/                 # writes in progress (renamed into place)
     <workdir>/partial/<name>/      # checkpoints of interrupted long stages
+    <workdir>/locks/<name>.lock    # held (flock) by the process computing <name>
+    <workdir>/cache/file-digests.json  # content hashes of image-folder files by (size, mtime)
+
+``latest.yaml`` is only a cache of what the artifacts say: when it is
+missing or damaged it is rebuilt from their meta.yaml (newest of each stage).
 
 Every on-disk schema of chddl is defined here. No pickle is used: tensors
 go through safetensors, metadata through ``yaml.safe_dump``/``safe_load``.
@@ -15,15 +20,18 @@ go through safetensors, metadata through ``yaml.safe_dump``/``safe_load``.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import safetensors.torch
@@ -37,6 +45,8 @@ SCHEMA = "chddl-artifact/1"
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "meta.yaml"
 KEY_LENGTH = 12
+#: one-line notes for the user (the CLI prints them on stderr); the library itself never prints
+log = logging.getLogger("chddl")
 
 
 def artifact_key(stage: str, config: Mapping[str, Any], inputs: Mapping[str, str], schema_version: int) -> str:
@@ -182,8 +192,15 @@ def read_artifact(path: Path, stage: str | None = None) -> Artifact:
 class Workspace:
     """A folder of artifacts that remembers the latest artifact of each stage."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, wait: bool = True, defer_index: bool = False) -> None:
+        """``wait``: a stage whose artifact another process is computing waits
+        for it (and then finds the cache hit); False fails at once instead.
+        ``defer_index``: latest.yaml changes only at :meth:`commit` (a
+        command's success), never on the way to a refusal."""
         self.root = Path(root).expanduser()
+        self.wait = wait
+        self.defer_index = defer_index
+        self._deferred: dict[str, str] = {}  # stage -> name, recorded as latest when the command succeeds
 
     @property
     def artifacts_dir(self) -> Path:
@@ -192,6 +209,26 @@ class Workspace:
     @property
     def latest_file(self) -> Path:
         return self.root / "latest.yaml"
+
+    def unwritable_error(self, exc: OSError) -> ChddlError:
+        return ChddlError(f"workspace {self.root} is not writable ({exc.strerror}); pass --workdir or set CHDDL_WORKDIR")
+
+    def check_exists(self) -> None:
+        """Fail with the not-writable error when the workspace does not exist
+        and cannot be created (without creating anything)."""
+        if self.root.is_dir():
+            return
+        created = []
+        try:
+            for folder in reversed([self.root, *self.root.parents]):
+                if not folder.exists():
+                    folder.mkdir()
+                    created.append(folder)
+        except OSError as exc:
+            raise self.unwritable_error(exc) from None
+        finally:
+            for folder in reversed(created):
+                folder.rmdir()
 
     def ensure_writable(self) -> None:
         """Create the workspace folders or fail with a clear message."""
@@ -202,9 +239,49 @@ class Workspace:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise ChddlError(
-                f"workspace {self.root} is not writable ({exc.strerror}); pass --workdir or set CHDDL_WORKDIR"
-            ) from None
+            raise self.unwritable_error(exc) from None
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold the lock of artifact ``name`` (an OS file lock, released on exit
+        and when the process dies). Another holder makes this wait, or fail
+        naming it when the workspace was opened with ``wait=False``."""
+        self.ensure_writable()
+        (self.root / "locks").mkdir(exist_ok=True)
+        with open(self.root / "locks" / f"{name}.lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "?"
+                if not self.wait:
+                    raise ChddlError(f"{name} is being computed by process {holder}; wait for it to finish "
+                                     f"(run without --no-wait to wait and reuse its result)") from None
+                log.warning(f"process {holder} is computing {name}; waiting for it")
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fh.seek(0)
+                fh.truncate()
+                fh.write(f"{os.getpid()}\n")
+                fh.flush()
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @contextmanager
+    def computing(self, name: str, force: bool = False, locked: bool = True) -> Iterator[Artifact | None]:
+        """Hold ``name``'s lock while computing it; yields the artifact when
+        the process this one waited for made it meanwhile (then a cache hit,
+        already recorded as latest), else None. ``locked=False`` (the ranks
+        of one torchrun job, which compute together) takes no lock."""
+        if not locked:
+            yield None
+            return
+        with self.lock(name):
+            hit = None if force else self.find(name)
+            if hit is not None:
+                self.set_latest(hit)
+            yield hit
 
     def adopt(self, art: Artifact) -> Artifact:
         """Make an artifact from elsewhere part of this workspace (hard links,
@@ -252,9 +329,21 @@ class Workspace:
             return None
 
     def latest(self, stage: str) -> Artifact | None:
-        """The most recently written or used artifact of ``stage``."""
-        name = self._read_latest().get(stage)
-        return self.find(name) if name else None
+        """The most recently written or used artifact of ``stage``; when the
+        index names one that is gone or damaged, the newest valid one."""
+        name = self._deferred.get(stage) or self._read_latest().get(stage)
+        art = self.find(name) if name else None
+        if name and art is None:
+            art = self._newest(stage)
+            log.warning(f"the workspace's latest {stage} {name} is missing or damaged; "
+                        + (f"using the newest valid one, {art.name}" if art else "no other is valid"))
+        return art
+
+    def _newest(self, stage: str) -> Artifact | None:
+        for art in reversed(self.all()):
+            if art.stage == stage and self.find(art.name) is not None:
+                return art
+        return None
 
     def all(self) -> list[Artifact]:
         """Every valid artifact in the workspace, oldest first."""
@@ -267,21 +356,77 @@ class Workspace:
                     continue
         return sorted(out, key=lambda a: a.meta.get("created", ""))
 
-    def _read_latest(self) -> dict[str, str]:
+    def damaged(self) -> list[tuple[Path, str]]:
+        """Folders under artifacts/ that are not valid artifacts, with why."""
+        out = []
+        if self.artifacts_dir.is_dir():
+            for path in sorted(self.artifacts_dir.iterdir()):
+                try:
+                    read_artifact(path).tensors()  # checksums too
+                except ChddlError as exc:
+                    out.append((path, str(exc)))
+        return out
+
+    def _read_latest(self, note: bool = True) -> dict[str, str]:
         try:
             data = yaml.safe_load(self.latest_file.read_text())
-        except (OSError, yaml.YAMLError):
-            return {}
-        return data if isinstance(data, dict) else {}
+            problem = None if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()) else "damaged"
+        except FileNotFoundError:
+            data, problem = {}, "missing"
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            data, problem = {}, "damaged"
+        if problem is None:
+            return data
+        if problem == "missing" and not (self.artifacts_dir.is_dir() and any(self.artifacts_dir.iterdir())):
+            return {}  # a new (or empty) workspace
+        return self._rebuild_index(problem, note)
 
-    def set_latest(self, art: Artifact) -> None:
-        """Record ``art`` as the latest of its stage (atomic replace)."""
-        self.ensure_writable()
-        data = self._read_latest()
-        data[art.stage] = art.name
+    def _rebuild_index(self, problem: str, note: bool) -> dict[str, str]:
+        data: dict[str, str] = {}
+        for art in self.all():  # oldest first: the newest of each stage wins
+            data[art.stage] = art.name
+        try:
+            self._write_index(data)
+            saved = "rebuilt it"
+        except OSError:
+            saved = "read it (the workspace is read-only, so the index stays as it is)"
+        (log.warning if note else log.debug)(f"the workspace index {self.latest_file} was {problem}; {saved} from the "
+                                             f"artifacts' meta.yaml (newest of each stage)")
+        return data
+
+    def _write_index(self, data: dict[str, str]) -> None:
         tmp = self.root / "tmp" / f"latest-{uuid.uuid4().hex}.yaml"
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(yaml.safe_dump(data, sort_keys=True))
         os.replace(tmp, self.latest_file)
+
+    def defer_latest(self, art: Artifact) -> None:
+        """Record ``art`` as the latest of its stage when this command succeeds
+        (the next :meth:`set_latest`), so a refused command changes nothing."""
+        self._deferred[art.stage] = art.name
+
+    def set_latest(self, art: Artifact) -> None:
+        """Record ``art`` (and the deferred inputs) as the latest of their
+        stages (atomic replace). A read-only workspace keeps its index: it
+        still serves cache hits."""
+        if self.defer_index:
+            self._deferred[art.stage] = art.name
+            return
+        self._flush({art.stage: art.name})
+
+    def commit(self) -> None:
+        """Write the index changes deferred so far (``defer_index``)."""
+        if self._deferred:
+            self._flush({})
+
+    def _flush(self, extra: dict[str, str]) -> None:
+        data = self._read_latest(note=False) | self._deferred | extra
+        try:
+            self._write_index(data)
+        except OSError:
+            log.debug(f"workspace {self.root} is read-only; latest.yaml not updated")
+            return
+        self._deferred = {}
 
     # -- writing ------------------------------------------------------------
     def write(

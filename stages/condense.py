@@ -45,7 +45,8 @@ SCHEDULES = ("summed", "sequential", "algorithm1")
 #: default mask learning rate under adam: z moves ~0.01 per step, alpha = softmax(z / tau) with tau 0.1
 ADAM_MASK_LR = 0.01
 #: settings that change how fast the run goes, not what it computes
-EXECUTION_ONLY = ("checkpoint_every", "checkpoint_minutes", "log_every", "compile", "checkpoint_student")
+EXECUTION_ONLY = ("checkpoint_every", "first_checkpoint_minutes", "checkpoint_minutes", "log_every", "compile",
+                  "checkpoint_student")
 
 
 @dataclass
@@ -107,7 +108,9 @@ class CondenseConfig:
     compile: str = option("auto", "torch.compile the real-image forward: auto (long runs), on, off")
     seed: int = option(0, "seed of init, networks, batches and augmentation")
     checkpoint_every: int = option(100, "iterations between checkpoints (resume point)")
-    checkpoint_minutes: float = option(10.0, "also checkpoint when this many minutes passed since the last checkpoint")
+    first_checkpoint_minutes: float = option(1.0, "the first checkpoint comes after this many minutes of work (so a "
+                                             "killed run loses at most about this much)")
+    checkpoint_minutes: float = option(5.0, "then checkpoint whenever this many minutes passed since the last one")
     log_every: int = option(10, "iterations between progress updates and NaN checks")
 
     def validate(self) -> None:
@@ -139,7 +142,9 @@ class CondenseConfig:
         require(self.batch_real >= 1 and self.batch_train >= 1, "batch sizes must be at least 1")
         require(self.compile in ("auto", "on", "off"), "--compile must be auto, on or off")
         require(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1")
-        require(self.checkpoint_minutes > 0, f"checkpoint_minutes must be a positive number of minutes, got {self.checkpoint_minutes}")
+        for name in ("first_checkpoint_minutes", "checkpoint_minutes"):
+            minutes = getattr(self, name)
+            require(minutes == minutes and minutes > 0, f"{name} must be a positive number of minutes, got {minutes}")
         require(self.syn_steps >= 1 and self.expert_epochs >= 1 and self.max_start_epoch >= 1,
                 "--syn-steps, --expert-epochs and --max-start-epoch must be at least 1")
         require(self.domain_syn_steps is None or self.domain_syn_steps >= 1, "--domain-syn-steps must be at least 1")
@@ -265,52 +270,55 @@ def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, w
     if not force and (hit := workspace.find(name)) is not None:
         workspace.set_latest(hit)
         return hit, True
-    workspace.ensure_writable()
-    partial = workspace.partial_dir(name)
-    if force:
+    with workspace.computing(name, force) as done:
+        if done is not None:
+            return done, True
+        workspace.ensure_writable()
+        partial = workspace.partial_dir(name)
+        if force:
+            shutil.rmtree(partial, ignore_errors=True)
+        input_names = {"dataset": dataset.artifact.name} | ({"labels": labels.artifact.name} if cfg.domain_aware else {}) | (
+            {"experts": experts.name} if store else {})
+        with measure() as cost:
+            base, objective, images, syn_labels, _ = _build(dataset, labels, cfg, device, store)
+            loop = Loop(base, objective, images, _settings(cfg, base), key, partial, progress, f"condense {tag} ({cfg.iterations} it)")
+            source = None if force else continuable(workspace, cfg, input_names)
+            start_from = _final_state(source) if source is not None else None
+            if start_from is not None:
+                progress.note(f"continuing {source.name} from its final iteration {start_from[0]}")
+            start = loop.run(stop_after, start_from)
+            stats = loop.stats(start)
+            if start_from is not None and start == start_from[0]:
+                stats["continued_from"] = source.name
+            if cfg.domain_aware:
+                stats["masks"] = mask_diagnostics(objective.masks.alpha())
+            extras = _mask_extras(objective, images, dataset) if cfg.domain_aware else {}
+            final_state = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in loop.state().items()})
+        mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
+        files = {"grid.png": grid_png(dataset.displayable(images), nrow=cfg.ipc), FINAL_STATE: final_state}
+        if extras:
+            files["extra_domain_masks.safetensors"] = extras["blob"]
+            files["extra_domain_views.png"] = extras["views_png"]
+        eval_lr = float(base.syn_lr.detach()) if cfg.base == "mtt" else 0.01
+        if cfg.base == "mtt":
+            stats["syn_lr_clamped"] = base.clamped
+        info = {
+            "class_names": dataset.class_names, "ipc": cfg.ipc, "num_classes": dataset.num_classes, "image_size": dataset.size,
+            "base": cfg.base, "domain_aware": cfg.domain_aware, "arch": cfg.arch, "dataset": dataset.artifact.name,
+            "labels": labels.artifact.name if cfg.domain_aware else None, "experts": experts.name if store else None,
+            "normalization": {"mean": list(dataset.mean), "std": list(dataset.std), "zca": dataset.zca is not None},
+            "eval_lr": eval_lr, "device": str(device), "train_images_used": int(selected_train(dataset, cfg).sum()),
+        }
+        art = workspace.write(
+            stage=STAGE, name=name, key=key, config=to_dict(cfg), inputs=input_names,
+            tensors={"images": images.detach().cpu(), "labels": syn_labels.cpu(), "mean": mean, "std": std,
+                     "loss_history": loop.history},
+            seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=stats,
+            cost=cost | resumed_cost(cost, loop.earlier_s) | {"s_per_iteration": stats["s_per_iteration"]}, files=files,
+            schema_version=SCHEMA_VERSION,
+        )
         shutil.rmtree(partial, ignore_errors=True)
-    input_names = {"dataset": dataset.artifact.name} | ({"labels": labels.artifact.name} if cfg.domain_aware else {}) | (
-        {"experts": experts.name} if store else {})
-    with measure() as cost:
-        base, objective, images, syn_labels, _ = _build(dataset, labels, cfg, device, store)
-        loop = Loop(base, objective, images, _settings(cfg, base), key, partial, progress, f"condense {tag} ({cfg.iterations} it)")
-        source = None if force else continuable(workspace, cfg, input_names)
-        start_from = _final_state(source) if source is not None else None
-        if start_from is not None:
-            progress.note(f"continuing {source.name} from its final iteration {start_from[0]}")
-        start = loop.run(stop_after, start_from)
-        stats = loop.stats(start)
-        if start_from is not None and start == start_from[0]:
-            stats["continued_from"] = source.name
-        if cfg.domain_aware:
-            stats["masks"] = mask_diagnostics(objective.masks.alpha())
-        extras = _mask_extras(objective, images, dataset) if cfg.domain_aware else {}
-        final_state = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in loop.state().items()})
-    mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
-    files = {"grid.png": grid_png(dataset.displayable(images), nrow=cfg.ipc), FINAL_STATE: final_state}
-    if extras:
-        files["extra_domain_masks.safetensors"] = extras["blob"]
-        files["extra_domain_views.png"] = extras["views_png"]
-    eval_lr = float(base.syn_lr.detach()) if cfg.base == "mtt" else 0.01
-    if cfg.base == "mtt":
-        stats["syn_lr_clamped"] = base.clamped
-    info = {
-        "class_names": dataset.class_names, "ipc": cfg.ipc, "num_classes": dataset.num_classes, "image_size": dataset.size,
-        "base": cfg.base, "domain_aware": cfg.domain_aware, "arch": cfg.arch, "dataset": dataset.artifact.name,
-        "labels": labels.artifact.name if cfg.domain_aware else None, "experts": experts.name if store else None,
-        "normalization": {"mean": list(dataset.mean), "std": list(dataset.std), "zca": dataset.zca is not None},
-        "eval_lr": eval_lr, "device": str(device), "train_images_used": int(selected_train(dataset, cfg).sum()),
-    }
-    art = workspace.write(
-        stage=STAGE, name=name, key=key, config=to_dict(cfg), inputs=input_names,
-        tensors={"images": images.detach().cpu(), "labels": syn_labels.cpu(), "mean": mean, "std": std,
-                 "loss_history": loop.history},
-        seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=stats,
-        cost=cost | resumed_cost(cost, loop.earlier_s) | {"s_per_iteration": stats["s_per_iteration"]}, files=files,
-        schema_version=SCHEMA_VERSION,
-    )
-    shutil.rmtree(partial, ignore_errors=True)
-    return art, False
+        return art, False
 
 
 def _lineage(cfg: CondenseConfig) -> dict:
@@ -371,7 +379,7 @@ def _settings(cfg: CondenseConfig, base) -> LoopSettings:
                         domain_lambda=cfg.domain_lambda, momentum=cfg.momentum_img,
                         lr=lr, adam_groups=("masks",) if cfg.mask_optimizer == "adam" else (), clip_grad=cfg.clip_grad,
                         nan_retries=cfg.nan_retries, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-                        checkpoint_minutes=cfg.checkpoint_minutes)
+                        checkpoint_minutes=cfg.checkpoint_minutes, first_checkpoint_minutes=cfg.first_checkpoint_minutes)
 
 
 def _build(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig, device: torch.device,

@@ -123,8 +123,11 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_preset(name_or_path: str | Path | None) -> dict[str, Any]:
-    """Load a preset by file path or by shipped name (``pacs_32`` or ``datasets/pacs_32``)."""
+def load_preset(name_or_path: str | Path | None, folder: str | None = None) -> dict[str, Any]:
+    """Load a preset by file path or by shipped name (``pacs_32`` or ``datasets/pacs_32``).
+
+    A bare name that several folders share resolves to the one in ``folder``
+    (the command's own: ``condense``, ``evaluate``, ``datasets``)."""
     if name_or_path is None:
         return {}
     path = Path(name_or_path)
@@ -132,6 +135,8 @@ def load_preset(name_or_path: str | Path | None) -> dict[str, Any]:
         return load_yaml(path)
     root = presets_dir()
     matches = [p for p in root.rglob("*.yaml") if str(name_or_path) in (p.stem, str(p.relative_to(root).with_suffix("")))]
+    if len(matches) > 1 and folder is not None:
+        matches = [p for p in matches if p.parent == root / folder] or matches
     if len(matches) != 1:
         raise ChddlError(
             f"no config file or preset '{name_or_path}'; presets: {', '.join(list_presets())}"

@@ -184,61 +184,64 @@ def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, worksp
     if not force and (hit := workspace.find(name)) is not None:
         workspace.set_latest(hit)
         return hit, True
-    workspace.ensure_writable()
-    test_x = dataset.normalized(test, device)
-    test_y = dataset.labels[test]
-    domains = dataset.domains[test] if dataset.domains is not None else None
-    num_domains = len(dataset.domain_names or [])
-    x, y = train_set.images.to(device), train_set.labels.to(device)
-    dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
-    acc = np.full((len(cfg.archs), cfg.runs), np.nan)
-    per_domain = np.full((len(cfg.archs), cfg.runs, max(num_domains, 1)), np.nan)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    partial = workspace.partial_dir(name)
-    if force and rank == 0:
+    with workspace.computing(name, force, locked=not (dist.is_available() and dist.is_initialized())) as done:
+        if done is not None:
+            return done, True
+        workspace.ensure_writable()
+        test_x = dataset.normalized(test, device)
+        test_y = dataset.labels[test]
+        domains = dataset.domains[test] if dataset.domains is not None else None
+        num_domains = len(dataset.domain_names or [])
+        x, y = train_set.images.to(device), train_set.labels.to(device)
+        dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
+        acc = np.full((len(cfg.archs), cfg.runs), np.nan)
+        per_domain = np.full((len(cfg.archs), cfg.runs, max(num_domains, 1)), np.nan)
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        partial = workspace.partial_dir(name)
+        if force and rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+        resumed = 0 if force else _finished_runs(partial, key, acc, per_domain)
+        if world > 1:
+            dist.barrier()  # every process has read the checkpoints before any writes to them
+        if resumed:
+            progress.note(f"resuming: {resumed} of {acc.size} trainings already done ({partial})")
+        jobs = [(a, r) for a in range(len(cfg.archs)) for r in range(cfg.runs) if np.isnan(acc[a, r])]
+        mine = [job for i, job in enumerate(jobs) if i % world == rank]
+        finished = 0
+        with measure() as cost, progress.task(f"evaluate {train_set.name}", total=len(mine)) as task:
+            for chunk in _chunks(mine, cfg.parallel):
+                if stop_after is not None and finished >= stop_after:
+                    raise KeyboardInterrupt
+                arch = cfg.archs[chunk[0][0]]
+                seeds = [cfg.seed * 1000 + r for _, r in chunk]
+                nets = [create_model(arch, dataset.num_classes, dataset.size, seed=seed).to(device) for seed in seeds]
+                train_networks(nets, x, y, epochs=cfg.epochs, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               batch_size=cfg.batch_size, dsa=dsa, gens=[torch.Generator().manual_seed(seed) for seed in seeds])
+                for (a, r), net in zip(chunk, nets):
+                    pred = predict(net, test_x)
+                    acc[a, r] = accuracy(pred, test_y)
+                    if domains is not None:
+                        per_domain[a, r] = group_accuracy(pred, test_y, domains, num_domains).numpy()
+                    task.advance(1, arch=arch, acc=acc[a, r])
+                finished += len(chunk)
+                save_checkpoint(partial / f"rank{rank}", key, finished,
+                                {"accuracy": torch.from_numpy(acc), "per_domain_accuracy": torch.from_numpy(per_domain)})
+        if world > 1:
+            acc, per_domain = _combine(acc, per_domain, device)
+            if rank != 0:
+                return None, False
+        metrics = {}
+        for a, arch in enumerate(cfg.archs):
+            metrics[arch] = summarise(acc[a]) | {"runs": [round(float(v), 3) for v in acc[a]]}
+            if domains is not None:
+                metrics[arch]["per_domain"] = {d: summarise(per_domain[a, :, i]) for i, d in enumerate(dataset.domain_names)}
+        info = {"train_set": train_set.name, "train_kind": train_set.kind, "ipc": train_set.ipc, "dataset": dataset.artifact.name,
+                "num_test": int(len(test)), "num_train": int(len(y)), "domain_names": dataset.domain_names, "device": str(device),
+                "resumed_runs": resumed}
+        art = workspace.write(
+            stage=STAGE, name=name, key=key, config=resolved, inputs={"train": train_set.name, "dataset": dataset.artifact.name},
+            tensors={"accuracy": torch.from_numpy(acc), "per_domain_accuracy": torch.from_numpy(per_domain)},
+            seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=metrics, cost=cost, schema_version=SCHEMA_VERSION,
+        )
         shutil.rmtree(partial, ignore_errors=True)
-    resumed = 0 if force else _finished_runs(partial, key, acc, per_domain)
-    if world > 1:
-        dist.barrier()  # every process has read the checkpoints before any writes to them
-    if resumed:
-        progress.note(f"resuming: {resumed} of {acc.size} trainings already done ({partial})")
-    jobs = [(a, r) for a in range(len(cfg.archs)) for r in range(cfg.runs) if np.isnan(acc[a, r])]
-    mine = [job for i, job in enumerate(jobs) if i % world == rank]
-    finished = 0
-    with measure() as cost, progress.task(f"evaluate {train_set.name}", total=len(mine)) as task:
-        for chunk in _chunks(mine, cfg.parallel):
-            if stop_after is not None and finished >= stop_after:
-                raise KeyboardInterrupt
-            arch = cfg.archs[chunk[0][0]]
-            seeds = [cfg.seed * 1000 + r for _, r in chunk]
-            nets = [create_model(arch, dataset.num_classes, dataset.size, seed=seed).to(device) for seed in seeds]
-            train_networks(nets, x, y, epochs=cfg.epochs, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           batch_size=cfg.batch_size, dsa=dsa, gens=[torch.Generator().manual_seed(seed) for seed in seeds])
-            for (a, r), net in zip(chunk, nets):
-                pred = predict(net, test_x)
-                acc[a, r] = accuracy(pred, test_y)
-                if domains is not None:
-                    per_domain[a, r] = group_accuracy(pred, test_y, domains, num_domains).numpy()
-                task.advance(1, arch=arch, acc=acc[a, r])
-            finished += len(chunk)
-            save_checkpoint(partial / f"rank{rank}", key, finished,
-                            {"accuracy": torch.from_numpy(acc), "per_domain_accuracy": torch.from_numpy(per_domain)})
-    if world > 1:
-        acc, per_domain = _combine(acc, per_domain, device)
-        if rank != 0:
-            return None, False
-    metrics = {}
-    for a, arch in enumerate(cfg.archs):
-        metrics[arch] = summarise(acc[a]) | {"runs": [round(float(v), 3) for v in acc[a]]}
-        if domains is not None:
-            metrics[arch]["per_domain"] = {d: summarise(per_domain[a, :, i]) for i, d in enumerate(dataset.domain_names)}
-    info = {"train_set": train_set.name, "train_kind": train_set.kind, "ipc": train_set.ipc, "dataset": dataset.artifact.name,
-            "num_test": int(len(test)), "num_train": int(len(y)), "domain_names": dataset.domain_names, "device": str(device),
-            "resumed_runs": resumed}
-    art = workspace.write(
-        stage=STAGE, name=name, key=key, config=resolved, inputs={"train": train_set.name, "dataset": dataset.artifact.name},
-        tensors={"accuracy": torch.from_numpy(acc), "per_domain_accuracy": torch.from_numpy(per_domain)},
-        seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=metrics, cost=cost, schema_version=SCHEMA_VERSION,
-    )
-    shutil.rmtree(partial, ignore_errors=True)
-    return art, False
+        return art, False

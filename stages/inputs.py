@@ -30,8 +30,9 @@ def resolve(workspace: Workspace, stage: str, path: str | Path | None = None) ->
         art = read_artifact(Path(path), stage)
         art.tensors()
         adopted = workspace.adopt(art)
-        workspace.set_latest(adopted)  # an artifact named explicitly becomes the latest of its stage
+        workspace.defer_latest(adopted)  # named explicitly: the latest of its stage once the command succeeds
         return adopted
+    workspace.check_exists()
     art = workspace.latest(stage)
     if art is None:
         raise ChddlError(f"no {stage} artifact in workspace {workspace.root}; create one with `{CREATED_BY.get(stage, 'chddl')}` or pass its path")

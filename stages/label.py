@@ -86,28 +86,31 @@ def run(dataset: Dataset, cfg: LabelConfig, workspace: Workspace, *, device: tor
     if not force and (hit := workspace.find(name)) is not None:
         workspace.set_latest(hit)
         return hit, True
-    true = dataset.domains[train] if dataset.domains is not None else None
-    with measure() as cost:
-        out = LABELERS.get(cfg.labeler)(LabelerInput(
-            images=dataset.images[train], mean=dataset.mean, std=dataset.std, num_domains=num_domains,
-            beta=cfg.beta, seed=cfg.seed, true_domains=true, kmeans_restarts=cfg.kmeans_restarts,
-            logvar_layers=cfg.logvar_layers, chunk_size=cfg.chunk_size, device=device, progress=progress,
-        ))
-    labels = out.labels.to(torch.int64)
-    class_labels = dataset.labels[train]
-    counts = torch.bincount(labels, minlength=num_domains)
-    per_class = torch.zeros(num_domains, dataset.num_classes, dtype=torch.int64)
-    per_class.index_put_((labels, class_labels), torch.ones_like(labels), accumulate=True)
-    metrics = {"agreement": agreement(labels.numpy(), true.numpy())} if true is not None else {}
-    tensors = {"labels": labels, "train_indices": train, "counts": counts, "counts_per_class": per_class}
-    if out.scores is not None:
-        tensors["scores"] = out.scores
-    info = {"num_domains": num_domains, "num_train": len(train), "counts": counts.tolist(),
-            "class_names": dataset.class_names, "dataset": dataset.artifact.name}
-    art = workspace.write(
-        stage=STAGE, name=name, key=key, config=to_dict(cfg) | {"num_domains": num_domains},
-        inputs={"dataset": dataset.artifact.name}, tensors=tensors, seed=cfg.seed, fingerprint=dataset.fingerprint,
-        info=info, metrics=metrics, cost=cost, schema_version=SCHEMA_VERSION,
-    )
-    return art, False
+    with workspace.computing(name, force) as done:
+        if done is not None:
+            return done, True
+        true = dataset.domains[train] if dataset.domains is not None else None
+        with measure() as cost:
+            out = LABELERS.get(cfg.labeler)(LabelerInput(
+                images=dataset.images[train], mean=dataset.mean, std=dataset.std, num_domains=num_domains,
+                beta=cfg.beta, seed=cfg.seed, true_domains=true, kmeans_restarts=cfg.kmeans_restarts,
+                logvar_layers=cfg.logvar_layers, chunk_size=cfg.chunk_size, device=device, progress=progress,
+            ))
+        labels = out.labels.to(torch.int64)
+        class_labels = dataset.labels[train]
+        counts = torch.bincount(labels, minlength=num_domains)
+        per_class = torch.zeros(num_domains, dataset.num_classes, dtype=torch.int64)
+        per_class.index_put_((labels, class_labels), torch.ones_like(labels), accumulate=True)
+        metrics = {"agreement": agreement(labels.numpy(), true.numpy())} if true is not None else {}
+        tensors = {"labels": labels, "train_indices": train, "counts": counts, "counts_per_class": per_class}
+        if out.scores is not None:
+            tensors["scores"] = out.scores
+        info = {"num_domains": num_domains, "num_train": len(train), "counts": counts.tolist(),
+                "class_names": dataset.class_names, "dataset": dataset.artifact.name}
+        art = workspace.write(
+            stage=STAGE, name=name, key=key, config=to_dict(cfg) | {"num_domains": num_domains},
+            inputs={"dataset": dataset.artifact.name}, tensors=tensors, seed=cfg.seed, fingerprint=dataset.fingerprint,
+            info=info, metrics=metrics, cost=cost, schema_version=SCHEMA_VERSION,
+        )
+        return art, False
 

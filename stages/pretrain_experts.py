@@ -133,61 +133,64 @@ def run(dataset: Dataset, labels: PseudoLabels | None, cfg: ExpertsConfig, works
         if rank == 0:
             workspace.set_latest(hit)
         return hit, True
-    workspace.ensure_writable()
-    partial = workspace.partial_dir(name)
-    if force and rank == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-    if world > 1:
-        dist.barrier()
-    partial.mkdir(parents=True, exist_ok=True)
-    jobs = [(role, d, k) for role, d in _sets(labels, cfg) for k in range(cfg.num_experts)]
-    # Experts an interrupted run already trained, listed before any rank starts training.
-    earlier = {expert_file(role, k) for role, _, k in jobs if _valid_file(partial / expert_file(role, k), cfg.epochs)}
-    if world > 1:
-        dist.barrier()
-    train = dataset.train_indices
-    test_x = dataset.normalized(dataset.test_indices, device)
-    mine = [job for i, job in enumerate(jobs) if i % world == rank]
-    with measure() as cost, progress.task(f"experts (rank {rank}/{world})" if world > 1 else "experts", total=len(mine)) as task:
-        for role, d, k in mine:
+    with workspace.computing(name, force, locked=_rank_world()[1] == 1) as done:
+        if done is not None:
+            return done, True
+        workspace.ensure_writable()
+        partial = workspace.partial_dir(name)
+        if force and rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+        if world > 1:
+            dist.barrier()
+        partial.mkdir(parents=True, exist_ok=True)
+        jobs = [(role, d, k) for role, d in _sets(labels, cfg) for k in range(cfg.num_experts)]
+        # Experts an interrupted run already trained, listed before any rank starts training.
+        earlier = {expert_file(role, k) for role, _, k in jobs if _valid_file(partial / expert_file(role, k), cfg.epochs)}
+        if world > 1:
+            dist.barrier()
+        train = dataset.train_indices
+        test_x = dataset.normalized(dataset.test_indices, device)
+        mine = [job for i, job in enumerate(jobs) if i % world == rank]
+        with measure() as cost, progress.task(f"experts (rank {rank}/{world})" if world > 1 else "experts", total=len(mine)) as task:
+            for role, d, k in mine:
+                path = partial / expert_file(role, k)
+                if path.name not in earlier:
+                    idx = train if d is None else train[labels.labels == d]
+                    if len(idx) == 0:
+                        raise ChddlError(f"pseudo-domain {d} has no training images")
+                    offset = 0 if d is None else 7919 * (d + 1)
+                    _train_one(dataset, idx, test_x, cfg, cfg.seed * 100003 + k + offset, path, device)
+                task.advance(1, expert=f"{role}/{k}")
+        if world > 1:
+            dist.barrier()
+        if rank != 0:
+            return None, False
+        files, accs, earlier_s = {}, {}, 0.0
+        for role, _, k in jobs:
             path = partial / expert_file(role, k)
-            if path.name not in earlier:
-                idx = train if d is None else train[labels.labels == d]
-                if len(idx) == 0:
-                    raise ChddlError(f"pseudo-domain {d} has no training images")
-                offset = 0 if d is None else 7919 * (d + 1)
-                _train_one(dataset, idx, test_x, cfg, cfg.seed * 100003 + k + offset, path, device)
-            task.advance(1, expert=f"{role}/{k}")
-    if world > 1:
-        dist.barrier()
-    if rank != 0:
-        return None, False
-    files, accs, earlier_s = {}, {}, 0.0
-    for role, _, k in jobs:
-        path = partial / expert_file(role, k)
-        if not _valid_file(path, cfg.epochs):
-            raise ChddlError(f"expert file {path} is missing or truncated after training; re-run to resume")
-        files[path.name] = path
-        with safetensors.safe_open(str(path), framework="pt") as fh:
-            accs.setdefault(role, []).append(float(fh.metadata()["test_acc"]))
-            if path.name in earlier:  # files from before train_s was recorded count as 0
-                earlier_s += float(fh.metadata().get("train_s", 0.0))
-    net = create_model(cfg.arch, dataset.num_classes, dataset.size)
-    info = {
-        "sets": [role for role, _ in _sets(labels, cfg)], "num_experts": cfg.num_experts, "epochs": cfg.epochs,
-        "arch": cfg.arch, "image_size": dataset.size, "num_classes": dataset.num_classes, "dtype": cfg.dtype,
-        "normalization": {"mean": list(dataset.mean), "std": list(dataset.std), "zca": dataset.zca is not None},
-        "parameters": {n: list(p.shape) for n, p in net.named_parameters()},
-        "files": {n: {"bytes": p.stat().st_size, "blake2b": _file_hash(p)} for n, p in files.items()},
-        "num_domains": labels.num_domains if cfg.domain_experts else 0, "world_size": world,
-    }
-    metrics = {role: {"mean_test_acc": round(sum(v) / len(v), 3)} for role, v in accs.items()}
-    art = workspace.write(stage=STAGE, name=name, key=key, config=to_dict(cfg), inputs={"dataset": dataset.artifact.name} | (
-        {"labels": labels.artifact.name} if cfg.domain_experts else {}), tensors={"test_accuracy": torch.tensor(accs["class"])},
-        seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=metrics, cost=cost | resumed_cost(cost, earlier_s),
-        link_files=files, schema_version=SCHEMA_VERSION)
-    shutil.rmtree(partial, ignore_errors=True)
-    return art, False
+            if not _valid_file(path, cfg.epochs):
+                raise ChddlError(f"expert file {path} is missing or truncated after training; re-run to resume")
+            files[path.name] = path
+            with safetensors.safe_open(str(path), framework="pt") as fh:
+                accs.setdefault(role, []).append(float(fh.metadata()["test_acc"]))
+                if path.name in earlier:  # files from before train_s was recorded count as 0
+                    earlier_s += float(fh.metadata().get("train_s", 0.0))
+        net = create_model(cfg.arch, dataset.num_classes, dataset.size)
+        info = {
+            "sets": [role for role, _ in _sets(labels, cfg)], "num_experts": cfg.num_experts, "epochs": cfg.epochs,
+            "arch": cfg.arch, "image_size": dataset.size, "num_classes": dataset.num_classes, "dtype": cfg.dtype,
+            "normalization": {"mean": list(dataset.mean), "std": list(dataset.std), "zca": dataset.zca is not None},
+            "parameters": {n: list(p.shape) for n, p in net.named_parameters()},
+            "files": {n: {"bytes": p.stat().st_size, "blake2b": _file_hash(p)} for n, p in files.items()},
+            "num_domains": labels.num_domains if cfg.domain_experts else 0, "world_size": world,
+        }
+        metrics = {role: {"mean_test_acc": round(sum(v) / len(v), 3)} for role, v in accs.items()}
+        art = workspace.write(stage=STAGE, name=name, key=key, config=to_dict(cfg), inputs={"dataset": dataset.artifact.name} | (
+            {"labels": labels.artifact.name} if cfg.domain_experts else {}), tensors={"test_accuracy": torch.tensor(accs["class"])},
+            seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=metrics, cost=cost | resumed_cost(cost, earlier_s),
+            link_files=files, schema_version=SCHEMA_VERSION)
+        shutil.rmtree(partial, ignore_errors=True)
+        return art, False
 
 
 def _file_hash(path: Path) -> str:

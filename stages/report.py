@@ -7,16 +7,19 @@ import base64
 import html
 import io
 import math
+import re
 import shutil
+import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
-from stages.artifacts import Artifact, Workspace
+from stages.artifacts import Artifact, Workspace, log
 from stages.condense import EXECUTION_ONLY, THETA_PRIME_DEFAULT, CondenseConfig
 from stages.config import to_dict
 from stages.errors import ChddlError
+from stages import figures
 from stages.paper import paper_figure
 from stages.progress import NullProgress, Progress
 
@@ -31,6 +34,7 @@ class Section:
     header: list[str] = field(default_factory=list)
     images: list[tuple[str, bytes]] = field(default_factory=list)
     text: str = ""
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, SVG text)
 
 
 def _fmt(m: dict | None) -> str:
@@ -95,7 +99,7 @@ def _labels(arts: list[Artifact]) -> Section:
     return s
 
 
-def _condensed(arts: list[Artifact], ws: Workspace, with_plots: bool) -> Section:
+def _condensed(arts: list[Artifact], ws: Workspace) -> Section:
     s = Section("Condensed sets", header=["artifact", "method", "IPC", "init", "iterations", "seed", "CHDDL settings", "s/it",
                                           "final L_cls", "final L_dom", "masks: max alpha / neighbours (chance)"])
     for a in arts:
@@ -104,13 +108,34 @@ def _condensed(arts: list[Artifact], ws: Workspace, with_plots: bool) -> Section
                        chddl_settings(a, ws), str(m.get("s_per_iteration")),
                        f"{m.get('final_loss_cls', 0):.4g}", f"{m.get('final_loss_dom', 0):.4g}" if c.get("domain_aware") else "-",
                        _mask_cell(m.get("masks"))])
-        s.images.append((f"{a.name}: synthetic images (one row per class)", (a.path / "grid.png").read_bytes()))
+        classes = a.info.get("class_names") or [str(i) for i in range(int(c["ipc"]))]
+        s.figures.append((f"{a.name}: synthetic images, one row per class",
+                          figures.labelled_grid(_png_array((a.path / "grid.png").read_bytes()), classes, [],
+                                                f"{_method(a).upper()}, IPC {c['ipc']}")))
         if (a.path / "extra_domain_views.png").is_file():
-            s.images.append((f"{a.name}: image | D domain views | D masks | winning domain per pixel (first images)",
-                             (a.path / "extra_domain_views.png").read_bytes()))
-        if with_plots:
-            s.images.append((f"{a.name}: loss curves", _loss_plot(a)))
+            s.figures.append((f"{a.name}: the first images, their domain views and masks, and which domain wins each pixel",
+                              _views_grid(a)))
+        s.figures.append((f"{a.name}: loss curves", figures.loss_curves(a.tensor("loss_history").numpy(),
+                                                                         bool(c.get("domain_aware")), a.name)))
     return s
+
+
+def _png_array(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def _views_grid(a: Artifact) -> str:
+    import safetensors.torch
+
+    d = int(safetensors.torch.load_file(str(a.path / "extra_domain_masks.safetensors"))["alpha"].shape[1])
+    image = _png_array((a.path / "extra_domain_views.png").read_bytes())
+    cols = ["image", *(f"view {i}" for i in range(d)), *(f"mask {i}" for i in range(d)), "winner"]
+    rows_shown = max(1, round(image.shape[0] / (image.shape[1] / len(cols))))
+    labels = a.tensor("labels").tolist()[:rows_shown]
+    names = a.info.get("class_names") or []
+    return figures.labelled_grid(image, [names[k] if k < len(names) else str(k) for k in labels], cols, "")
 
 
 def _mask_cell(masks: dict | None) -> str:
@@ -119,32 +144,14 @@ def _mask_cell(masks: dict | None) -> str:
     return f"{masks['mean_max_alpha']:.2f} / {masks['neighbour_agreement']:.2f} ({masks['chance_agreement']:.2f})"
 
 
-def _loss_plot(a: Artifact) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hist = a.tensor("loss_history").numpy()
-    fig, ax = plt.subplots(figsize=(5, 2.6), dpi=100)
-    ax.plot(hist[:, 0], label="L_cls", lw=0.8)
-    if a.config.get("domain_aware"):
-        ax.plot(hist[:, 1], label="L_dom", lw=0.8)
-    ax.set_xlabel("iteration")
-    ax.set_yscale("log")
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def _evaluations(evals: list[Artifact], ws: Workspace) -> list[Section]:
     overall = Section("Evaluation: top-1 % on the real test split (mean ± std over runs), ours vs the paper",
                       header=["training set", "method", "IPC", "arch", "ours", "paper", "runs x epochs", "target domain"])
     domain_rows: list[list[str]] = []
     domains: list[str] = []
+    charts: dict[tuple[str, int], list] = {}  # (dataset, IPC) -> ConvNet points of every set and baseline
+    paper_points: dict[tuple[str, int], list] = {}
+    bars: dict[str, dict[str, list[tuple[float, float]]]] = {}  # dataset -> set -> per-domain (mean, std)
     for e in evals:
         train = ws.find(e.info["train_set"])
         data = ws.find(e.info["dataset"])
@@ -159,12 +166,37 @@ def _evaluations(evals: list[Artifact], ws: Workspace) -> list[Section]:
             if m.get("per_domain"):
                 domains = list(m["per_domain"])
                 domain_rows.append([e.info["train_set"], arch, *(_fmt(v) for v in m["per_domain"].values())])
+            if arch != "convnet" or e.config.get("target_domain") or m.get("mean") is None:
+                continue
+            label = _set_label(e, train, method)
+            charts.setdefault((e.info["dataset"], ipc), []).append(figures.Point(label, m["mean"], m["std"]))
+            if paper:
+                paper_points.setdefault((e.info["dataset"], ipc), []).append(figures.Point(label, *paper))
+            if m.get("per_domain"):
+                bars.setdefault(e.info["dataset"], {})[label] = [(v["mean"], v["std"]) for v in m["per_domain"].values()]
     overall.text = ("The paper's figures use its full protocol (PACS at 64 px, 10 runs x 1,000 epochs, 20k DM iterations); "
                     "they are shown where the dataset, method, IPC and architecture match, whatever the scale of our run.")
+    for (dataset, ipc), points in sorted(charts.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        extra = {"paper": paper_points[(dataset, ipc)]} if (dataset, ipc) in paper_points else None
+        overall.figures.append((f"{dataset}, IPC {ipc or 'all'}: ConvNet top-1 % of every set and baseline (mean ± std "
+                                f"over runs; the paper's full-protocol figure beside where it has one)",
+                                figures.point_chart(sorted(points, key=lambda p: p.value), f"{dataset}, IPC {ipc or 'all'}",
+                                                    "top-1 %", extra=extra)))
     out = [overall]
     if domain_rows:
-        out.append(Section("Evaluation per true domain", header=["training set", "arch", *domains], rows=domain_rows))
+        per_domain = Section("Evaluation per true domain", header=["training set", "arch", *domains], rows=domain_rows)
+        for dataset, sets in bars.items():
+            per_domain.figures.append((f"{dataset}: ConvNet top-1 % per true domain (mean ± std over runs)",
+                                       figures.grouped_bars(domains, sets, dataset, "top-1 %")))
+        out.append(per_domain)
     return out
+
+
+def _set_label(e: Artifact, train: Artifact | None, method: str) -> str:
+    """A short name for a training set in plots: method, key and seed, or the baseline."""
+    if train is not None and train.stage == "condensed":
+        return f"{method.upper()} {train.name.rsplit('-', 1)[-1][:6]} s{train.config.get('seed')}"
+    return str(e.info["train_set"]).removeprefix("baseline-")
 
 
 def eval_lr(e: Artifact, train: Artifact) -> str:
@@ -222,10 +254,19 @@ def _sweeps(evals: list[Artifact], ws: Workspace) -> Section | None:
                 pooled.extend(runs)
                 seeds.add(int(train.config.get("seed", 0)))
     rows = []
+    lines: dict[str, dict[str, list[tuple[float, float, float]]]] = {}  # setting -> family -> (value, mean, std)
     for (name, method, rest), values in runs_of.items():
         if len(values) < 2:
             continue
         fixed = dict(rest)
+        numeric = [(float(v), float(np.mean(r)), float(np.std(r))) for v, (r, _) in values.items()
+                   if _value_order(v)[0] == 0 and r]
+        if len(numeric) >= 2:
+            family = f"{method} IPC {fixed['ipc']}" + (f" on {fixed['eval.target_domain']}"
+                                                       if fixed.get("eval.target_domain", "None") != "None" else "")
+            while family in lines.get(name, {}):
+                family += "'"
+            lines.setdefault(name, {})[family] = numeric
         cells = [f"{v}: {np.mean(r):.2f} ± {np.std(r):.2f} ({len(seeds)} x {len(r) // len(seeds)})"
                  for v, (r, seeds) in sorted(values.items(), key=lambda kv: _value_order(kv[0]))]
         label = f"{name} ({fixed['mask_optimizer']})" if name == "mask_lr" else name  # the lr means nothing without it
@@ -233,10 +274,14 @@ def _sweeps(evals: list[Artifact], ws: Workspace) -> Section | None:
                      f"{fixed['eval.runs']} x {fixed['eval.epochs']}", ", ".join(cells)])
     if not rows:
         return None
-    return Section("Sweeps (ConvNet accuracy by setting)", header=["setting", "method", "IPC", "target domain", "runs x epochs",
-                                                                    "value: accuracy (seeds x runs)"], rows=sorted(rows),
-                   text="Each row varies one setting with every other condensation, label and evaluation setting equal; "
-                        "mean ± std over the runs of every condensation seed.")
+    section = Section("Sweeps (ConvNet accuracy by setting)", header=["setting", "method", "IPC", "target domain",
+                                                                       "runs x epochs", "value: accuracy (seeds x runs)"],
+                      rows=sorted(rows), text="Each row varies one setting with every other condensation, label and "
+                                              "evaluation setting equal; mean ± std over the runs of every condensation seed.")
+    for name, families in sorted(lines.items()):
+        section.figures.append((f"ConvNet top-1 % against {name} (mean ± std over runs)",
+                                figures.sweep_lines(name, families, f"sweep: {name}")))
+    return section
 
 
 # Evaluation settings (besides the lr, see eval_lr) that must agree for two evaluations to be compared.
@@ -277,7 +322,7 @@ def _comparisons(evals: list[Artifact], ws: Workspace) -> Section | None:
         runs_of, seeds = pooled.setdefault(group, {}).setdefault(settings, ([], set()))
         runs_of.extend(runs)
         seeds.add(seed)
-    rows = []
+    rows, points, paper, labels = [], [], [], []
     for group, sides in pooled.items():
         if "-" not in sides:
             continue
@@ -293,13 +338,36 @@ def _comparisons(evals: list[Artifact], ws: Workspace) -> Section | None:
                          f"{np.mean(b):.2f} ± {np.std(b):.2f} ({len(bs)} x {len(b) // len(bs)})",
                          settings, f"{np.mean(a):.2f} ± {np.std(a):.2f} ({len(as_)} x {len(a) // len(as_)})",
                          f"{delta:+.2f} ± {se:.2f}", group[-1] or "all"])
+            label = f"{dataset.split('-')[1] if '-' in dataset else dataset} {base.upper()} IPC {ipc} {init} it {group[4]}" \
+                f"{'' if not group[-1] else f' on {group[-1]}'} | {{}} ({len(as_)}+{len(bs)} seeds)"
+            labels.append((label, settings))
+            points.append(figures.Point(str(len(labels) - 1), delta, 0.0 if se != se else se))
+            data = ws.find(dataset)
+            paper_base = paper_figure(str(data.info.get("source")) if data else "", base, int(ipc), group[-3])
+            paper_aware = paper_figure(str(data.info.get("source")) if data else "", f"{base}+chddl", int(ipc), group[-3])
+            if paper_base and paper_aware and not group[-1]:
+                paper.append(figures.Point(str(len(labels) - 1), paper_aware[0] - paper_base[0],
+                                           float(np.hypot(paper_aware[1], paper_base[1]))))
     if not rows:
         return None
-    return Section("CHDDL minus base (same condensation settings, pooled over condensation seeds)",
-                   header=["dataset", "base", "IPC", "init", "arch", "evaluation", "base (seeds x runs)", "CHDDL settings",
-                           "+CHDDL (seeds x runs)", "delta ± s.e.", "target domain"], rows=rows,
-                   text="mean ± std over every evaluation run of every condensation seed; the delta's standard error is "
-                        "Welch's over runs, so it understates the spread between condensation seeds when there are few.")
+    # plot labels name only the CHDDL settings in which the compared sets differ
+    common = set.intersection(*(set(st.split(", ")) for _, st in labels))
+    named = [t.format(", ".join(p for p in st.split(", ") if p not in common) or "the shared settings") for t, st in labels]
+    for p in points + paper:  # labelled by row number until now
+        p.label = named[int(p.label)]
+    section = Section("CHDDL minus base (same condensation settings, pooled over condensation seeds)",
+                      header=["dataset", "base", "IPC", "init", "arch", "evaluation", "base (seeds x runs)", "CHDDL settings",
+                              "+CHDDL (seeds x runs)", "delta ± s.e.", "target domain"], rows=rows,
+                      text="mean ± std over every evaluation run of every condensation seed; the delta's standard error is "
+                           "Welch's over runs, so it understates the spread between condensation seeds when there are few.")
+    section.figures.append(("CHDDL minus base, one row per comparison: ours (delta ± s.e.) and the paper's at the same "
+                            "dataset, method and IPC (its full protocol)", forest_plot(points, paper)))
+    return section
+
+
+def forest_plot(points: list, paper: list) -> str:
+    return figures.point_chart(points, "CHDDL minus base", "top-1 % (CHDDL minus base)", reference=0.0,
+                               extra={"paper": paper} if paper else None)
 
 
 def _costs(arts: list[Artifact]) -> Section:
@@ -312,6 +380,13 @@ def _costs(arts: list[Artifact]) -> Section:
     return s
 
 
+_NUMBER = re.compile(r"^[+-]?(\d[\d.,]*|\.\d+)(e[+-]?\d+)?( ± [\d.]+)?( \(.*\))?( GB| s| %)?$")
+
+
+def _is_number(cell: str) -> bool:
+    return cell == "-" or bool(_NUMBER.match(cell))
+
+
 def _markdown(sections: list[Section], image_dir: Path) -> str:
     lines = ["# chddl report", ""]
     counter = 0
@@ -320,10 +395,16 @@ def _markdown(sections: list[Section], image_dir: Path) -> str:
         if s.text:
             lines += [s.text, ""]
         if s.rows:
+            numeric = [all(_is_number(row[i]) for row in s.rows) for i in range(len(s.header))]
             lines.append("| " + " | ".join(s.header) + " |")
-            lines.append("|" + "---|" * len(s.header))
+            lines.append("|" + "".join("---:|" if n else ":---|" for n in numeric))
             lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in s.rows]
             lines.append("")
+        for caption, svg in s.figures:
+            counter += 1
+            name = f"figure_{counter:03d}.svg"
+            (image_dir / name).write_text(svg)
+            lines += [f"![{caption}]({image_dir.name}/{name})", f"*{caption}*", ""]
         for caption, png in s.images:
             counter += 1
             name = f"image_{counter:03d}.png"
@@ -332,21 +413,35 @@ def _markdown(sections: list[Section], image_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def inline_svg(svg: str) -> str:
+    """An SVG for embedding in HTML: no metadata block and no namespace
+    declarations (HTML5 needs neither), so the page names no URL at all."""
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
+    svg = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg)
+    return svg.replace("xlink:href=", "href=")
+
+
 def _html(sections: list[Section]) -> str:
     esc = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', "<title>chddl report</title>",
              "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}"
-             "img{image-rendering:pixelated;max-width:100%;border:1px solid #eee}figure{margin:1em 0}</style>",
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}td.num,th.num{text-align:right}"
+             "img{image-rendering:pixelated;max-width:100%;border:1px solid #eee}figure{margin:1em 0}"
+             "figure svg{max-width:100%;height:auto}figcaption{font-size:90%;color:#444}</style>",
              "</head>", "<body>", "<h1>chddl report</h1>"]
     for s in sections:
         parts.append(f"<h2>{esc(s.title)}</h2>")
         if s.text:
             parts.append(f"<p>{esc(s.text)}</p>")
         if s.rows:
-            parts.append("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in s.header) + "</tr></thead><tbody>")
-            parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in s.rows]
+            numeric = [all(_is_number(row[i]) for row in s.rows) for i in range(len(s.header))]
+            cls = [' class="num"' if n else "" for n in numeric]
+            parts.append("<table><thead><tr>" + "".join(f"<th{c}>{esc(h)}</th>" for c, h in zip(cls, s.header))
+                         + "</tr></thead><tbody>")
+            parts += ["<tr>" + "".join(f"<td{c}>{esc(v)}</td>" for c, v in zip(cls, row)) + "</tr>" for row in s.rows]
             parts.append("</tbody></table>")
+        for caption, svg in s.figures:
+            parts.append(f"<figure>{inline_svg(svg)}<figcaption>{esc(caption)}</figcaption></figure>")
         for caption, png in s.images:
             data = base64.b64encode(png).decode()
             parts.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}"><figcaption>{esc(caption)}</figcaption></figure>')
@@ -354,31 +449,49 @@ def _html(sections: list[Section]) -> str:
     return "\n".join(parts)
 
 
-def plots_available() -> bool:
-    """Whether matplotlib (the optional ``plots`` extra) can be imported."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _summary(stages: dict[str, list[Artifact]], ws: Workspace, forest: Section | None) -> Section:
+    """What the workspace holds, the best set per dataset and IPC, and the CHDDL-minus-base evidence."""
+    s = Section("Summary", header=["dataset", "IPC", "best set (ConvNet)", "top-1 %", "sets evaluated"])
+    best: dict[tuple[str, int], tuple[float, float, str, int]] = {}
+    for e in stages.get("evaluation", []):
+        m = e.metrics.get("convnet")
+        if not m or m.get("mean") is None or e.config.get("target_domain"):
+            continue
+        slot = (e.info["dataset"], int(e.info.get("ipc", 0)))
+        count = best.get(slot, (0, 0, "", 0))[3] + 1
+        if slot not in best or m["mean"] > best[slot][0]:
+            best[slot] = (m["mean"], m["std"], e.info["train_set"], count)
+        else:
+            best[slot] = (*best[slot][:3], count)
+    for (dataset, ipc), (mean, std, name, count) in sorted(best.items()):
+        s.rows.append([dataset, str(ipc or "all"), name, f"{mean:.2f} ± {std:.2f}", str(count)])
+    n_sets = len(stages.get("condensed", []))
+    s.text = (f"{len(stages.get('dataset', []))} dataset(s), {len(stages.get('labels', []))} labelling(s), "
+              f"{n_sets} condensed set(s), {len(stages.get('evaluation', []))} evaluation(s). "
+              + ("Below: every CHDDL-minus-base comparison (detailed in its own section)." if forest else
+                 "No base set has a CHDDL twin under the same settings yet, so there is no CHDDL-minus-base comparison."))
+    if forest is not None:
+        s.figures = forest.figures[:1]
+    return s
 
 
 def run(workspace: Workspace, out_dir: Path | None = None, progress: Progress = NullProgress()) -> tuple[Path, Path]:
-    """Write ``report.md`` (+ its images) and a self-contained ``report.html``;
-    returns their paths. Plots need matplotlib; without it the report has
-    tables and image grids only."""
+    """Write ``report.md`` (+ its figures as SVG files) and a self-contained
+    ``report.html`` (figures as inline SVG); returns their paths."""
+    workspace.check_exists()
     arts = workspace.all()
     if not arts:
         raise ChddlError(f"workspace {workspace.root} holds no artifacts yet; run `chddl demo` or `chddl label PATH` first")
+    damaged = workspace.damaged()
     stages = _by_stage(arts)
-    with_plots = plots_available()
     sections: list[Section] = []
     if "dataset" in stages:
         sections.append(_datasets(stages["dataset"]))
     if "labels" in stages:
         sections.append(_labels(stages["labels"]))
     if "condensed" in stages:
-        sections.append(_condensed(stages["condensed"], workspace, with_plots))
+        sections.append(_condensed(stages["condensed"], workspace))
+    paired = None
     if "evaluation" in stages:
         sections += _evaluations(stages["evaluation"], workspace)
         paired = _comparisons(stages["evaluation"], workspace)
@@ -387,18 +500,23 @@ def run(workspace: Workspace, out_dir: Path | None = None, progress: Progress = 
         sweep = _sweeps(stages["evaluation"], workspace)
         if sweep is not None:
             sections.append(sweep)
+    sections.insert(0, _summary(stages, workspace, paired))
     sections.append(_costs(arts))
-    if not with_plots:
-        sections.append(Section("Plots", text="Loss curves are omitted: install the optional extra (pip install 'chddl[plots]')."))
+    if damaged:
+        log.warning(f"the report skips {len(damaged)} damaged artifact(s) (listed in its last section): "
+                    f"delete each and re-run the command that made it")
+        sections.append(Section("Skipped artifacts", header=["folder", "problem"],
+                                rows=[[str(path), reason] for path, reason in damaged],
+                                text="Not in the tables above: each folder is damaged. Delete it and re-run the command "
+                                     "that made it (with --force if its settings are otherwise cached)."))
     out_dir = Path(out_dir) if out_dir is not None else workspace.root / "report"
-    workspace.ensure_writable()
-    tmp = workspace.root / "tmp" / "report.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
-    (tmp / "report.md").write_text(_markdown(sections, tmp / "images"))
-    (tmp / "report.html").write_text(_html(sections))
+    # Written beside its destination and renamed into place: a read-only workspace can report elsewhere.
+    tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
+        (tmp / "images").mkdir(parents=True)
+        (tmp / "report.md").write_text(_markdown(sections, tmp / "images"))
+        (tmp / "report.html").write_text(_html(sections))
         if out_dir.exists():
             if not (out_dir / "report.html").exists():
                 raise ChddlError(f"{out_dir} exists and is not a chddl report folder; pass another --out")
@@ -406,4 +524,6 @@ def run(workspace: Workspace, out_dir: Path | None = None, progress: Progress = 
         shutil.move(str(tmp), str(out_dir))
     except OSError as exc:
         raise ChddlError(f"cannot write the report to {out_dir} ({exc.strerror}); pass a writable --out") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir / "report.md", out_dir / "report.html"

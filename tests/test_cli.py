@@ -256,7 +256,7 @@ def test_sigterm_stops_the_cli_like_ctrl_c(monkeypatch) -> None:
 
     from chddl_cli import app as app_module
 
-    def send_sigterm() -> None:
+    def send_sigterm(**_: object) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(app_module, "app", send_sigterm)
@@ -285,3 +285,28 @@ def test_a_longer_condense_says_which_set_it_continued(tmp_path) -> None:
     second = runner.invoke(app, [*common, "--iterations", "3"], catch_exceptions=False, terminal_width=300)
     assert second.exit_code == 0, second.output
     assert f"continuing {name} from its final iteration 2" in second.output
+
+
+def test_threads_sets_torchs_cpu_threads(tmp_path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert invoke("-w", str(tmp_path / "ws"), "--threads", "1", "report").exit_code == 1  # empty workspace
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    bad = runner.invoke(app, ["--threads", "0", "report"])
+    assert bad.exit_code == 2
+
+
+@pytest.mark.parametrize("args, text", [(["condense", "--bogus"], "No such option: --bogus"),
+                                        (["condense", "--ipc", "x"], "Invalid value for '--ipc'")])
+def test_usage_errors_are_one_line_in_chddls_format(args, text) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "chddl_cli", *args], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and text in result.stderr and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr and "Error:" not in result.stderr

@@ -220,13 +220,20 @@ def test_an_uninterrupted_run_has_no_earlier_time(data, workspace) -> None:
     assert cost["earlier_wall_s"] == 0 and cost["wall_s_total"] == pytest.approx(cost["wall_s"], abs=0.01)
 
 
-@pytest.mark.parametrize(("minutes", "expected"), [(1e-9, 4), (10.0, None)])
-def test_a_crash_keeps_the_last_timed_checkpoint(data, workspace, monkeypatch, minutes, expected) -> None:
+@pytest.mark.parametrize(("first", "then", "expected"), [(1e-9, 1e-9, 4), (1e-9, 10.0, 1), (10.0, 1e-9, None)])
+def test_a_crash_keeps_the_last_timed_checkpoint(data, workspace, monkeypatch, first, then, expected) -> None:
+    from stages.methods import loop
     from stages.methods.checkpoint import load_checkpoint
 
+    # each iteration "takes" 100 s and writing a checkpoint no time, so the 1% spacing rule never delays one here
+    now = [0.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: now[0])
     ds, labels = data
-    cfg = build(CondenseConfig, TINY, {"iterations": 6, "checkpoint_every": 100, "checkpoint_minutes": minutes})
+    cfg = build(CondenseConfig, TINY, {"iterations": 6, "checkpoint_every": 100, "first_checkpoint_minutes": first,
+                                       "checkpoint_minutes": then})
     _fail_at_step(monkeypatch, 5, RuntimeError)  # not an interruption: nothing is saved on the way out
+    real_step = loop.Loop.step
+    monkeypatch.setattr(loop.Loop, "step", lambda self, g: now.__setitem__(0, now[0] + 100.0) or real_step(self, g))
     with pytest.raises(RuntimeError):
         run(ds, labels, cfg, workspace)
     partial = next((workspace.root / "partial").iterdir(), None)
@@ -396,3 +403,28 @@ def test_theta_prime_defaults_per_base_and_keeps_earlier_cache_keys() -> None:
     assert {b: c.theta_prime for b, c in resolved.items()} == {"dm": "shared", "dc": "own", "mtt": "own"}
     assert all("theta_prime" not in c.key_fields() for c in resolved.values())
     assert build(CondenseConfig, {"base": "dc", "theta_prime": "shared"}).resolved().key_fields()["theta_prime"] == "shared"
+
+
+def test_timed_checkpoints_cost_at_most_about_one_percent(data, workspace, monkeypatch) -> None:
+    from stages.methods import checkpoint, loop
+
+    saves, now = [], [0.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: now[0])
+    real_save = checkpoint.save_checkpoint
+
+    def slow_save(*args):  # each checkpoint write takes 2 "seconds"
+        now[0] += 2.0
+        saves.append(args[2])
+        real_save(*args)
+
+    def step(self, g, real=loop.Loop.step):
+        now[0] += 30.0  # each iteration takes 30 "seconds"
+        return real(self, g)
+
+    monkeypatch.setattr(loop, "save_checkpoint", slow_save)
+    monkeypatch.setattr(loop.Loop, "step", step)
+    ds, labels = data
+    run(ds, labels, build(CondenseConfig, TINY, {"iterations": 30, "checkpoint_every": 1000,
+                                                 "first_checkpoint_minutes": 1.0, "checkpoint_minutes": 1.0}), workspace)
+    # first after 60 s of work (iteration 2), then every 200 s = 100 x the 2 s write, not every 60 s
+    assert saves[0] == 2 and all(b - a >= 200 / 30 - 1 for a, b in zip(saves, saves[1:])) and len(saves) <= 5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
 import pytest
@@ -60,8 +62,9 @@ def test_report_covers_every_artifact_kind(full_workspace) -> None:
         assert heading in text
     assert "DM+CHDDL" in text and "RANDOM" in text
     assert "tau" in text and "0.1:" in text and "0.5:" in text  # the tau sweep is tabulated
-    images = list((md.parent / "images").iterdir())
-    assert images and all(p.read_bytes()[:4] == b"\x89PNG" for p in images)
+    figures = sorted((md.parent / "images").iterdir())
+    assert figures and all(p.suffix == ".svg" and ET.parse(p).getroot().tag.endswith("svg") for p in figures)
+    assert all(f"images/{p.name}" in text for p in figures)
 
 
 def test_html_is_well_formed_and_self_contained(full_workspace) -> None:
@@ -69,7 +72,8 @@ def test_html_is_well_formed_and_self_contained(full_workspace) -> None:
     checker = _Checker()
     checker.feed(page.read_text())
     assert checker.errors == [] and checker.stack == []
-    assert checker.sources and all(src.startswith("data:image/png;base64,") for src in checker.sources)
+    assert all(src.startswith("data:image/png;base64,") for src in checker.sources)
+    assert page.read_text().count("<svg") >= 5
     assert "http://" not in page.read_text() and "https://" not in page.read_text()
 
 
@@ -182,3 +186,66 @@ def test_a_set_made_before_a_setting_existed_sweeps_as_if_it_had_the_default(ful
     evals = [a for a in full_workspace.all() if a.stage == "evaluation" and a.info.get("train_kind") != "random"]
     rows = report._sweeps(evals, full_workspace).rows
     assert [r[0] for r in rows] == ["tau"] and rows[0][5].count(":") == 2
+
+
+@pytest.fixture
+def compared_workspace(tmp_path, workspace):
+    """DM, DM+CHDDL at two tau and random real images, each evaluated."""
+    ds = load_dataset(ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)[0])
+    labels = load_labels(label_run(ds, build(LabelConfig, {"num_domains": 2}), workspace)[0], ds)
+    tiny = {"ipc": 1, "iterations": 2, "batch_real": 8, "compile": "off"}
+    for extra in ({"domain_aware": False}, {"tau": 0.1}, {"tau": 0.5}):
+        cond, _ = condense_run(ds, labels, build(CondenseConfig, tiny, extra), workspace)
+        evaluate_run(from_condensed(cond, ds), ds, build(EvaluateConfig, {"runs": 2, "epochs": 1}), workspace)
+    evaluate_run(baseline(ds, "random", 1, 0), ds, build(EvaluateConfig, {"runs": 2, "epochs": 1}), workspace)
+    return workspace
+
+
+def _figures(md) -> dict[str, int]:
+    """caption -> number of data series of each SVG figure of a Markdown report."""
+    out = {}
+    text = md.read_text()
+    for path, caption in re.findall(r"!\[[^\]]*\]\((images/figure_\d+\.svg)\)\n\*([^*]+)\*", text):
+        root = ET.parse(md.parent / path).getroot()
+        ids = {el.get("id") for el in root.iter() if (el.get("id") or "").startswith("series-")}
+        out.setdefault(caption, len(ids))
+    return out
+
+
+def test_every_figure_is_svg_with_the_expected_series(compared_workspace) -> None:
+    md, _ = report.run(compared_workspace)
+    figures = _figures(md)
+    loss = {c: n for c, n in figures.items() if c.endswith("loss curves")}
+    assert sorted(loss.values()) == [1, 2, 2]  # DM: L_cls; DM+CHDDL: L_cls and L_dom
+    grids = [c for c in figures if "synthetic images, one row per class" in c]
+    views = [c for c in figures if "domain views and masks" in c]
+    assert len(grids) == 3 and len(views) == 2
+    assert figures[next(c for c in figures if "top-1 % of every set and baseline" in c)] == 1
+    assert figures[next(c for c in figures if "per true domain" in c)] == 4  # one series per set
+    assert figures[next(c for c in figures if c.startswith("CHDDL minus base"))] == 1
+    assert figures[next(c for c in figures if "against tau" in c)] == 1
+
+
+def test_the_forest_plot_has_a_row_per_comparison_and_a_zero_line(compared_workspace) -> None:
+    md, _ = report.run(compared_workspace)
+    caption = next(c for c in _figures(md) if c.startswith("CHDDL minus base"))
+    path = re.search(rf"!\[{re.escape(caption)}\]\((images/figure_\d+\.svg)\)", md.read_text()).group(1)
+    svg = (md.parent / path).read_text()
+    assert svg.count("| tau 0.5 (1+1 seeds)") == 1 and svg.count("| tau 0.1 (1+1 seeds)") == 1  # labels name what differs
+    assert "## Summary" in md.read_text().split("## Datasets")[0]  # the summary opens the page
+
+
+def test_grids_are_labelled_with_class_names_and_view_headings(compared_workspace) -> None:
+    md, _ = report.run(compared_workspace)
+    text = md.read_text()
+    grid = re.search(r"!\[[^\]]*synthetic images, one row per class\]\((images/figure_\d+\.svg)\)", text).group(1)
+    assert all(f">{name}<" in (md.parent / grid).read_text() for name in ("c0", "c1", "c2"))
+    views = re.search(r"!\[[^\]]*domain views and masks[^\]]*\]\((images/figure_\d+\.svg)\)", text).group(1)
+    svg = (md.parent / views).read_text()
+    assert all(f">{h}<" in svg for h in ("image", "view 0", "view 1", "mask 0", "mask 1", "winner"))
+
+
+def test_tables_align_text_left_and_numbers_right(compared_workspace) -> None:
+    _, page = report.run(compared_workspace)
+    head = re.search(r"<h2>Cost of each stage</h2>.*?<thead><tr>(.*?)</tr>", page.read_text(), re.S).group(1)
+    assert head.startswith("<th>artifact</th><th>stage</th>") and '<th class="num">wall s</th>' in head

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,27 +95,63 @@ def detect_format(source: str) -> tuple[str, Path]:
     return "folder", path
 
 
-def source_fingerprint(fmt: str, path: Path) -> str:
-    """Cheap identity of the source's content, part of the dataset's key.
+def _file_digest(path: str) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
 
-    Files are hashed; folder trees are identified by their files' relative
-    paths, sizes and modification times (decoding every image would cost
-    more than the cache saves).
+
+def source_fingerprint(fmt: str, path: Path, digest_cache: Path | None = None) -> str:
+    """Identity of the source's content, part of the dataset's key.
+
+    Files are hashed. A folder tree is identified by each file's relative
+    path and the hash of its bytes, so a byte-identical tree (copied,
+    restored, touched) is the same dataset. ``digest_cache`` (a JSON file)
+    remembers each file's hash under its size and modification time, so an
+    unchanged tree is not read again; a file whose size or mtime changed is
+    hashed anew.
     """
     h = hashlib.blake2b(digest_size=16)
     if fmt == "builtin":
         h.update(f"builtin:{path.name}:v{demo.VERSION}".encode())
     elif path.is_file():
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
+        h.update(_file_digest(str(path)).encode())
     else:
+        cache = _read_digests(digest_cache)
+        fresh: dict[str, list] = {}
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames.sort()
             for f in sorted(filenames):
-                st = os.stat(os.path.join(dirpath, f))
-                h.update(f"{os.path.relpath(os.path.join(dirpath, f), path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+                full = os.path.join(dirpath, f)
+                st = os.stat(full)
+                known = cache.get(os.path.abspath(full))
+                stamp = [st.st_size, st.st_mtime_ns]
+                digest = known[2] if isinstance(known, list) and known[:2] == stamp else _file_digest(full)
+                fresh[os.path.abspath(full)] = [*stamp, digest]
+                h.update(f"{os.path.relpath(full, path)}|{digest}\n".encode())
+        if digest_cache is not None and any(cache.get(k) != v for k, v in fresh.items()):
+            _write_digests(digest_cache, cache | fresh)
     return h.hexdigest()
+
+
+def _read_digests(path: Path | None) -> dict:
+    try:
+        data = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return {}  # missing or damaged: hash everything again
+    return data if isinstance(data, dict) else {}
+
+
+def _write_digests(path: Path, data: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only workspace: the next run hashes again
 
 
 def stratified_split(labels: torch.Tensor, domains: torch.Tensor | None, fraction: float, seed: int) -> torch.Tensor:
@@ -172,61 +209,65 @@ def ingest(source: str, cfg: DatasetConfig, workspace: Workspace, *, force: bool
     fmt, path = detect_format(source) if cfg.format == "auto" else (cfg.format, Path(source.removeprefix(BUILTIN_PREFIX)))
     if not path.exists() and fmt != "builtin":
         raise ChddlError(f"no such file or directory: {source}")
-    workspace.ensure_writable()
+    workspace.check_exists()
     # Subset sizes of 0 stay out of the key so datasets cached before the options existed are still found.
     config = {k: v for k, v in to_dict(cfg).items() if k != "strict" and not (k.endswith("_per_class") and not v)} | {"format": fmt}
-    key = artifact_key(STAGE, config, {"source": source_fingerprint(fmt, path)}, SCHEMA_VERSION)
+    digests = workspace.root / "cache" / "file-digests.json"
+    key = artifact_key(STAGE, config, {"source": source_fingerprint(fmt, path, digests)}, SCHEMA_VERSION)
     name = stage_artifact_name(_dataset_name(fmt, path, cfg), key)
     if not force and (hit := workspace.find(name)) is not None:
         if cfg.strict and hit.info.get("skipped_files"):
             raise ChddlError(f"{len(hit.info['skipped_files'])} image file(s) under {source} cannot be decoded (--strict), e.g. {hit.info['skipped_files'][0]}")
         workspace.set_latest(hit)
         return hit, True
-    with measure() as cost:
-        raw = DATASETS.get(fmt)(path, cfg, progress)
-        if raw.skipped and cfg.strict:
-            raise ChddlError(f"{len(raw.skipped)} image file(s) cannot be decoded (--strict), e.g. {raw.skipped[0]}")
-        split = raw.split if raw.split is not None else stratified_split(raw.labels, raw.domains, cfg.test_fraction, cfg.split_seed)
-        full_sizes = f"{int((split == TRAIN).sum())} train / {int((split == TEST).sum())} test"
-        if (keep := subset_mask(raw.labels, split, cfg)) is not None:
-            raw = raw.subset(keep)
-            split = split[keep]
-        train = split == TRAIN
-        if int(train.sum()) == 0:
-            raise ChddlError(f"{source} has no training images after splitting")
-        pixels = raw.images[train].to(torch.float64).div_(255.0)
-        mean = pixels.mean(dim=(0, 2, 3))
-        std = pixels.std(dim=(0, 2, 3))
-        del pixels
-        tensors = {"images": raw.images, "labels": raw.labels, "split": split}
-        fingerprint = tensor_fingerprint(raw.images, raw.labels, raw.domains, split)
-        if cfg.zca:
-            progress.note(f"fitting ZCA on {int(train.sum())} training images")
-            normalised = (raw.images[train].float().div_(255.0) - mean.float().view(1, 3, 1, 1)) / std.float().view(1, 3, 1, 1)
-            zca = fit_zca(normalised, cfg.zca_eps)
-            tensors |= {"zca_mean": zca.mean, "zca_matrix": zca.matrix, "zca_inverse": zca.inverse}
-            # Everything downstream (experts, condensed sets) must tell whitened data from plain.
-            fingerprint = tensor_fingerprint(raw.images, raw.labels, raw.domains, split, zca.matrix)
-    if raw.domains is not None:
-        tensors["domains"] = raw.domains
-    info = {
-        "source": str(source),
-        "format": raw.source_format or fmt,
-        "class_names": raw.class_names,
-        "domain_names": raw.domain_names,
-        "num_images": int(len(raw.labels)),
-        "num_train": int(train.sum()),
-        "num_test": int((~train).sum()),
-        "subset": (f"of {full_sizes}: at most {cfg.train_per_class or 'all'} train / {cfg.test_per_class or 'all'} test "
-                   f"per class, seed {cfg.split_seed}") if keep is not None else None,
-        "split_from": "source" if raw.split is not None else f"stratified(test_fraction={cfg.test_fraction}, seed={cfg.split_seed})",
-        "mean": [round(float(m), 6) for m in mean],
-        "std": [round(float(s), 6) for s in std],
-        "skipped_files": raw.skipped,
-    }
-    art = workspace.write(
-        stage=STAGE, name=name, key=key, config=to_dict(cfg) | {"format": fmt}, inputs={"source": str(source)},
-        tensors=tensors, seed=cfg.split_seed, info=info, cost=cost, schema_version=SCHEMA_VERSION,
-        fingerprint=fingerprint,
-    )
-    return art, False
+    with workspace.computing(name, force) as done:
+        if done is not None:
+            return done, True
+        with measure() as cost:
+            raw = DATASETS.get(fmt)(path, cfg, progress)
+            if raw.skipped and cfg.strict:
+                raise ChddlError(f"{len(raw.skipped)} image file(s) cannot be decoded (--strict), e.g. {raw.skipped[0]}")
+            split = raw.split if raw.split is not None else stratified_split(raw.labels, raw.domains, cfg.test_fraction, cfg.split_seed)
+            full_sizes = f"{int((split == TRAIN).sum())} train / {int((split == TEST).sum())} test"
+            if (keep := subset_mask(raw.labels, split, cfg)) is not None:
+                raw = raw.subset(keep)
+                split = split[keep]
+            train = split == TRAIN
+            if int(train.sum()) == 0:
+                raise ChddlError(f"{source} has no training images after splitting")
+            pixels = raw.images[train].to(torch.float64).div_(255.0)
+            mean = pixels.mean(dim=(0, 2, 3))
+            std = pixels.std(dim=(0, 2, 3))
+            del pixels
+            tensors = {"images": raw.images, "labels": raw.labels, "split": split}
+            fingerprint = tensor_fingerprint(raw.images, raw.labels, raw.domains, split)
+            if cfg.zca:
+                progress.note(f"fitting ZCA on {int(train.sum())} training images")
+                normalised = (raw.images[train].float().div_(255.0) - mean.float().view(1, 3, 1, 1)) / std.float().view(1, 3, 1, 1)
+                zca = fit_zca(normalised, cfg.zca_eps)
+                tensors |= {"zca_mean": zca.mean, "zca_matrix": zca.matrix, "zca_inverse": zca.inverse}
+                # Everything downstream (experts, condensed sets) must tell whitened data from plain.
+                fingerprint = tensor_fingerprint(raw.images, raw.labels, raw.domains, split, zca.matrix)
+        if raw.domains is not None:
+            tensors["domains"] = raw.domains
+        info = {
+            "source": str(source),
+            "format": raw.source_format or fmt,
+            "class_names": raw.class_names,
+            "domain_names": raw.domain_names,
+            "num_images": int(len(raw.labels)),
+            "num_train": int(train.sum()),
+            "num_test": int((~train).sum()),
+            "subset": (f"of {full_sizes}: at most {cfg.train_per_class or 'all'} train / {cfg.test_per_class or 'all'} test "
+                       f"per class, seed {cfg.split_seed}") if keep is not None else None,
+            "split_from": "source" if raw.split is not None else f"stratified(test_fraction={cfg.test_fraction}, seed={cfg.split_seed})",
+            "mean": [round(float(m), 6) for m in mean],
+            "std": [round(float(s), 6) for s in std],
+            "skipped_files": raw.skipped,
+        }
+        art = workspace.write(
+            stage=STAGE, name=name, key=key, config=to_dict(cfg) | {"format": fmt}, inputs={"source": str(source)},
+            tensors=tensors, seed=cfg.split_seed, info=info, cost=cost, schema_version=SCHEMA_VERSION,
+            fingerprint=fingerprint,
+        )
+        return art, False

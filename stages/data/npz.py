@@ -26,7 +26,8 @@ def _images(arr: np.ndarray, path: Path) -> torch.Tensor:
         if np.issubdtype(arr.dtype, np.floating) and arr.size and 0.0 <= arr.min() and arr.max() <= 1.0:
             arr = np.round(arr * 255.0).astype(np.uint8)
         else:
-            raise ChddlError(f"{path}: 'images' must be uint8 (or floats in [0, 1]), got {arr.dtype}")
+            what = f"{arr.dtype} values in [{arr.min():.3g}, {arr.max():.3g}]" if arr.size else str(arr.dtype)
+            raise ChddlError(f"{path}: 'images' must be uint8 in [0, 255] or floats in [0, 1], got {what}")
     t = torch.from_numpy(np.ascontiguousarray(arr))
     return t if t.shape[1] == 3 and t.shape[-1] != 3 else t.permute(0, 3, 1, 2).contiguous()
 
@@ -34,7 +35,11 @@ def _images(arr: np.ndarray, path: Path) -> torch.Tensor:
 def read_npz(path: Path, size: int) -> RawDataset:
     """Load an npz with ``images`` (N,H,W,3 uint8) and ``labels``; optional
     ``domains``, ``split`` (0 train / 1 test), ``class_names``, ``domain_names``.
-    Loaded with ``allow_pickle=False``: object arrays are refused."""
+    Loaded with ``allow_pickle=False``: object arrays are refused. Float
+    images are accepted when they lie in [0, 1] (scaled by 255 and rounded)."""
+    if not zipfile.is_zipfile(path):
+        raise ChddlError(f"{path} is not an .npz archive (not a zip file); write one with "
+                         f"numpy.savez(path, images=..., labels=...)")
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:

@@ -30,6 +30,7 @@ class LoopSettings:
     log_every: int
     checkpoint_every: int
     checkpoint_minutes: float
+    first_checkpoint_minutes: float = 1.0  # the first timed checkpoint of a run comes sooner
 
 
 def iteration_generator(seed: int, iteration: int) -> torch.Generator:
@@ -217,6 +218,7 @@ class Loop:
         self._clock = time.monotonic()
         self._good = (start, self.state())
         self._saved = (start, self._clock)
+        self._save_s = 0.0  # how long the last checkpoint took to write
         try:
             self._iterate(start, stop_after)
         except KeyboardInterrupt:
@@ -227,8 +229,10 @@ class Loop:
 
     def _checkpoint(self) -> None:
         it, state = self._good
+        t0 = time.monotonic()
         save_checkpoint(self.partial, self.key, it, state)
         self._saved = (it, time.monotonic())
+        self._save_s = self._saved[1] - t0
 
     def _iterate(self, start: int, stop_after: int | None) -> None:
         s = self.s
@@ -275,8 +279,10 @@ class Loop:
                 pending = []
                 self._good = (it, self.state())
                 stop = stop_after is not None and it - start >= stop_after
-                due = it < s.iterations and (
-                    it % s.checkpoint_every == 0 or time.monotonic() - self._saved[1] >= 60 * s.checkpoint_minutes)
+                minutes = s.first_checkpoint_minutes if self._saved[0] == start else s.checkpoint_minutes
+                # timed checkpoints spaced so that writing them costs at most ~1% of the run
+                interval = max(60 * minutes, 100 * self._save_s)
+                due = it < s.iterations and (it % s.checkpoint_every == 0 or time.monotonic() - self._saved[1] >= interval)
                 if due or stop:
                     self._checkpoint()
                 if stop:
