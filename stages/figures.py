@@ -90,6 +90,9 @@ def point_chart(points: list[Point], title: str, xlabel: str, reference: float |
                                    xerr=[p.error for _, p in rows], fmt="sd"[i % 2], ms=4, capsize=2, label=name))
     if reference is not None:
         ax.axvline(reference, color="0.4", lw=0.8, ls="--")
+        lo, hi = ax.get_xlim()
+        pad = 0.05 * (max(hi, reference) - min(lo, reference))
+        ax.set_xlim(min(lo, reference - pad), max(hi, reference + pad))
     ax.set_yticks(y, labels)
     ax.set(xlabel=xlabel, title=title)
     if extra:

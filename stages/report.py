@@ -131,8 +131,11 @@ def _views_grid(a: Artifact) -> str:
 
     d = int(safetensors.torch.load_file(str(a.path / "extra_domain_masks.safetensors"))["alpha"].shape[1])
     image = _png_array((a.path / "extra_domain_views.png").read_bytes())
-    cols = ["image", *(f"view {i}" for i in range(d)), *(f"mask {i}" for i in range(d)), "winner"]
-    rows_shown = max(1, round(image.shape[0] / (image.shape[1] / len(cols))))
+    cell = 2 * (int(a.info["image_size"]) + 1)  # grid_png: 1 px padding, 2x scale
+    cols = ["image", *(f"view {i}" for i in range(d)), *(f"mask {i}" for i in range(d))]
+    if round(image.shape[1] / cell) > len(cols):  # sets made before the winner map have no such column
+        cols.append("winner")
+    rows_shown = max(1, round(image.shape[0] / cell))
     labels = a.tensor("labels").tolist()[:rows_shown]
     names = a.info.get("class_names") or []
     return figures.labelled_grid(image, [names[k] if k < len(names) else str(k) for k in labels], cols, "")
