@@ -5,7 +5,8 @@ condensation seeds, overall and per true domain, with mask diagnostics.
     python bench/reproduce/gain_table.py /tmp/gain32 [/tmp/gain64 ...]
 
 Per variant: mean ± std over every evaluation run of every seed; delta =
-variant minus DM with Welch's standard error over runs (as `chddl report`);
+variant minus DM at the same condensation seeds, with Welch's standard
+error over runs (as `chddl report`);
 per-domain deltas alike; "masks" is the seeds' mean of the mean largest
 alpha and of the neighbour agreement (chance in brackets).
 """
@@ -67,13 +68,16 @@ def tables(workdirs: list[str]) -> str:
                   "| set | seeds x runs | accuracy | delta vs DM | " + " | ".join(f"delta {d}" for d in domains)
                   + " | masks: max alpha / neighbours (chance) |",
                   "|---" * (5 + len(domains)) + "|"]
-        base = variants["DM"]
-        b_runs = np.concatenate([r["runs"] for r in base])
-        b_dom = np.concatenate([r["per_domain"] for r in base])
         for variant, sets in sorted(variants.items(), key=lambda kv: (kv[0] != "DM", kv[0])):
             runs = np.concatenate([r["runs"] for r in sets])
             dom = np.concatenate([r["per_domain"] for r in sets])
-            seeds = len({r["seed"] for r in sets})
+            seed_set = {r["seed"] for r in sets}
+            seeds = len(seed_set)
+            base = [r for r in variants["DM"] if r["seed"] in seed_set]  # DM at the same condensation seeds
+            if not base:
+                continue
+            b_runs = np.concatenate([r["runs"] for r in base])
+            b_dom = np.concatenate([r["per_domain"] for r in base])
             cells = [f"{runs.mean():.2f} ± {runs.std():.2f}"]
             if variant == "DM":
                 cells.append("-")
