@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,27 @@ from stages.errors import ChddlError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+if not console.is_terminal:  # a pipe or a file: no folding at 80 columns (tables stay whole, paths unbroken)
+    console.width = max(console.width, 200)
+
+JSON_OPTION = typer.Option("--json", help="print one JSON object (artifact paths, metrics, cost) on stdout and nothing else")
+
+
+def result_line(label: str, path: object) -> None:
+    """The final ``label: PATH`` line scripts read: never wrapped or cut."""
+    console.print(f"{label}: {path}", soft_wrap=True, markup=False)
+
+
+def artifact_json(art, hit: bool | None = None) -> dict:
+    """What ``--json`` reports of an artifact."""
+    out = {"artifact": str(art.path), "name": art.name, "stage": art.stage, "metrics": art.metrics,
+           "cost": art.meta.get("cost", {})}
+    return out if hit is None else out | {"cache_hit": hit}
+
+
+def print_json(payload: dict) -> None:
+    """One JSON object on stdout (the library's notes and progress go to stderr)."""
+    typer.echo(json.dumps(payload, default=str))
 
 
 @dataclass
@@ -91,12 +114,43 @@ def guarded(fn: Callable) -> Callable:
 
 
 class _RichTask:
-    def __init__(self, bar: Progress, task_id: int) -> None:
-        self.bar, self.task_id = bar, task_id
+    def __init__(self, bar: Progress, task_id: int, log: "_PlainLog | None") -> None:
+        self.bar, self.task_id, self.log = bar, task_id, log
 
     def advance(self, steps: int = 1, **fields: object) -> None:
         info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
         self.bar.update(self.task_id, advance=steps, info=info)
+        if self.log is not None:
+            self.log.advance(steps, info)
+
+
+class _PlainLog:
+    """Progress for logs (stderr not a terminal, where bars do not draw): a
+    plain line every ``every`` seconds and at the end, with rate and ETA."""
+
+    def __init__(self, description: str, total: int | None, every: float = 30.0) -> None:
+        self.description, self.total, self.every = description, total, every
+        self.done, self.info = 0, ""
+        self.start = self.last = time.monotonic()
+
+    def advance(self, steps: int, info: str) -> None:
+        self.done, self.info = self.done + steps, info
+        if time.monotonic() - self.last >= self.every:
+            self.line()
+
+    def line(self, final: bool = False) -> None:
+        self.last = now = time.monotonic()
+        rate = self.done / max(now - self.start, 1e-9)
+        of = f"/{self.total}" if self.total else ""
+        eta = f", ETA {_duration((self.total - self.done) / rate)}" if self.total and rate > 0 and not final else ""
+        state = "done" if final else f"{rate:.3g}/s{eta}"
+        err_console.print(f"{self.description}: {self.done}{of} ({state}, {_duration(now - self.start)} elapsed)"
+                          + (f"  {self.info}" if self.info else ""), soft_wrap=True, highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 class RichProgress:
@@ -116,8 +170,11 @@ class RichProgress:
             self._bar.start()
         self._open += 1
         task_id = self._bar.add_task(description, total=total, info="")
+        log = _PlainLog(description, total) if self.enabled and not err_console.is_terminal else None
         try:
-            yield _RichTask(self._bar, task_id)
+            yield _RichTask(self._bar, task_id, log)
+            if log is not None:
+                log.line(final=True)
         finally:
             self._bar.remove_task(task_id)
             self._open -= 1

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from chddl_cli.common import console, cost_line, globals_of, guarded, progress_for
+from chddl_cli.common import JSON_OPTION, artifact_json, console, cost_line, globals_of, guarded, print_json, progress_for, result_line
 from stages import condense as condense_stage
 from stages.artifacts import Artifact
 from stages.config import build, load_preset, section
@@ -83,6 +83,7 @@ def condense(
     clip_grad: Annotated[Optional[float], typer.Option(help="clip the images' gradient norm [off]")] = None,
     nan_retries: Annotated[Optional[int], typer.Option(help="rollbacks with halved lrs on NaN before failing [mtt 3, else 0]")] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute even when a cached artifact exists")] = False,
+    as_json: Annotated[bool, JSON_OPTION] = False,
 ) -> None:
     """Condense the dataset into IPC synthetic images per class (DM, DC or MTT, optionally + CHDDL).
 
@@ -115,6 +116,9 @@ def condense(
     progress = progress_for(g)
     art, hit = condense_stage.run(ds, pseudo, cfg, ws, experts=expert_art, device=device, force=force, progress=progress)
     progress.note(f"condensed {art.name}: " + ("cached - skipping (use --force to recompute)" if hit else "done"))
+    if as_json:
+        print_json(artifact_json(art, hit) | {"info": art.info})
+        return
     if not g.quiet:
         console.print(condensed_table(art))
-    console.print(f"condensed: {art.path}")
+    result_line("condensed", art.path)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from chddl_cli.common import console, globals_of, guarded, plural, progress_for
+from chddl_cli.common import JSON_OPTION, artifact_json, console, globals_of, guarded, plural, print_json, progress_for, result_line
 from stages import evaluate as evaluate_stage
 from stages.artifacts import Artifact
 from stages.config import build, load_preset, section
@@ -50,6 +50,7 @@ def evaluate(
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML preset (path or shipped name)")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="dataset artifact directory [the set's dataset]")] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute even when a cached artifact exists")] = False,
+    as_json: Annotated[bool, JSON_OPTION] = False,
 ) -> None:
     """Train networks from scratch on the condensed set only and report test top-1 (mean ± std over runs),
     overall and per true domain. Under `torchrun --nproc-per-node K` the runs are split across K processes."""
@@ -76,5 +77,8 @@ def evaluate(
     if art is None:  # a non-zero torchrun rank: rank 0 reports
         return
     progress.note(f"evaluation {art.name}: " + ("cached - skipping (use --force to recompute)" if hit else "done"))
+    if as_json:
+        print_json(artifact_json(art, hit) | {"train_set": art.info["train_set"]})
+        return
     console.print(results_table(art))
-    console.print(f"evaluation: {art.path}")
+    result_line("evaluation", art.path)

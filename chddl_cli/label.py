@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from chddl_cli.common import console, cost_line, globals_of, guarded, progress_for
+from chddl_cli.common import JSON_OPTION, artifact_json, console, cost_line, globals_of, guarded, print_json, progress_for, result_line
 from stages import label as label_stage
 from stages.artifacts import Artifact
 from stages.config import build, load_preset, section
@@ -75,6 +75,7 @@ def label(
     beta: Annotated[Optional[float], typer.Option(help="FFT crop ratio in (0, 1] [default: 0.1]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="labeler seed [default: the global --seed]")] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute even when a cached artifact exists")] = False,
+    as_json: Annotated[bool, JSON_OPTION] = False,
 ) -> None:
     """Ingest a dataset (cached) and assign FFT pseudo-domain labels to its training split.
 
@@ -103,10 +104,13 @@ def label(
     lab_art, hit = label_stage.run(dataset, lcfg, ws, device=device, force=force, progress=progress)
     done = "cached - skipping (use --force to recompute)" if hit else f"computed in {cost_line(lab_art.meta.get('cost', {}))}"
     progress.note(f"labels {lab_art.name}: {done}")
+    if as_json:
+        print_json(artifact_json(lab_art, hit) | {"dataset": artifact_json(data_art)})
+        return
     if not g.quiet:
         console.print(dataset_table(data_art))
         console.print(labels_table(lab_art, dataset.domain_names))
         agree = agreement_table(lab_art)
         if agree is not None:
             console.print(agree)
-    console.print(f"labels: {lab_art.path}")
+    result_line("labels", lab_art.path)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from chddl_cli.common import console, cost_line, globals_of, guarded, human_bytes, progress_for
+from chddl_cli.common import console, cost_line, globals_of, guarded, human_bytes, progress_for, result_line
 from stages import pretrain_experts as experts_stage
 from stages.config import build, load_preset, section
 from stages.data.dataset import load_dataset
@@ -62,4 +62,4 @@ def pretrain_experts(
     table.add_row("storage", human_bytes(size))
     table.add_row("cost", cost_line(cost))
     console.print(table)
-    console.print(f"experts: {art.path}")
+    result_line("experts", art.path)

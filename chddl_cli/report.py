@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from chddl_cli.common import console, globals_of, guarded, progress_for
+from chddl_cli.common import JSON_OPTION, globals_of, guarded, print_json, progress_for, result_line
 from stages import report as report_stage
 
 
@@ -15,10 +15,14 @@ from stages import report as report_stage
 def report(
     ctx: typer.Context,
     out: Annotated[Optional[Path], typer.Option(help="output folder [WORKDIR/report]")] = None,
+    as_json: Annotated[bool, JSON_OPTION] = False,
 ) -> None:
     """Gather every artifact of the workspace into report.md and report.html (tables, image grids,
     pseudo-domain diagnostics, loss curves, sweeps, costs, the paper's figures alongside)."""
     g = globals_of(ctx)
     md, page = report_stage.run(g.workspace(), out, progress_for(g))
-    console.print(f"report: {page}")
-    console.print(f"markdown: {md}")
+    if as_json:
+        print_json({"report": str(page), "markdown": str(md)})
+        return
+    result_line("report", page)
+    result_line("markdown", md)
