@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import torch
 import typer
 
-from chddl_cli import condense, demo, evaluate, label, pretrain_experts, report
+from chddl_cli import condense, demo, evaluate, export, label, pretrain_experts, report
 from chddl_cli.common import Globals, error, show_library_notes
 from stages import __version__
 
@@ -57,6 +57,7 @@ app.command("pretrain-experts")(pretrain_experts.pretrain_experts)
 app.command("condense")(condense.condense)
 app.command("evaluate")(evaluate.evaluate)
 app.command("report")(report.report)
+app.command("export")(export.export)
 app.command("demo")(demo.demo)
 
 
