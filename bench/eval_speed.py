@@ -34,20 +34,53 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
         data = Path(tmp) / "bench.npz"
-        np.savez(data, images=rng.integers(0, 256, (6000, 32, 32, 3), dtype=np.uint8), labels=np.arange(6000) % 10,
-                 split=(np.arange(6000) >= 5000).astype(np.int64))
+        np.savez(
+            data,
+            images=rng.integers(0, 256, (6000, 32, 32, 3), dtype=np.uint8),
+            labels=np.arange(6000) % 10,
+            split=(np.arange(6000) >= 5000).astype(np.int64),
+        )
         cli = [sys.executable, "-m", "chddl_cli", "-q", "-w", str(Path(tmp) / "ws")]
         subprocess.run([*cli, "label", str(data)], check=True, capture_output=True, cwd=ROOT)
-        evaluate = ["evaluate", "--baseline", "random", "--ipc", str(args.ipc), "--runs", str(args.runs), "--epochs", str(args.epochs), "--force"]
+        evaluate = [
+            "evaluate",
+            "--baseline",
+            "random",
+            "--ipc",
+            str(args.ipc),
+            "--runs",
+            str(args.runs),
+            "--epochs",
+            str(args.epochs),
+            "--force",
+        ]
         threads = os.cpu_count() or 1
         rows = []
         for name, cmd, env in (
             (f"1 process x {threads} threads", [*cli, *evaluate], {"OMP_NUM_THREADS": str(threads)}),
-            (f"torchrun {args.procs} processes x {max(1, threads // args.procs)} thread(s)",
-             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.procs),
-              "-m", "chddl_cli", "-q", "-w", str(Path(tmp) / "ws"), *evaluate], {"OMP_NUM_THREADS": str(max(1, threads // args.procs))}),
-            (f"1 process, {args.runs} runs at once (vmap)", [*cli, *evaluate, "--parallel", str(args.runs)],
-             {"OMP_NUM_THREADS": str(threads)}),
+            (
+                f"torchrun {args.procs} processes x {max(1, threads // args.procs)} thread(s)",
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    "--nproc-per-node",
+                    str(args.procs),
+                    "-m",
+                    "chddl_cli",
+                    "-q",
+                    "-w",
+                    str(Path(tmp) / "ws"),
+                    *evaluate,
+                ],
+                {"OMP_NUM_THREADS": str(max(1, threads // args.procs))},
+            ),
+            (
+                f"1 process, {args.runs} runs at once (vmap)",
+                [*cli, *evaluate, "--parallel", str(args.runs)],
+                {"OMP_NUM_THREADS": str(threads)},
+            ),
         ):
             start = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, env=os.environ | env)

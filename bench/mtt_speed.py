@@ -23,7 +23,16 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MATRIX = [(1, 0, 0, 0), (1, 1, 0, 0), (1, 1, 0, 12), (10, 0, 0, 0), (10, 1, 0, 0), (10, 1, 0, 12), (10, 0, 1, 0), (10, 1, 1, 0)]
+MATRIX = [
+    (1, 0, 0, 0),
+    (1, 1, 0, 0),
+    (1, 1, 0, 12),
+    (10, 0, 0, 0),
+    (10, 1, 0, 0),
+    (10, 1, 0, 12),
+    (10, 0, 1, 0),
+    (10, 1, 1, 0),
+]
 REFERENCE = {1: (7.50, 3.8), 10: (73.6, 19.2)}  # s/it, peak GB (syn_steps 50, expert_epochs 2)
 
 
@@ -37,8 +46,12 @@ def _setup(tmp: Path):
 
     rng = np.random.default_rng(0)
     path = tmp / "bench.npz"
-    np.savez(path, images=rng.integers(0, 256, (5100, 32, 32, 3), dtype=np.uint8), labels=np.arange(5100) % 10,
-             split=(np.arange(5100) >= 5000).astype(np.int64))
+    np.savez(
+        path,
+        images=rng.integers(0, 256, (5100, 32, 32, 3), dtype=np.uint8),
+        labels=np.arange(5100) % 10,
+        split=(np.arange(5100) >= 5000).astype(np.int64),
+    )
     ws = Workspace(tmp / "ws")
     ds = load_dataset(ingest(str(path), build(DatasetConfig), ws)[0])
     labels = load_labels(label_run(ds, build(LabelConfig, {"labeler": "random"}), ws)[0], ds)
@@ -52,7 +65,10 @@ def experts_child(tmp: Path) -> dict:
     ws, ds, labels = _setup(tmp)
     art, _ = run(ds, labels, build(ExpertsConfig, {"num_experts": 1, "epochs": 3}), ws)
     # 1 class expert on 5,000 images + 4 domain experts on 1,250 each: 3 epochs x 2 x 5,000 images seen
-    return {"s_per_epoch_5000": art.meta["cost"]["wall_s"] / 6, "peak_rss_gb": art.meta["cost"]["peak_rss_bytes"] / 2**30}
+    return {
+        "s_per_epoch_5000": art.meta["cost"]["wall_s"] / 6,
+        "peak_rss_gb": art.meta["cost"]["peak_rss_bytes"] / 2**30,
+    }
 
 
 def mtt_child(tmp: Path, ipc: int, aware: int, ck: int, dss: int, iterations: int) -> dict:
@@ -62,12 +78,30 @@ def mtt_child(tmp: Path, ipc: int, aware: int, ck: int, dss: int, iterations: in
 
     ws, ds, labels = _setup(tmp)
     experts = resolve(ws, "experts")
-    cfg = build(CondenseConfig, {"base": "mtt", "ipc": ipc, "domain_aware": bool(aware), "iterations": iterations,
-                                 "syn_steps": 50, "expert_epochs": 2, "max_start_epoch": 1, "lr_img": 1000.0,
-                                 "checkpoint_student": bool(ck), "domain_syn_steps": dss or None, "log_every": 1,
-                                 "checkpoint_every": 10**6, "checkpoint_minutes": 10**6, "first_checkpoint_minutes": 10**6})
+    cfg = build(
+        CondenseConfig,
+        {
+            "base": "mtt",
+            "ipc": ipc,
+            "domain_aware": bool(aware),
+            "iterations": iterations,
+            "syn_steps": 50,
+            "expert_epochs": 2,
+            "max_start_epoch": 1,
+            "lr_img": 1000.0,
+            "checkpoint_student": bool(ck),
+            "domain_syn_steps": dss or None,
+            "log_every": 1,
+            "checkpoint_every": 10**6,
+            "checkpoint_minutes": 10**6,
+            "first_checkpoint_minutes": 10**6,
+        },
+    )
     art, _ = run(ds, labels, cfg, ws, experts=experts)
-    return {"s_per_iteration": art.metrics["s_per_iteration"], "peak_rss_gb": art.meta["cost"]["peak_rss_bytes"] / 2**30}
+    return {
+        "s_per_iteration": art.metrics["s_per_iteration"],
+        "peak_rss_gb": art.meta["cost"]["peak_rss_bytes"] / 2**30,
+    }
 
 
 def main() -> None:
@@ -88,16 +122,24 @@ def main() -> None:
         parser.error("--only takes ipc:chddl:checkpoint:domain_syn_steps as integers, e.g. 10:1:0:0")
     todo = [tuple(map(int, o.split(":"))) for o in args.only] if args.only else MATRIX
     with tempfile.TemporaryDirectory() as tmp:
+
         def child(name: str) -> dict:
-            out = subprocess.run([sys.executable, __file__, "--child", name, "--tmp", tmp, "--iterations", str(args.iterations)],
-                                 capture_output=True, text=True, cwd=ROOT)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", name, "--tmp", tmp, "--iterations", str(args.iterations)],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
             if out.returncode != 0:
                 raise SystemExit(out.stderr[-3000:])
             return json.loads(out.stdout.strip().splitlines()[-1])
 
         e = child("experts")
-        print(f"expert training: {e['s_per_epoch_5000']:.2f} s per epoch of 5,000 images (reference 20.6), "
-              f"peak RSS {e['peak_rss_gb']:.2f} GB", flush=True)
+        print(
+            f"expert training: {e['s_per_epoch_5000']:.2f} s per epoch of 5,000 images (reference 20.6), "
+            f"peak RSS {e['peak_rss_gb']:.2f} GB",
+            flush=True,
+        )
         print("\n| run | s / iteration | peak RSS | reference s/it, peak | CHDDL / base |\n|---|---|---|---|---|")
         rows = {}
         for ipc, aware, ck, dss in todo:
@@ -105,9 +147,15 @@ def main() -> None:
             base = rows.get((ipc, 0, ck, 0))
             over = f"{r['s_per_iteration'] / base['s_per_iteration']:.2f}x" if aware and base else "-"
             ref = REFERENCE[ipc]
-            name = (f"MTT{'+CHDDL' if aware else ''} IPC {ipc}{' (checkpointed)' if ck else ''}"
-                    f"{f' (domain student {dss} steps)' if dss else ''}")
-            print(f"| {name} | {r['s_per_iteration']:.2f} | {r['peak_rss_gb']:.2f} GB | {ref[0]} s, {ref[1]} GB | {over} |", flush=True)
+            name = (
+                f"MTT{'+CHDDL' if aware else ''} IPC {ipc}{' (checkpointed)' if ck else ''}"
+                f"{f' (domain student {dss} steps)' if dss else ''}"
+            )
+            print(
+                f"| {name} | {r['s_per_iteration']:.2f} | {r['peak_rss_gb']:.2f} GB | {ref[0]} s, {ref[1]} GB | "
+                f"{over} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -25,16 +25,23 @@ from stages.data.ingest import source_fingerprint
 from stages.methods.checkpoint import save_checkpoint
 
 #: (label, images, size, domains) of the sets timed; the state holds images, masks and both momentum buffers
-SETS = [("PACS 32 px IPC 10 + CHDDL", 70, 32, 4), ("PACS 64 px IPC 10 + CHDDL", 70, 64, 4),
-        ("CIFAR-100 32 px IPC 50 + CHDDL", 5000, 32, 4)]
+SETS = [
+    ("PACS 32 px IPC 10 + CHDDL", 70, 32, 4),
+    ("PACS 64 px IPC 10 + CHDDL", 70, 64, 4),
+    ("CIFAR-100 32 px IPC 50 + CHDDL", 5000, 32, 4),
+]
 
 
 def checkpoint_cost(folder: Path) -> list[tuple[str, float, float]]:
     out = []
     for label, n, size, d in SETS:
-        state = {"param/images/0": torch.randn(n, 3, size, size), "opt/images/0/momentum_buffer": torch.randn(n, 3, size, size),
-                 "param/masks/0": torch.randn(n, d, 3, size, size), "opt/masks/0/momentum_buffer": torch.randn(n, d, 3, size, size),
-                 "history": torch.zeros(20000, 2)}
+        state = {
+            "param/images/0": torch.randn(n, 3, size, size),
+            "opt/images/0/momentum_buffer": torch.randn(n, 3, size, size),
+            "param/masks/0": torch.randn(n, d, 3, size, size),
+            "opt/masks/0/momentum_buffer": torch.randn(n, d, 3, size, size),
+            "history": torch.zeros(20000, 2),
+        }
         mb = sum(t.numel() * t.element_size() for t in state.values()) / 2**20
         times = []
         for _ in range(3):
@@ -77,9 +84,11 @@ def main() -> None:
             print(f"| {label} | {mb:.1f} | {s:.3f} | {100 * s / 60:.2f}% / {100 * s / 300:.2f}% |")
         tree = args.tree or make_tree(Path(tmp) / "tree")
         files, mb, cold, warm = hash_cost(tree, Path(tmp) / "digests.json")
-        print(f"\nfolder key of {tree if args.tree else 'a generated PACS-sized tree'}: {files} files, {mb:.0f} MB: "
-              f"cold {cold:.2f} s (every file hashed; the OS page cache is warm from writing), warm {warm:.2f} s "
-              f"(hashes reused by size and mtime)")
+        print(
+            f"\nfolder key of {tree if args.tree else 'a generated PACS-sized tree'}: {files} files, {mb:.0f} MB: "
+            f"cold {cold:.2f} s (every file hashed; the OS page cache is warm from writing), warm {warm:.2f} s "
+            f"(hashes reused by size and mtime)"
+        )
 
 
 if __name__ == "__main__":

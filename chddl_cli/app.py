@@ -33,17 +33,34 @@ def _version(value: bool) -> None:
 @app.callback()
 def global_options(
     ctx: typer.Context,
-    workdir: Annotated[Path, typer.Option("--workdir", "-w", envvar="CHDDL_WORKDIR", help="workspace folder for artifacts")] = Path("chddl-runs"),
+    workdir: Annotated[
+        Path, typer.Option("--workdir", "-w", envvar="CHDDL_WORKDIR", help="workspace folder for artifacts")
+    ] = Path("chddl-runs"),
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     seed: Annotated[int, typer.Option(help="default seed of every stage")] = 0,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="more output (repeatable)")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or tables, only results")] = False,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads of torch [the cores this "
-                                                   "process may use]; 1 per process is fastest when several jobs "
-                                                   "share the machine")] = None,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="fail at once, naming the process, when another process is "
-                                          "computing the same artifact (default: wait, then reuse its result)")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")] = False,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(
+            "--threads",
+            min=1,
+            help="CPU threads of torch [the cores this "
+            "process may use]; 1 per process is fastest when several jobs "
+            "share the machine",
+        ),
+    ] = None,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="fail at once, naming the process, when another process is "
+            "computing the same artifact (default: wait, then reuse its result)",
+        ),
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
 ) -> None:
     """Global options, given before the subcommand."""
     ctx.obj = Globals(workdir=workdir, device=device, seed=seed, verbose=verbose, quiet=quiet, wait=not no_wait)

@@ -13,10 +13,18 @@ from typing import Callable, Iterator
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
-from stages.artifacts import Workspace
+from stages.api import Workspace, open_workspace
 from stages.errors import ChddlError
 
 console = Console(highlight=False)
@@ -24,7 +32,9 @@ err_console = Console(stderr=True, highlight=False)
 if not console.is_terminal:  # a pipe or a file: no folding at 80 columns (tables stay whole, paths unbroken)
     console.width = max(console.width, 200)
 
-JSON_OPTION = typer.Option("--json", help="print one JSON object (artifact paths, metrics, cost) on stdout and nothing else")
+JSON_OPTION = typer.Option(
+    "--json", help="print one JSON object (artifact paths, metrics, cost) on stdout and nothing else"
+)
 
 
 def result_line(label: str, path: object) -> None:
@@ -34,8 +44,13 @@ def result_line(label: str, path: object) -> None:
 
 def artifact_json(art, hit: bool | None = None) -> dict:
     """What ``--json`` reports of an artifact."""
-    out = {"artifact": str(art.path), "name": art.name, "stage": art.stage, "metrics": art.metrics,
-           "cost": art.meta.get("cost", {})}
+    out = {
+        "artifact": str(art.path),
+        "name": art.name,
+        "stage": art.stage,
+        "metrics": art.metrics,
+        "cost": art.meta.get("cost", {}),
+    }
     return out if hit is None else out | {"cache_hit": hit}
 
 
@@ -58,7 +73,7 @@ class Globals:
 
     def workspace(self) -> Workspace:
         """The workspace these options name; its index changes when the command succeeds."""
-        ws = Workspace(self.workdir, wait=self.wait, defer_index=True)
+        ws = open_workspace(self.workdir, wait=self.wait, defer_index=True)
         self.opened.append(ws)
         return ws
 
@@ -144,13 +159,19 @@ class _PlainLog:
         of = f"/{self.total}" if self.total else ""
         eta = f", ETA {_duration((self.total - self.done) / rate)}" if self.total and rate > 0 and not final else ""
         state = "done" if final else f"{rate:.3g}/s{eta}"
-        err_console.print(f"{self.description}: {self.done}{of} ({state}, {_duration(now - self.start)} elapsed)"
-                          + (f"  {self.info}" if self.info else ""), soft_wrap=True, highlight=False)
+        err_console.print(
+            f"{self.description}: {self.done}{of} ({state}, {_duration(now - self.start)} elapsed)"
+            + (f"  {self.info}" if self.info else ""),
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 class RichProgress:
@@ -164,9 +185,18 @@ class RichProgress:
     @contextmanager
     def task(self, description: str, total: int | None = None) -> Iterator[_RichTask]:
         if self._bar is None:
-            self._bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                                 console=err_console, disable=not self.enabled, transient=True)
+            self._bar = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=err_console,
+                disable=not self.enabled,
+                transient=True,
+            )
             self._bar.start()
         self._open += 1
         task_id = self._bar.add_task(description, total=total, info="")
@@ -208,6 +238,7 @@ def human_bytes(n: float | None) -> str:
 
 def cost_line(cost: dict) -> str:
     """Wall time (with the time of any interrupted runs it resumed) and peak memory."""
+
     def seconds(x: float) -> str:
         return f"{x:.2f} s" if x < 10 else f"{x:.1f} s"
 

@@ -9,14 +9,8 @@ from rich.table import Table
 
 from chddl_cli.common import console, globals_of, guarded, progress_for
 from chddl_cli.label import agreement_table, dataset_table, labels_table
-from stages import condense as condense_stage
-from stages import evaluate as evaluate_stage
-from stages import label as label_stage
-from stages import report as report_stage
-from stages.config import build, load_preset, section
-from stages.data.dataset import load_dataset
-from stages.data.ingest import DatasetConfig, ingest
-from stages.device import resolve_device
+from stages import api
+from stages.config import load_preset
 
 
 @guarded
@@ -33,30 +27,39 @@ def demo(
     g = globals_of(ctx)
     ws = g.workspace()
     progress = progress_for(g)
-    device = resolve_device(g.device)
-    data_art, _ = ingest("builtin:demo", build(DatasetConfig), ws, force=force, progress=progress)
-    dataset = load_dataset(data_art)
-    lab_art, _ = label_stage.run(dataset, build(label_stage.LabelConfig, {"seed": g.seed}), ws,
-                                 device=device, force=force, progress=progress)
-    labels = label_stage.load_labels(lab_art, dataset)
+    common = {"workspace": ws, "device": g.device, "force": force, "default_seed": g.seed, "progress": progress}
+    labelled = api.label("builtin:demo", **common)
+    lab_art, data_art = labelled.artifact, labelled.inputs["dataset"]
+    domains = data_art.info["domain_names"]
     console.print(dataset_table(data_art))
-    console.print(labels_table(lab_art, dataset.domain_names))
+    console.print(labels_table(lab_art, domains))
     console.print(agreement_table(lab_art))
-    eval_cfg = build(evaluate_stage.EvaluateConfig, {"seed": g.seed}, section(load_preset("evaluate/demo"), "evaluate"))
-    cond_preset = section(load_preset("condense/demo"), "condense")
+    ipc = int(load_preset("condense/demo")["condense"]["ipc"])
     summary = Table(title="demo: ConvNet top-1 % on the test split (mean ± std over runs)", title_justify="left")
-    for column in ("training set", "overall", *dataset.domain_names, "condense s"):
+    for column in ("training set", "overall", *domains, "condense s"):
         summary.add_column(column, justify="left" if column == "training set" else "right")
-    sets = [("random real, IPC 5", evaluate_stage.baseline(dataset, "random", cond_preset["ipc"], g.seed), None)]
+    runs = [
+        (
+            f"random real, IPC {ipc}",
+            None,
+            api.evaluate(dataset=data_art.path, baseline="random", ipc=ipc, preset="evaluate/demo", **common),
+        )
+    ]
     for aware in (False, True):
-        cfg = build(condense_stage.CondenseConfig, {"seed": g.seed}, cond_preset, {"domain_aware": aware})
-        art, _ = condense_stage.run(dataset, labels, cfg, ws, device=device, force=force, progress=progress)
-        sets.append((f"DM{' + CHDDL' if aware else ''}, IPC 5", evaluate_stage.from_condensed(art, dataset), art))
-    for title, train_set, cond in sets:
-        ev, _ = evaluate_stage.run(train_set, dataset, eval_cfg, ws, device=device, force=force, progress=progress)
-        m = ev.metrics["convnet"]
-        cells = [f"{m['mean']:.1f} ± {m['std']:.1f}"] + [f"{m['per_domain'][d]['mean']:.1f}" for d in dataset.domain_names]
+        cond = api.condense(
+            dataset=data_art.path, labels=lab_art.path, preset="condense/demo", domain_aware=aware, **common
+        ).artifact
+        runs.append(
+            (
+                f"DM{' + CHDDL' if aware else ''}, IPC {ipc}",
+                cond,
+                api.evaluate(cond.path, preset="evaluate/demo", **common),
+            )
+        )
+    for title, cond, ev in runs:
+        m = ev.artifact.metrics["convnet"]
+        cells = [f"{m['mean']:.1f} ± {m['std']:.1f}"] + [f"{m['per_domain'][d]['mean']:.1f}" for d in domains]
         summary.add_row(title, *cells, f"{cond.meta['cost']['wall_s']:.0f}" if cond else "-")
     console.print(summary)
-    _, page = report_stage.run(ws)
-    console.print(f"[bold]demo done[/]: report {page} (workspace {ws.root})")
+    _, page = api.report(workspace=ws)
+    console.print(f"[bold]demo done[/]: report {page} (workspace {ws.root})", soft_wrap=True)

@@ -7,20 +7,29 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from chddl_cli.common import JSON_OPTION, artifact_json, console, globals_of, guarded, plural, print_json, progress_for, result_line
-from stages import evaluate as evaluate_stage
-from stages.artifacts import Artifact
-from stages.config import build, load_preset, section
-from stages.data.dataset import load_dataset
-from stages.device import init_distributed, resolve_device
-from stages.errors import ChddlError
-from stages.inputs import resolve, upstream
+from chddl_cli.common import (
+    JSON_OPTION,
+    artifact_json,
+    console,
+    globals_of,
+    guarded,
+    plural,
+    print_json,
+    progress_for,
+    result_line,
+)
+from stages import api
+from stages.api import Artifact
+from stages.device import init_distributed
 
 
 def results_table(art: Artifact) -> Table:
     domains = art.info.get("domain_names") or []
     cfg = art.config
-    title = f"{art.info['train_set']}: top-1 % on {art.info['num_test']} test images, {plural(cfg['runs'], 'run')} x {plural(cfg['epochs'], 'epoch')}"
+    title = (
+        f"{art.info['train_set']}: top-1 % on {art.info['num_test']} test images, {plural(cfg['runs'], 'run')} x "
+        f"{plural(cfg['epochs'], 'epoch')}"
+    )
     table = Table(title=title, title_justify="left")
     # the architecture never shrinks to an ellipsis; on a narrow console the
     # accuracies wrap at "±" and long domain names fold instead
@@ -36,14 +45,20 @@ def results_table(art: Artifact) -> Table:
 @guarded
 def evaluate(
     ctx: typer.Context,
-    condensed: Annotated[Optional[str], typer.Argument(help="condensed-set artifact directory [the workspace's latest]")] = None,
+    condensed: Annotated[
+        Optional[str], typer.Argument(help="condensed-set artifact directory [the workspace's latest]")
+    ] = None,
     arch: Annotated[Optional[str], typer.Option(help="comma-separated architectures [convnet]")] = None,
     runs: Annotated[Optional[int], typer.Option(help="trainings per architecture [10]")] = None,
-    parallel: Annotated[Optional[int], typer.Option(help="runs of one architecture trained at once with vmap [1]")] = None,
+    parallel: Annotated[
+        Optional[int], typer.Option(help="runs of one architecture trained at once with vmap [1]")
+    ] = None,
     epochs: Annotated[Optional[int], typer.Option(help="training epochs [1000]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="learning rate [the set's own]")] = None,
     dsa: Annotated[Optional[bool], typer.Option("--dsa/--no-dsa", help="DSA while training [on]")] = None,
-    baseline: Annotated[Optional[str], typer.Option(help="evaluate a baseline instead: random (IPC real images per class) | whole")] = None,
+    baseline: Annotated[
+        Optional[str], typer.Option(help="evaluate a baseline instead: random (IPC real images per class) | whole")
+    ] = None,
     ipc: Annotated[int, typer.Option(help="images per class of the random baseline")] = 10,
     target_domain: Annotated[Optional[str], typer.Option(help="score only this true domain's test images")] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed of the first run [the global --seed]")] = None,
@@ -57,23 +72,31 @@ def evaluate(
     init_distributed()
     g = globals_of(ctx)
     archs = tuple(a.strip() for a in arch.split(",") if a.strip()) if arch else None
-    cfg = build(evaluate_stage.EvaluateConfig, {"seed": g.seed}, section(load_preset(config, "evaluate"), "evaluate"), {
-        "archs": archs, "runs": runs, "epochs": epochs, "lr": lr, "dsa": dsa, "seed": seed, "target_domain": target_domain,
-        "parallel": parallel})
-    device = resolve_device(g.device)
-    ws = g.workspace()
-    if baseline is not None:
-        ds = load_dataset(resolve(ws, "dataset", dataset))
-        train_set = evaluate_stage.baseline(ds, baseline, ipc, cfg.seed)
-    else:
-        cond = resolve(ws, "condensed", condensed)
-        data_art = resolve(ws, "dataset", dataset) if dataset else upstream(ws, cond, "dataset", "dataset")
-        if data_art is None:
-            raise ChddlError(f"the dataset of {cond.name} is not in this workspace; pass --dataset")
-        ds = load_dataset(data_art)
-        train_set = evaluate_stage.from_condensed(cond, ds)
+    options = {
+        "archs": archs,
+        "runs": runs,
+        "epochs": epochs,
+        "lr": lr,
+        "dsa": dsa,
+        "seed": seed,
+        "target_domain": target_domain,
+        "parallel": parallel,
+    }
     progress = progress_for(g)
-    art, hit = evaluate_stage.run(train_set, ds, cfg, ws, device=device, force=force, progress=progress)
+    res = api.evaluate(
+        condensed,
+        workspace=g.workspace(),
+        dataset=dataset,
+        baseline=baseline,
+        ipc=ipc,
+        preset=config,
+        device=g.device,
+        force=force,
+        default_seed=g.seed,
+        progress=progress,
+        **options,
+    )
+    art, hit = res.artifact, res.cache_hit
     if art is None:  # a non-zero torchrun rank: rank 0 reports
         return
     progress.note(f"evaluation {art.name}: " + ("cached - skipping (use --force to recompute)" if hit else "done"))

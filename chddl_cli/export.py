@@ -8,30 +8,35 @@ from typing import Annotated, Optional
 import typer
 
 from chddl_cli.common import JSON_OPTION, globals_of, guarded, print_json, result_line
-from stages import export as export_stage
-from stages.data.dataset import load_dataset
-from stages.inputs import resolve, upstream
+from stages import api
 
 
 @guarded
 def export(
     ctx: typer.Context,
-    condensed: Annotated[Optional[str], typer.Argument(help="condensed-set artifact directory [the workspace's latest]")] = None,
-    format: Annotated[str, typer.Option("--format", "-f", help="imagefolder (class folders of PNGs) | npz | ddranking "
-                                        "(images.pt, labels.pt, lr.pt for MTT)")] = "imagefolder",
+    condensed: Annotated[
+        Optional[str], typer.Argument(help="condensed-set artifact directory [the workspace's latest]")
+    ] = None,
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="imagefolder (class folders of PNGs) | npz | ddranking (images.pt, labels.pt, lr.pt for MTT)",
+        ),
+    ] = "imagefolder",
     out: Annotated[Path, typer.Option("--out", "-o", help="folder to write (must be new or empty)")] = Path("export"),
-    dataset: Annotated[Optional[str], typer.Option(help="dataset artifact, to un-whiten a ZCA set [the set's own]")] = None,
+    dataset: Annotated[
+        Optional[str], typer.Option(help="dataset artifact, to un-whiten a ZCA set [the set's own]")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="replace a non-empty --out")] = False,
     as_json: Annotated[bool, JSON_OPTION] = False,
 ) -> None:
     """Export a condensed set for other tools: PNGs un-normalised (and un-whitened), an npz with both pixel and
     normalised tensors, or DD-Ranking's files; each with chddl_export.yaml (normalisation, learning rate)."""
     g = globals_of(ctx)
-    ws = g.workspace()
-    art = resolve(ws, "condensed", condensed)
-    data_art = resolve(ws, "dataset", dataset) if dataset else upstream(ws, art, "dataset", "dataset")
-    path = export_stage.run(art, out, format, load_dataset(data_art) if data_art else None, force)
+    path = api.export(condensed, workspace=g.workspace(), format=format, out=out, dataset=dataset, force=force)
     if as_json:
-        print_json({"export": str(path), "format": format, "set": art.name})
+        print_json({"export": str(path), "format": format})
         return
     result_line("exported", path)

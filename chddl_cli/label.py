@@ -2,30 +2,41 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from chddl_cli.common import JSON_OPTION, artifact_json, console, cost_line, globals_of, guarded, print_json, progress_for, result_line
-from stages import label as label_stage
-from stages.artifacts import Artifact
-from stages.config import build, load_preset, section
-from stages.data.dataset import load_dataset
-from stages.data.ingest import DatasetConfig, ingest
-from stages.device import resolve_device
-from stages.inputs import is_artifact_dir, resolve
+from chddl_cli.common import (
+    JSON_OPTION,
+    artifact_json,
+    console,
+    cost_line,
+    globals_of,
+    guarded,
+    print_json,
+    progress_for,
+    result_line,
+)
+from stages import api
+from stages.api import Artifact
 
 
 def dataset_table(art: Artifact) -> Table:
     info = art.info
     table = Table(title=f"dataset {art.name}", show_header=False, title_justify="left")
     table.add_row("source", str(info.get("source")))
-    table.add_row("images", f"{info['num_images']} ({info['num_train']} train / {info['num_test']} test, split: {info['split_from']})")
+    table.add_row(
+        "images",
+        f"{info['num_images']} ({info['num_train']} train / {info['num_test']} test, split: {info['split_from']})",
+    )
     if info.get("subset"):
         table.add_row("subset", info["subset"])
-    table.add_row("size", f"{art.config.get('size')} px" + (f", ZCA-whitened (eps {art.config.get('zca_eps')})" if art.config.get("zca") else ""))
+    table.add_row(
+        "size",
+        f"{art.config.get('size')} px"
+        + (f", ZCA-whitened (eps {art.config.get('zca_eps')})" if art.config.get("zca") else ""),
+    )
     table.add_row("classes", f"{len(info['class_names'])}: {', '.join(info['class_names'])}")
     table.add_row("true domains", ", ".join(info["domain_names"]) if info.get("domain_names") else "none")
     if info.get("skipped_files"):
@@ -35,8 +46,10 @@ def dataset_table(art: Artifact) -> Table:
 
 def labels_table(art: Artifact, true_domain_names: list[str] | None) -> Table:
     cfg = art.config
-    table = Table(title=f"pseudo-domains {art.name} ({cfg['labeler']}, D={cfg['num_domains']}, beta={cfg['beta']})",
-                  title_justify="left")
+    table = Table(
+        title=f"pseudo-domains {art.name} ({cfg['labeler']}, D={cfg['num_domains']}, beta={cfg['beta']})",
+        title_justify="left",
+    )
     table.add_column("pseudo-domain", justify="right")
     table.add_column("images", justify="right")
     per_class = art.tensor("counts_per_class")
@@ -60,18 +73,48 @@ def agreement_table(art: Artifact) -> Table | None:
 @guarded
 def label(
     ctx: typer.Context,
-    path: Annotated[Optional[str], typer.Argument(help="dataset: image folder, CIFAR folder, .npz, builtin:demo, or a dataset artifact directory; default: the workspace's latest dataset")] = None,
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML preset (path or shipped name, e.g. pacs_64)")] = None,
+    path: Annotated[
+        Optional[str],
+        typer.Argument(
+            help=(
+                "dataset: image folder, CIFAR folder, .npz, builtin:demo, or a dataset artifact directory; "
+                "default: the workspace's latest dataset"
+            )
+        ),
+    ] = None,
+    config: Annotated[
+        Optional[str], typer.Option("--config", "-c", help="YAML preset (path or shipped name, e.g. pacs_64)")
+    ] = None,
     size: Annotated[Optional[int], typer.Option(help="image side after resizing [default: 32]")] = None,
-    test_fraction: Annotated[Optional[float], typer.Option(help="test share when the source has no split [default: 0.2]")] = None,
+    test_fraction: Annotated[
+        Optional[float], typer.Option(help="test share when the source has no split [default: 0.2]")
+    ] = None,
     split_seed: Annotated[Optional[int], typer.Option(help="seed of that split [default: 0]")] = None,
-    strict: Annotated[Optional[bool], typer.Option("--strict/--no-strict", help="fail on undecodable files instead of skipping them")] = None,
-    zca: Annotated[Optional[bool], typer.Option("--zca/--no-zca", help="ZCA-whiten the normalised images (fitted on the train split), as MTT's reference does for CIFAR")] = None,
+    strict: Annotated[
+        Optional[bool], typer.Option("--strict/--no-strict", help="fail on undecodable files instead of skipping them")
+    ] = None,
+    zca: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--zca/--no-zca",
+            help="ZCA-whiten the normalised images (fitted on the train split), as MTT's reference does for CIFAR",
+        ),
+    ] = None,
     zca_eps: Annotated[Optional[float], typer.Option(help="ZCA regulariser [default: 0.1]")] = None,
-    train_per_class: Annotated[Optional[int], typer.Option(help="keep a seeded random N training images per class (seed: --split-seed) [default: 0, all]")] = None,
-    test_per_class: Annotated[Optional[int], typer.Option(help="keep a seeded random N test images per class (seed: --split-seed) [default: 0, all]")] = None,
-    labeler: Annotated[Optional[str], typer.Option(help="fft | fft-kmeans | logvar | logvar-kmeans | random | oracle [default: fft]")] = None,
-    num_domains: Annotated[Optional[int], typer.Option("--num-domains", "-D", help="number of pseudo-domains [default: 4]")] = None,
+    train_per_class: Annotated[
+        Optional[int],
+        typer.Option(help="keep a seeded random N training images per class (seed: --split-seed) [default: 0, all]"),
+    ] = None,
+    test_per_class: Annotated[
+        Optional[int],
+        typer.Option(help="keep a seeded random N test images per class (seed: --split-seed) [default: 0, all]"),
+    ] = None,
+    labeler: Annotated[
+        Optional[str], typer.Option(help="fft | fft-kmeans | logvar | logvar-kmeans | random | oracle [default: fft]")
+    ] = None,
+    num_domains: Annotated[
+        Optional[int], typer.Option("--num-domains", "-D", help="number of pseudo-domains [default: 4]")
+    ] = None,
     beta: Annotated[Optional[float], typer.Option(help="FFT crop ratio in (0, 1] [default: 0.1]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="labeler seed [default: the global --seed]")] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute even when a cached artifact exists")] = False,
@@ -83,33 +126,51 @@ def label(
     their agreement with them (NMI, ARI, purity).
     """
     g = globals_of(ctx)
-    preset = load_preset(config, "datasets")
-    dcfg = build(DatasetConfig, section(preset, "dataset"), {"size": size, "test_fraction": test_fraction,
-                                                              "split_seed": split_seed, "strict": strict,
-                                                              "zca": zca, "zca_eps": zca_eps,
-                                                              "train_per_class": train_per_class,
-                                                              "test_per_class": test_per_class})
-    lcfg = build(label_stage.LabelConfig, {"seed": g.seed}, section(preset, "label"),
-                 {"labeler": labeler, "num_domains": num_domains, "beta": beta, "seed": seed})
-    device = resolve_device(g.device)
-    ws = g.workspace()
     progress = progress_for(g)
-    if path is not None and not is_artifact_dir(path):
-        data_art, hit = ingest(path, dcfg, ws, force=force, progress=progress)
-        done = "cached - skipping ingestion" if hit else f"ingested in {cost_line(data_art.meta.get('cost', {}))}"
-        progress.note(f"dataset {data_art.name}: {done}")
-    else:
-        data_art = resolve(ws, "dataset", path)
-    dataset = load_dataset(data_art)
-    lab_art, hit = label_stage.run(dataset, lcfg, ws, device=device, force=force, progress=progress)
-    done = "cached - skipping (use --force to recompute)" if hit else f"computed in {cost_line(lab_art.meta.get('cost', {}))}"
+    dataset_config = {
+        "size": size,
+        "test_fraction": test_fraction,
+        "split_seed": split_seed,
+        "strict": strict,
+        "zca": zca,
+        "zca_eps": zca_eps,
+        "train_per_class": train_per_class,
+        "test_per_class": test_per_class,
+    }
+    res = api.label(
+        path,
+        workspace=g.workspace(),
+        preset=config,
+        dataset_config=dataset_config,
+        device=g.device,
+        force=force,
+        default_seed=g.seed,
+        progress=progress,
+        labeler=labeler,
+        num_domains=num_domains,
+        beta=beta,
+        seed=seed,
+    )
+    lab_art, data_art, hit = res.artifact, res.inputs["dataset"], res.cache_hit
+    if "dataset" in res.inputs_cached:
+        ingested = (
+            "cached - skipping ingestion"
+            if res.inputs_cached["dataset"]
+            else (f"ingested in {cost_line(data_art.meta.get('cost', {}))}")
+        )
+        progress.note(f"dataset {data_art.name}: {ingested}")
+    done = (
+        "cached - skipping (use --force to recompute)"
+        if hit
+        else f"computed in {cost_line(lab_art.meta.get('cost', {}))}"
+    )
     progress.note(f"labels {lab_art.name}: {done}")
     if as_json:
         print_json(artifact_json(lab_art, hit) | {"dataset": artifact_json(data_art)})
         return
     if not g.quiet:
         console.print(dataset_table(data_art))
-        console.print(labels_table(lab_art, dataset.domain_names))
+        console.print(labels_table(lab_art, data_art.info.get("domain_names")))
         agree = agreement_table(lab_art)
         if agree is not None:
             console.print(agree)

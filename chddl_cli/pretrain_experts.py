@@ -8,12 +8,8 @@ import typer
 from rich.table import Table
 
 from chddl_cli.common import console, cost_line, globals_of, guarded, human_bytes, progress_for, result_line
-from stages import pretrain_experts as experts_stage
-from stages.config import build, load_preset, section
-from stages.data.dataset import load_dataset
-from stages.device import init_distributed, resolve_device
-from stages.inputs import resolve, upstream
-from stages.label import load_labels
+from stages import api
+from stages.device import init_distributed
 
 
 @guarded
@@ -23,8 +19,21 @@ def pretrain_experts(
     epochs: Annotated[Optional[int], typer.Option(help="epochs per expert, one snapshot each [50]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="expert SGD learning rate [0.01]")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="training batch size [256]")] = None,
-    domain_experts: Annotated[Optional[bool], typer.Option("--domain-experts/--no-domain-experts", help="also train per-pseudo-domain experts for MTT + CHDDL [on]")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="snapshot storage: float32 | bfloat16 (half the disk, no measurable accuracy change in RESULTS.md) | float16 [float32]")] = None,
+    domain_experts: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--domain-experts/--no-domain-experts", help="also train per-pseudo-domain experts for MTT + CHDDL [on]"
+        ),
+    ] = None,
+    dtype: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "snapshot storage: float32 | bfloat16 (half the disk, no measurable accuracy change in RESULTS.md) "
+                "| float16 [float32]"
+            )
+        ),
+    ] = None,
     arch: Annotated[Optional[str], typer.Option(help="expert architecture [convnet]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed [the global --seed]")] = None,
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML preset (path or shipped name)")] = None,
@@ -37,25 +46,39 @@ def pretrain_experts(
     experts are split across the K processes."""
     init_distributed()
     g = globals_of(ctx)
-    cfg = build(experts_stage.ExpertsConfig, {"seed": g.seed}, section(load_preset(config), "experts"), {
-        "num_experts": num_experts, "epochs": epochs, "lr": lr, "batch_size": batch_size, "domain_experts": domain_experts, "dtype": dtype,
-        "arch": arch, "seed": seed})
-    device = resolve_device(g.device)
-    ws = g.workspace()
-    label_art = resolve(ws, "labels", labels) if cfg.domain_experts else None
-    data_art = resolve(ws, "dataset", dataset) if dataset else (
-        (upstream(ws, label_art, "dataset", "dataset") if label_art else None) or resolve(ws, "dataset"))
-    ds = load_dataset(data_art)
-    pseudo = load_labels(label_art, ds) if label_art is not None else None
+    options = {
+        "num_experts": num_experts,
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "domain_experts": domain_experts,
+        "dtype": dtype,
+        "arch": arch,
+        "seed": seed,
+    }
     progress = progress_for(g)
-    art, hit = experts_stage.run(ds, pseudo, cfg, ws, device=device, force=force, progress=progress)
+    res = api.pretrain_experts(
+        workspace=g.workspace(),
+        dataset=dataset,
+        labels=labels,
+        preset=config,
+        device=g.device,
+        force=force,
+        default_seed=g.seed,
+        progress=progress,
+        **options,
+    )
+    art, hit = res.artifact, res.cache_hit
     if art is None:  # a non-zero torchrun rank: rank 0 reports
         return
     progress.note(f"experts {art.name}: " + ("cached - skipping (use --force to retrain)" if hit else "done"))
     table = Table(title=f"experts {art.name}", show_header=False, title_justify="left")
     info = art.info
     table.add_row("sets", ", ".join(info["sets"]))
-    table.add_row("experts", f"{info['num_experts']} per set x {info['epochs']} epochs ({info['dtype']}), {info['world_size']} process(es)")
+    table.add_row(
+        "experts",
+        f"{info['num_experts']} per set x {info['epochs']} epochs ({info['dtype']}), {info['world_size']} process(es)",
+    )
     table.add_row("test accuracy", ", ".join(f"{k} {v['mean_test_acc']:.1f}%" for k, v in art.metrics.items()))
     size = sum(f["bytes"] for f in info["files"].values())
     cost = art.meta.get("cost", {})

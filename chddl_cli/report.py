@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from chddl_cli.common import JSON_OPTION, globals_of, guarded, print_json, progress_for, result_line
-from stages import report as report_stage
+from stages import api
 
 
 @guarded
@@ -20,7 +20,7 @@ def report(
     """Gather every artifact of the workspace into report.md and report.html (tables, image grids,
     pseudo-domain diagnostics, loss curves, sweeps, costs, the paper's figures alongside)."""
     g = globals_of(ctx)
-    md, page = report_stage.run(g.workspace(), out, progress_for(g))
+    md, page = api.report(workspace=g.workspace(), out=out, progress=progress_for(g))
     if as_json:
         print_json({"report": str(page), "markdown": str(md)})
         return

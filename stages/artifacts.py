@@ -153,7 +153,9 @@ def _read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     except OSError:
         raise ChddlError(f"artifact {path} is incomplete: {TENSORS_FILE} is missing; delete it and re-run") from None
     expected = meta.get("tensors", {})
-    if len(data) != expected.get("bytes") or hashlib.blake2b(data, digest_size=16).hexdigest() != expected.get("blake2b"):
+    if len(data) != expected.get("bytes") or hashlib.blake2b(data, digest_size=16).hexdigest() != expected.get(
+        "blake2b"
+    ):
         raise ChddlError(f"artifact {path} is corrupt (tensor checksum mismatch); delete it and re-run with --force")
     try:
         return safetensors.torch.load(data)
@@ -211,7 +213,9 @@ class Workspace:
         return self.root / "latest.yaml"
 
     def unwritable_error(self, exc: OSError) -> ChddlError:
-        return ChddlError(f"workspace {self.root} is not writable ({exc.strerror}); pass --workdir or set CHDDL_WORKDIR")
+        return ChddlError(
+            f"workspace {self.root} is not writable ({exc.strerror}); pass --workdir or set CHDDL_WORKDIR"
+        )
 
     def check_exists(self) -> None:
         """Fail with the not-writable error when the workspace does not exist
@@ -255,8 +259,10 @@ class Workspace:
                 fh.seek(0)
                 holder = fh.read().strip() or "?"
                 if not self.wait:
-                    raise ChddlError(f"{name} is being computed by process {holder}; wait for it to finish "
-                                     f"(run without --no-wait to wait and reuse its result)") from None
+                    raise ChddlError(
+                        f"{name} is being computed by process {holder}; wait for it to finish "
+                        f"(run without --no-wait to wait and reuse its result)"
+                    ) from None
                 log.warning(f"process {holder} is computing {name}; waiting for it")
                 fcntl.flock(fh, fcntl.LOCK_EX)
             try:
@@ -335,8 +341,10 @@ class Workspace:
         art = self.find(name) if name else None
         if name and art is None:
             art = self._newest(stage)
-            log.warning(f"the workspace's latest {stage} {name} is missing or damaged; "
-                        + (f"using the newest valid one, {art.name}" if art else "no other is valid"))
+            log.warning(
+                f"the workspace's latest {stage} {name} is missing or damaged; "
+                + (f"using the newest valid one, {art.name}" if art else "no other is valid")
+            )
         return art
 
     def _newest(self, stage: str) -> Artifact | None:
@@ -390,8 +398,10 @@ class Workspace:
             saved = "rebuilt it"
         except OSError:
             saved = "read it (the workspace is read-only, so the index stays as it is)"
-        (log.warning if note else log.debug)(f"the workspace index {self.latest_file} was {problem}; {saved} from the "
-                                             f"artifacts' meta.yaml (newest of each stage)")
+        (log.warning if note else log.debug)(
+            f"the workspace index {self.latest_file} was {problem}; {saved} from the "
+            f"artifacts' meta.yaml (newest of each stage)"
+        )
         return data
 
     def _write_index(self, data: dict[str, str]) -> None:
@@ -487,7 +497,10 @@ class Workspace:
                     "file": TENSORS_FILE,
                     "bytes": len(blob),
                     "blake2b": hashlib.blake2b(blob, digest_size=16).hexdigest(),
-                    "entries": {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)} for k, v in flat.items()},
+                    "entries": {
+                        k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)}
+                        for k, v in flat.items()
+                    },
                 },
             }
             (tmp / META_FILE).write_text(yaml.safe_dump(_to_yaml_safe(meta), sort_keys=False, allow_unicode=True))

@@ -15,14 +15,21 @@ from stages.artifacts import Artifact, Workspace, artifact_key, stage_artifact_n
 from stages.config import build, option, require, require_finite, to_dict
 from stages.data.augment import DEFAULT_STRATEGY, DSA
 from stages.data.dataset import Dataset
-from stages.domain.aware import MASK_CHANNELS, MASK_INITS, ClassObjective, DomainAwareObjective, DomainMasks, mask_diagnostics
+from stages.domain.aware import (
+    MASK_CHANNELS,
+    MASK_INITS,
+    ClassObjective,
+    DomainAwareObjective,
+    DomainMasks,
+    mask_diagnostics,
+)
 from stages.errors import ChddlError
 from stages.label import PseudoLabels
+from stages.metering import measure, resumed_cost
 from stages.methods import METHODS, RealPool
+from stages.methods.dc import default_loops
 from stages.methods.loop import Loop, LoopSettings, iteration_generator
 from stages.methods.trajectories import ExpertStore
-from stages.methods.dc import default_loops
-from stages.metering import measure, resumed_cost
 from stages.models import ARCHITECTURES, create_model
 from stages.progress import NullProgress, Progress
 from stages.visual import grid_png, winner_map
@@ -45,8 +52,14 @@ SCHEDULES = ("summed", "sequential", "algorithm1")
 #: default mask learning rate under adam: z moves ~0.01 per step, alpha = softmax(z / tau) with tau 0.1
 ADAM_MASK_LR = 0.01
 #: settings that change how fast the run goes, not what it computes
-EXECUTION_ONLY = ("checkpoint_every", "first_checkpoint_minutes", "checkpoint_minutes", "log_every", "compile",
-                  "checkpoint_student")
+EXECUTION_ONLY = (
+    "checkpoint_every",
+    "first_checkpoint_minutes",
+    "checkpoint_minutes",
+    "log_every",
+    "compile",
+    "checkpoint_student",
+)
 
 
 @dataclass
@@ -62,22 +75,41 @@ class CondenseConfig:
     mask_init: float = option(0.01, "initial mask value (constant) or std (normal)")
     mask_init_mode: str = option("constant", "constant (uniform alpha, the paper) or normal (random alpha)")
     mask_lr: float | None = option(None, "learning rate of the masks [sgd: same as lr_img; adam: 0.01]")
-    mask_optimizer: str = option("sgd", "optimiser of the masks: sgd (the images' optimiser and momentum) or adam "
-                                 "(step size independent of the loss scale, which differs 10^4x between dm and mtt)")
-    theta_prime: str | None = option(None, "parameters Theta' of the domain loss: own (dc: a second network; mtt: the "
-                                     "pseudo-domain experts) or shared (the class loss's network or experts) [dm shared, "
-                                     "dc and mtt own: DESIGN.md]")
-    schedule: str = option("summed", "summed: one step on L_cls + lambda L_dom; sequential: a step on L_cls, then one "
-                           "on lambda L_dom; algorithm1: the paper's pseudocode, one step per class on its loss, then "
-                           "one step per pseudo-domain on its loss (images and masks)")
-    domain_lambda: bool = option(True, "sequential, algorithm1: the domain steps minimise lambda L_dom (off: L_dom "
-                                 "unweighted, as Algorithm 1 writes it; lambda then has no effect)")
-    mask_resolution: int | None = option(None, "masks held at K x K per domain and up-sampled bilinearly to the image "
-                                         "(structured masks; default: full resolution, the paper)")
-    mask_channels: str = option("per-channel", "per-channel: one mask per colour channel (the paper); shared: one "
-                                "mask for all three")
-    share_real: bool = option(True, "dm, summed schedule: one real forward pass serves both losses "
-                              "(class-stratified draw re-weighted per domain; augmentation siamese per class)")
+    mask_optimizer: str = option(
+        "sgd",
+        "optimiser of the masks: sgd (the images' optimiser and momentum) or adam "
+        "(step size independent of the loss scale, which differs 10^4x between dm and mtt)",
+    )
+    theta_prime: str | None = option(
+        None,
+        "parameters Theta' of the domain loss: own (dc: a second network; mtt: the "
+        "pseudo-domain experts) or shared (the class loss's network or experts) [dm shared, "
+        "dc and mtt own: DESIGN.md]",
+    )
+    schedule: str = option(
+        "summed",
+        "summed: one step on L_cls + lambda L_dom; sequential: a step on L_cls, then one "
+        "on lambda L_dom; algorithm1: the paper's pseudocode, one step per class on its loss, then "
+        "one step per pseudo-domain on its loss (images and masks)",
+    )
+    domain_lambda: bool = option(
+        True,
+        "sequential, algorithm1: the domain steps minimise lambda L_dom (off: L_dom "
+        "unweighted, as Algorithm 1 writes it; lambda then has no effect)",
+    )
+    mask_resolution: int | None = option(
+        None,
+        "masks held at K x K per domain and up-sampled bilinearly to the image "
+        "(structured masks; default: full resolution, the paper)",
+    )
+    mask_channels: str = option(
+        "per-channel", "per-channel: one mask per colour channel (the paper); shared: one mask for all three"
+    )
+    share_real: bool = option(
+        True,
+        "dm, summed schedule: one real forward pass serves both losses "
+        "(class-stratified draw re-weighted per domain; augmentation siamese per class)",
+    )
     init: str = option("noise", "synthetic image init: noise (Gaussian, the paper) or real (random real images)")
     arch: str = option("convnet", "network architecture used for matching")
     lr_img: float | None = option(None, "learning rate of the synthetic images [dm 1.0, dc 0.1, mtt 1000]")
@@ -90,34 +122,58 @@ class CondenseConfig:
     inner_loop: int | None = option(None, "dc: network epochs between image updates [by IPC]")
     batch_train: int = option(256, "dc: batch size of the inner loop")
     syn_steps: int = option(20, "mtt: student steps on the synthetic images per iteration")
-    domain_syn_steps: int | None = option(None, "mtt+chddl: student steps of the domain loss [syn_steps, DESIGN.md; "
-                                          "a domain expert takes ~1/D of the class expert's SGD steps per epoch]")
+    domain_syn_steps: int | None = option(
+        None,
+        "mtt+chddl: student steps of the domain loss [syn_steps, DESIGN.md; "
+        "a domain expert takes ~1/D of the class expert's SGD steps per epoch]",
+    )
     expert_epochs: int = option(3, "mtt: expert epochs the student must cover")
     max_start_epoch: int = option(25, "mtt: start epochs are drawn from [0, max_start_epoch)")
     syn_lr: float = option(0.01, "mtt: initial learned synthetic learning rate")
     lr_lr: float = option(1e-5, "mtt: learning rate of the synthetic learning rate")
     batch_syn: int | None = option(None, "mtt: synthetic images per student step [all]")
-    checkpoint_student: bool = option(True, "mtt: recompute student steps in the backward pass "
-                                      "(IPC 10: 0.12x the memory for 1.12x the time, BENCHMARKS.md)")
+    checkpoint_student: bool = option(
+        True,
+        "mtt: recompute student steps in the backward pass "
+        "(IPC 10: 0.12x the memory for 1.12x the time, BENCHMARKS.md)",
+    )
     min_syn_lr: float = option(1e-6, "mtt: the learned synthetic lr is kept at or above this (positive)")
     clip_grad: float | None = option(None, "clip the images' gradient norm to this value (none by default)")
-    nan_retries: int | None = option(None, "on NaN/Inf: roll back to the last good state with halved learning rates, "
-                                     "this many times before failing [mtt 3, dm/dc 0]")
+    nan_retries: int | None = option(
+        None,
+        "on NaN/Inf: roll back to the last good state with halved learning rates, "
+        "this many times before failing [mtt 3, dm/dc 0]",
+    )
     domains: tuple = option((), "protocols: condense only real images of these true domains (empty: all)")
     exclude_domain: str | None = option(None, "protocols: leave this true domain out of condensation")
     compile: str = option("auto", "torch.compile the real-image forward: auto (long runs), on, off")
     seed: int = option(0, "seed of init, networks, batches and augmentation")
     checkpoint_every: int = option(100, "iterations between checkpoints (resume point)")
-    first_checkpoint_minutes: float = option(1.0, "the first checkpoint comes after this many minutes of work (so a "
-                                             "killed run loses at most about this much)")
+    first_checkpoint_minutes: float = option(
+        1.0,
+        "the first checkpoint comes after this many minutes of work (so a killed run loses at most about this much)",
+    )
     checkpoint_minutes: float = option(5.0, "then checkpoint whenever this many minutes passed since the last one")
     log_every: int = option(10, "iterations between progress updates and NaN checks")
 
     def validate(self) -> None:
         require(self.base in BASE_DEFAULTS, f"unknown base method '{self.base}'; valid: {', '.join(BASE_DEFAULTS)}")
         require(self.ipc >= 1, f"--ipc must be at least 1, got {self.ipc}")
-        require(self.arch in ARCHITECTURES, f"unknown architecture '{self.arch}'; valid: {', '.join(ARCHITECTURES.names())}")
-        for name in ("lam", "tau", "mask_init", "mask_lr", "lr_img", "momentum_img", "lr_net", "syn_lr", "lr_lr", "clip_grad"):
+        require(
+            self.arch in ARCHITECTURES, f"unknown architecture '{self.arch}'; valid: {', '.join(ARCHITECTURES.names())}"
+        )
+        for name in (
+            "lam",
+            "tau",
+            "mask_init",
+            "mask_lr",
+            "lr_img",
+            "momentum_img",
+            "lr_net",
+            "syn_lr",
+            "lr_lr",
+            "clip_grad",
+        ):
             value = getattr(self, name)
             if value is not None:
                 require_finite(f"--{name.replace('_', '-')}", value)
@@ -125,17 +181,27 @@ class CondenseConfig:
         require(self.lam is None or self.lam >= 0, f"--lam must be >= 0, got {self.lam}")
         require(self.mask_init_mode in MASK_INITS, f"--mask-init-mode must be one of {', '.join(MASK_INITS)}")
         require(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule}")
-        require(self.mask_resolution is None or self.mask_resolution >= 1,
-                f"--mask-resolution must be at least 1, got {self.mask_resolution}")
-        require(self.mask_channels in MASK_CHANNELS, f"--mask-channels must be one of {', '.join(MASK_CHANNELS)}, "
-                f"got {self.mask_channels}")
-        require(self.mask_optimizer in MASK_OPTIMIZERS, f"--mask-optimizer must be one of {', '.join(MASK_OPTIMIZERS)}, "
-                f"got {self.mask_optimizer}")
+        require(
+            self.mask_resolution is None or self.mask_resolution >= 1,
+            f"--mask-resolution must be at least 1, got {self.mask_resolution}",
+        )
+        require(
+            self.mask_channels in MASK_CHANNELS,
+            f"--mask-channels must be one of {', '.join(MASK_CHANNELS)}, got {self.mask_channels}",
+        )
+        require(
+            self.mask_optimizer in MASK_OPTIMIZERS,
+            f"--mask-optimizer must be one of {', '.join(MASK_OPTIMIZERS)}, got {self.mask_optimizer}",
+        )
         require(self.mask_lr is None or self.mask_lr > 0, f"--mask-lr must be positive, got {self.mask_lr}")
-        require(self.theta_prime in (None, "own", "shared"), f"--theta-prime must be own or shared, got {self.theta_prime}")
-        require(not (self.base == "dm" and self.theta_prime == "own"),
-                "--theta-prime own is not available for dm: its Theta' is the class loss's random network by construction "
-                "(DESIGN.md); use shared or leave it out")
+        require(
+            self.theta_prime in (None, "own", "shared"), f"--theta-prime must be own or shared, got {self.theta_prime}"
+        )
+        require(
+            not (self.base == "dm" and self.theta_prime == "own"),
+            "--theta-prime own is not available for dm: its Theta' is the class loss's random network by construction "
+            "(DESIGN.md); use shared or leave it out",
+        )
         require(self.init in ("noise", "real"), f"--init must be noise or real, got {self.init}")
         require(self.iterations is None or self.iterations >= 1, "--iterations must be at least 1")
         require(self.lr_img is None or self.lr_img > 0, "--lr-img must be positive")
@@ -145,8 +211,10 @@ class CondenseConfig:
         for name in ("first_checkpoint_minutes", "checkpoint_minutes"):
             minutes = getattr(self, name)
             require(minutes == minutes and minutes > 0, f"{name} must be a positive number of minutes, got {minutes}")
-        require(self.syn_steps >= 1 and self.expert_epochs >= 1 and self.max_start_epoch >= 1,
-                "--syn-steps, --expert-epochs and --max-start-epoch must be at least 1")
+        require(
+            self.syn_steps >= 1 and self.expert_epochs >= 1 and self.max_start_epoch >= 1,
+            "--syn-steps, --expert-epochs and --max-start-epoch must be at least 1",
+        )
         require(self.domain_syn_steps is None or self.domain_syn_steps >= 1, "--domain-syn-steps must be at least 1")
         require(self.syn_lr > 0 and self.min_syn_lr > 0, "--syn-lr must be positive")
         require(self.nan_retries is None or self.nan_retries >= 0, "--nan-retries must be >= 0")
@@ -164,7 +232,9 @@ class CondenseConfig:
             iterations=self.iterations or d["iterations"],
             lr_img=lr_img,
             theta_prime=self.theta_prime or THETA_PRIME_DEFAULT[self.base],
-            mask_lr=self.mask_lr if self.mask_lr is not None else (lr_img if self.mask_optimizer == "sgd" else ADAM_MASK_LR),
+            mask_lr=self.mask_lr
+            if self.mask_lr is not None
+            else (lr_img if self.mask_optimizer == "sgd" else ADAM_MASK_LR),
             lam=lam,
             dsa=d["dsa"] if self.dsa is None else self.dsa,
             outer_loop=self.outer_loop or outer,
@@ -187,14 +257,36 @@ class CondenseConfig:
             if out.get(k) == default:
                 out.pop(k)
         if not self.domain_aware:
-            for k in ("lam", "tau", "mask_init", "mask_init_mode", "mask_lr", "mask_optimizer", "theta_prime", "schedule", "share_real",
-                      "domain_syn_steps", "domain_lambda", "mask_resolution", "mask_channels"):
+            for k in (
+                "lam",
+                "tau",
+                "mask_init",
+                "mask_init_mode",
+                "mask_lr",
+                "mask_optimizer",
+                "theta_prime",
+                "schedule",
+                "share_real",
+                "domain_syn_steps",
+                "domain_lambda",
+                "mask_resolution",
+                "mask_channels",
+            ):
                 out.pop(k, None)
         if self.base != "dc":
             for k in ("lr_net", "outer_loop", "inner_loop", "batch_train"):
                 out.pop(k)
         if self.base != "mtt":
-            for k in ("syn_steps", "domain_syn_steps", "expert_epochs", "max_start_epoch", "syn_lr", "lr_lr", "batch_syn", "min_syn_lr"):
+            for k in (
+                "syn_steps",
+                "domain_syn_steps",
+                "expert_epochs",
+                "max_start_epoch",
+                "syn_lr",
+                "lr_lr",
+                "batch_syn",
+                "min_syn_lr",
+            ):
                 out.pop(k, None)
         return out
 
@@ -212,7 +304,11 @@ def selected_train(dataset: Dataset, cfg: CondenseConfig) -> torch.Tensor:
     wanted = list(cfg.domains) or list(dataset.domain_names)
     if cfg.exclude_domain is not None:
         wanted = [d for d in wanted if d != cfg.exclude_domain]
-    unknown = [d for d in [*cfg.domains, *([cfg.exclude_domain] if cfg.exclude_domain else [])] if d not in dataset.domain_names]
+    unknown = [
+        d
+        for d in [*cfg.domains, *([cfg.exclude_domain] if cfg.exclude_domain else [])]
+        if d not in dataset.domain_names
+    ]
     if unknown:
         raise ChddlError(f"unknown domain '{unknown[0]}'; this dataset has: {', '.join(dataset.domain_names)}")
     if not wanted:
@@ -226,12 +322,20 @@ def _check_inputs(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseCo
     counts = torch.bincount(dataset.labels[train], minlength=dataset.num_classes)
     smallest = int(counts.min())
     if cfg.ipc > smallest:
-        raise ChddlError(f"--ipc {cfg.ipc} exceeds the smallest class ({dataset.class_names[int(counts.argmin())]}: {smallest} training images)")
+        raise ChddlError(
+            f"--ipc {cfg.ipc} exceeds the smallest class ({dataset.class_names[int(counts.argmin())]}: {smallest} "
+            "training images)"
+        )
     if cfg.domain_aware:
         if labels is None:
-            raise ChddlError("--domain-aware needs pseudo-domain labels; run `chddl label` first or pass --no-domain-aware")
+            raise ChddlError(
+                "--domain-aware needs pseudo-domain labels; run `chddl label` first or pass --no-domain-aware"
+            )
         if labels.artifact.meta.get("fingerprint") != dataset.fingerprint:
-            raise ChddlError(f"labels {labels.artifact.name} were made from another dataset than {dataset.artifact.name}; re-run chddl label on it")
+            raise ChddlError(
+                f"labels {labels.artifact.name} were made from another dataset than {dataset.artifact.name}; re-run "
+                "chddl label on it"
+            )
 
 
 def _normalized(dataset: Dataset, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -243,13 +347,25 @@ def _initial_images(dataset: Dataset, pool: RealPool, cfg: CondenseConfig, g: to
     if cfg.init == "noise":
         return torch.randn(c * cfg.ipc, 3, size, size, generator=g).to(pool.images.device)
     labels = pool.labels.cpu()
-    picks = [torch.nonzero(labels == k).flatten()[torch.randperm(int((labels == k).sum()), generator=g)[: cfg.ipc]] for k in range(c)]
+    picks = [
+        torch.nonzero(labels == k).flatten()[torch.randperm(int((labels == k).sum()), generator=g)[: cfg.ipc]]
+        for k in range(c)
+    ]
     return pool.images[torch.cat(picks).to(pool.images.device)].clone()
 
 
-def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, workspace: Workspace, *,
-        experts: Artifact | None = None, device: torch.device = torch.device("cpu"), force: bool = False,
-        progress: Progress = NullProgress(), stop_after: int | None = None) -> tuple[Artifact, bool]:
+def run(
+    dataset: Dataset,
+    labels: PseudoLabels | None,
+    config: CondenseConfig,
+    workspace: Workspace,
+    *,
+    experts: Artifact | None = None,
+    device: torch.device = torch.device("cpu"),
+    force: bool = False,
+    progress: Progress = NullProgress(),
+    stop_after: int | None = None,
+) -> tuple[Artifact, bool]:
     """Condense ``dataset`` into IPC images per class; returns (artifact, cache_hit).
 
     ``experts`` (from ``pretrain-experts``) is required for MTT. Interrupted
@@ -260,8 +376,11 @@ def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, w
     cfg = config.resolved()
     _check_inputs(dataset, labels, cfg)
     store = _expert_store(experts, dataset, labels, cfg)
-    inputs = {"dataset": dataset.artifact.key} | ({"labels": labels.artifact.key} if cfg.domain_aware else {}) | (
-        {"experts": experts.key} if store else {})
+    inputs = (
+        {"dataset": dataset.artifact.key}
+        | ({"labels": labels.artifact.key} if cfg.domain_aware else {})
+        | ({"experts": experts.key} if store else {})
+    )
     key = artifact_key(STAGE, cfg.key_fields(), inputs, SCHEMA_VERSION)
     tag = f"{cfg.base}{'+chddl' if cfg.domain_aware else ''}-ipc{cfg.ipc}"
     if cfg.domains or cfg.exclude_domain:
@@ -277,11 +396,23 @@ def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, w
         partial = workspace.partial_dir(name)
         if force:
             shutil.rmtree(partial, ignore_errors=True)
-        input_names = {"dataset": dataset.artifact.name} | ({"labels": labels.artifact.name} if cfg.domain_aware else {}) | (
-            {"experts": experts.name} if store else {})
+        input_names = (
+            {"dataset": dataset.artifact.name}
+            | ({"labels": labels.artifact.name} if cfg.domain_aware else {})
+            | ({"experts": experts.name} if store else {})
+        )
         with measure() as cost:
             base, objective, images, syn_labels, _ = _build(dataset, labels, cfg, device, store)
-            loop = Loop(base, objective, images, _settings(cfg, base), key, partial, progress, f"condense {tag} ({cfg.iterations} it)")
+            loop = Loop(
+                base,
+                objective,
+                images,
+                _settings(cfg, base),
+                key,
+                partial,
+                progress,
+                f"condense {tag} ({cfg.iterations} it)",
+            )
             source = None if force else continuable(workspace, cfg, input_names)
             start_from = _final_state(source) if source is not None else None
             if start_from is not None:
@@ -303,18 +434,40 @@ def run(dataset: Dataset, labels: PseudoLabels | None, config: CondenseConfig, w
         if cfg.base == "mtt":
             stats["syn_lr_clamped"] = base.clamped
         info = {
-            "class_names": dataset.class_names, "ipc": cfg.ipc, "num_classes": dataset.num_classes, "image_size": dataset.size,
-            "base": cfg.base, "domain_aware": cfg.domain_aware, "arch": cfg.arch, "dataset": dataset.artifact.name,
-            "labels": labels.artifact.name if cfg.domain_aware else None, "experts": experts.name if store else None,
+            "class_names": dataset.class_names,
+            "ipc": cfg.ipc,
+            "num_classes": dataset.num_classes,
+            "image_size": dataset.size,
+            "base": cfg.base,
+            "domain_aware": cfg.domain_aware,
+            "arch": cfg.arch,
+            "dataset": dataset.artifact.name,
+            "labels": labels.artifact.name if cfg.domain_aware else None,
+            "experts": experts.name if store else None,
             "normalization": {"mean": list(dataset.mean), "std": list(dataset.std), "zca": dataset.zca is not None},
-            "eval_lr": eval_lr, "device": str(device), "train_images_used": int(selected_train(dataset, cfg).sum()),
+            "eval_lr": eval_lr,
+            "device": str(device),
+            "train_images_used": int(selected_train(dataset, cfg).sum()),
         }
         art = workspace.write(
-            stage=STAGE, name=name, key=key, config=to_dict(cfg), inputs=input_names,
-            tensors={"images": images.detach().cpu(), "labels": syn_labels.cpu(), "mean": mean, "std": std,
-                     "loss_history": loop.history},
-            seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=stats,
-            cost=cost | resumed_cost(cost, loop.earlier_s) | {"s_per_iteration": stats["s_per_iteration"]}, files=files,
+            stage=STAGE,
+            name=name,
+            key=key,
+            config=to_dict(cfg),
+            inputs=input_names,
+            tensors={
+                "images": images.detach().cpu(),
+                "labels": syn_labels.cpu(),
+                "mean": mean,
+                "std": std,
+                "loss_history": loop.history,
+            },
+            seed=cfg.seed,
+            fingerprint=dataset.fingerprint,
+            info=info,
+            metrics=stats,
+            cost=cost | resumed_cost(cost, loop.earlier_s) | {"s_per_iteration": stats["s_per_iteration"]},
+            files=files,
             schema_version=SCHEMA_VERSION,
         )
         shutil.rmtree(partial, ignore_errors=True)
@@ -335,8 +488,14 @@ def continuable(workspace: Workspace, config: CondenseConfig, inputs: dict[str, 
     names = {f.name for f in dataclasses.fields(CondenseConfig)}
     for art in workspace.all():
         n = art.config.get("iterations")
-        if (art.stage != STAGE or art.meta.get("inputs") != inputs or FINAL_STATE not in art.meta.get("files", [])
-                or not isinstance(n, int) or n >= cfg.iterations or (best is not None and n <= best.config["iterations"])):
+        if (
+            art.stage != STAGE
+            or art.meta.get("inputs") != inputs
+            or FINAL_STATE not in art.meta.get("files", [])
+            or not isinstance(n, int)
+            or n >= cfg.iterations
+            or (best is not None and n <= best.config["iterations"])
+        ):
             continue
         try:
             theirs = build(CondenseConfig, {k: v for k, v in art.config.items() if k in names}).resolved()
@@ -355,7 +514,9 @@ def _final_state(art: Artifact) -> tuple[int, dict[str, torch.Tensor]] | None:
     return int(art.config["iterations"]), state
 
 
-def _expert_store(experts: Artifact | None, dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig) -> ExpertStore | None:
+def _expert_store(
+    experts: Artifact | None, dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig
+) -> ExpertStore | None:
     if cfg.base != "mtt":
         return None
     if experts is None:
@@ -363,54 +524,125 @@ def _expert_store(experts: Artifact | None, dataset: Dataset, labels: PseudoLabe
     if experts.meta.get("fingerprint") != dataset.fingerprint:
         raise ChddlError(f"experts {experts.name} were trained on another dataset than {dataset.artifact.name}")
     store = ExpertStore(experts)
-    store.check_compatible(cfg.arch, dataset.size, dataset.num_classes, dataset.mean, dataset.std,
-                           labels.num_domains if cfg.domain_aware and cfg.theta_prime == "own" else 0)
-    if cfg.domain_aware and cfg.theta_prime == "own" and experts.meta.get("inputs", {}).get("labels") != labels.artifact.name:
-        raise ChddlError(f"the domain experts of {experts.name} were trained on other pseudo-domain labels than {labels.artifact.name}")
+    store.check_compatible(
+        cfg.arch,
+        dataset.size,
+        dataset.num_classes,
+        dataset.mean,
+        dataset.std,
+        labels.num_domains if cfg.domain_aware and cfg.theta_prime == "own" else 0,
+    )
+    if (
+        cfg.domain_aware
+        and cfg.theta_prime == "own"
+        and experts.meta.get("inputs", {}).get("labels") != labels.artifact.name
+    ):
+        raise ChddlError(
+            f"the domain experts of {experts.name} were trained on other pseudo-domain labels than "
+            f"{labels.artifact.name}"
+        )
     if cfg.max_start_epoch + cfg.expert_epochs > store.epochs:
-        raise ChddlError(f"--max-start-epoch {cfg.max_start_epoch} + --expert-epochs {cfg.expert_epochs} exceeds the "
-                         f"{store.epochs} epochs stored in {experts.name}; lower them or train longer experts")
+        raise ChddlError(
+            f"--max-start-epoch {cfg.max_start_epoch} + --expert-epochs {cfg.expert_epochs} exceeds the "
+            f"{store.epochs} epochs stored in {experts.name}; lower them or train longer experts"
+        )
     return store
 
 
 def _settings(cfg: CondenseConfig, base) -> LoopSettings:
     lr = {"images": cfg.lr_img, "masks": cfg.mask_lr} | {g["name"]: g["lr"] for g in base.extra_parameter_groups()}
-    return LoopSettings(iterations=cfg.iterations, seed=cfg.seed, lam=cfg.lam, schedule=cfg.schedule,
-                        domain_lambda=cfg.domain_lambda, momentum=cfg.momentum_img,
-                        lr=lr, adam_groups=("masks",) if cfg.mask_optimizer == "adam" else (), clip_grad=cfg.clip_grad,
-                        nan_retries=cfg.nan_retries, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-                        checkpoint_minutes=cfg.checkpoint_minutes, first_checkpoint_minutes=cfg.first_checkpoint_minutes)
+    return LoopSettings(
+        iterations=cfg.iterations,
+        seed=cfg.seed,
+        lam=cfg.lam,
+        schedule=cfg.schedule,
+        domain_lambda=cfg.domain_lambda,
+        momentum=cfg.momentum_img,
+        lr=lr,
+        adam_groups=("masks",) if cfg.mask_optimizer == "adam" else (),
+        clip_grad=cfg.clip_grad,
+        nan_retries=cfg.nan_retries,
+        log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every,
+        checkpoint_minutes=cfg.checkpoint_minutes,
+        first_checkpoint_minutes=cfg.first_checkpoint_minutes,
+    )
 
 
-def _build(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig, device: torch.device,
-           store: ExpertStore | None = None):
+def _build(
+    dataset: Dataset,
+    labels: PseudoLabels | None,
+    cfg: CondenseConfig,
+    device: torch.device,
+    store: ExpertStore | None = None,
+):
     keep = selected_train(dataset, cfg)
     train = dataset.train_indices[keep]
     pool = RealPool(_normalized(dataset, train, device), dataset.labels[train].to(device))
     factory = lambda: create_model(cfg.arch, dataset.num_classes, dataset.size)  # noqa: E731
     dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
     # Compiling costs 15-30 s once: worth it for DM's and DC's default lengths, not for short runs.
-    compile_embed = cfg.compile == "on" or (cfg.compile == "auto" and cfg.iterations >= {"dm": 2000, "dc": 200, "mtt": 10**9}[cfg.base])
-    base = METHODS.create(cfg.base, net_factory=factory, device=device, dsa=dsa, compile_embed=compile_embed,
-                          lr_net=cfg.lr_net, outer_loop=cfg.outer_loop, inner_loop=cfg.inner_loop, batch_train=cfg.batch_train,
-                          store=store, syn_steps=cfg.syn_steps, domain_syn_steps=cfg.domain_syn_steps,
-                          shared_theta=cfg.theta_prime == "shared", expert_epochs=cfg.expert_epochs,
-                          max_start_epoch=cfg.max_start_epoch, syn_lr=cfg.syn_lr, lr_lr=cfg.lr_lr, batch_syn=cfg.batch_syn,
-                          min_syn_lr=cfg.min_syn_lr, checkpoint_student=cfg.checkpoint_student)
+    compile_embed = cfg.compile == "on" or (
+        cfg.compile == "auto" and cfg.iterations >= {"dm": 2000, "dc": 200, "mtt": 10**9}[cfg.base]
+    )
+    base = METHODS.create(
+        cfg.base,
+        net_factory=factory,
+        device=device,
+        dsa=dsa,
+        compile_embed=compile_embed,
+        lr_net=cfg.lr_net,
+        outer_loop=cfg.outer_loop,
+        inner_loop=cfg.inner_loop,
+        batch_train=cfg.batch_train,
+        store=store,
+        syn_steps=cfg.syn_steps,
+        domain_syn_steps=cfg.domain_syn_steps,
+        shared_theta=cfg.theta_prime == "shared",
+        expert_epochs=cfg.expert_epochs,
+        max_start_epoch=cfg.max_start_epoch,
+        syn_lr=cfg.syn_lr,
+        lr_lr=cfg.lr_lr,
+        batch_syn=cfg.batch_syn,
+        min_syn_lr=cfg.min_syn_lr,
+        checkpoint_student=cfg.checkpoint_student,
+    )
     g0 = iteration_generator(cfg.seed, -1)
     images = _initial_images(dataset, pool, cfg, g0).requires_grad_(True)
     syn_labels = torch.arange(dataset.num_classes, device=device).repeat_interleave(cfg.ipc)
     if cfg.domain_aware:
         if labels.labels.shape[0] != len(keep):
-            raise ChddlError(f"labels {labels.artifact.name} do not cover this dataset's training split; re-run chddl label")
+            raise ChddlError(
+                f"labels {labels.artifact.name} do not cover this dataset's training split; re-run chddl label"
+            )
         if cfg.mask_resolution is not None and cfg.mask_resolution > dataset.size:
-            raise ChddlError(f"--mask-resolution {cfg.mask_resolution} exceeds the image size {dataset.size}; "
-                             f"pick at most {dataset.size}")
-        masks = DomainMasks(len(images), labels.num_domains, tuple(images.shape[1:]), cfg.mask_init, cfg.mask_init_mode,
-                            cfg.tau, g0, cfg.mask_resolution, cfg.mask_channels).to(device)
+            raise ChddlError(
+                f"--mask-resolution {cfg.mask_resolution} exceeds the image size {dataset.size}; "
+                f"pick at most {dataset.size}"
+            )
+        masks = DomainMasks(
+            len(images),
+            labels.num_domains,
+            tuple(images.shape[1:]),
+            cfg.mask_init,
+            cfg.mask_init_mode,
+            cfg.tau,
+            g0,
+            cfg.mask_resolution,
+            cfg.mask_channels,
+        ).to(device)
         share = cfg.share_real and cfg.schedule == "summed"
-        objective = DomainAwareObjective(base, pool, pool.labels, dataset.num_classes, syn_labels, cfg.batch_real,
-                                         labels.labels[keep], masks, share_real=share)
+        objective = DomainAwareObjective(
+            base,
+            pool,
+            pool.labels,
+            dataset.num_classes,
+            syn_labels,
+            cfg.batch_real,
+            labels.labels[keep],
+            masks,
+            share_real=share,
+        )
     else:
         objective = ClassObjective(base, pool, pool.labels, dataset.num_classes, syn_labels, cfg.batch_real)
     return base, objective, images, syn_labels, train
@@ -421,14 +653,22 @@ def _mask_extras(objective: DomainAwareObjective, images: torch.Tensor, dataset:
     with torch.no_grad():
         alpha = objective.masks.alpha().cpu()
         views = objective.masks.views(images).cpu()
-    mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
+    std = torch.tensor(dataset.std)
     shown = views[: min(len(views), 8)]
     d = shown.shape[1]
     # per shown image: the image | its D views | its D masks | which domain wins each pixel
-    panel = torch.cat([dataset.displayable(images[: len(shown)]).unsqueeze(1),
-                       (shown * std.view(1, 1, 3, 1, 1)).clamp(-1, 1).add(1).div(2), alpha[: len(shown)],
-                       winner_map(alpha[: len(shown)]).unsqueeze(1)], dim=1)
+    panel = torch.cat(
+        [
+            dataset.displayable(images[: len(shown)]).unsqueeze(1),
+            (shown * std.view(1, 1, 3, 1, 1)).clamp(-1, 1).add(1).div(2),
+            alpha[: len(shown)],
+            winner_map(alpha[: len(shown)]).unsqueeze(1),
+        ],
+        dim=1,
+    )
     return {
-        "blob": safetensors.torch.save({"z": objective.masks.z.detach().cpu().contiguous(), "alpha": alpha.contiguous()}),
+        "blob": safetensors.torch.save(
+            {"z": objective.masks.z.detach().cpu().contiguous(), "alpha": alpha.contiguous()}
+        ),
         "views_png": grid_png(panel.flatten(0, 1), nrow=2 + 2 * d),
     }

@@ -134,13 +134,13 @@ def load_preset(name_or_path: str | Path | None, folder: str | None = None) -> d
     if path.suffix in (".yaml", ".yml") and path.exists():
         return load_yaml(path)
     root = presets_dir()
-    matches = [p for p in root.rglob("*.yaml") if str(name_or_path) in (p.stem, str(p.relative_to(root).with_suffix("")))]
+    matches = [
+        p for p in root.rglob("*.yaml") if str(name_or_path) in (p.stem, str(p.relative_to(root).with_suffix("")))
+    ]
     if len(matches) > 1 and folder is not None:
         matches = [p for p in matches if p.parent == root / folder] or matches
     if len(matches) != 1:
-        raise ChddlError(
-            f"no config file or preset '{name_or_path}'; presets: {', '.join(list_presets())}"
-        )
+        raise ChddlError(f"no config file or preset '{name_or_path}'; presets: {', '.join(list_presets())}")
     return load_yaml(matches[0])
 
 

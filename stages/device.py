@@ -22,9 +22,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ChddlError(
-                f"device '{name}' requested but CUDA is not available here; use --device cpu or auto"
-            )
+            raise ChddlError(f"device '{name}' requested but CUDA is not available here; use --device cpu or auto")
         return torch.device(name)
     raise ChddlError(f"unknown device '{name}'; valid: {', '.join(DEVICE_CHOICES)}")
 

@@ -42,8 +42,11 @@ class EvaluateConfig:
     dsa_strategy: str = option(DEFAULT_STRATEGY, "DSA families, joined by _")
     seed: int = option(0, "seed of the first run (run r uses seed * 1000 + r)")
     target_domain: str | None = option(None, "score only the test images of this true domain")
-    parallel: int = option(1, "runs of one architecture trained at once with torch.func.vmap (same results up to "
-                              "floating-point order; 1: one at a time)")
+    parallel: int = option(
+        1,
+        "runs of one architecture trained at once with torch.func.vmap (same results up to "
+        "floating-point order; 1: one at a time)",
+    )
 
     def validate(self) -> None:
         require(self.runs >= 1, f"--runs must be at least 1, got {self.runs}")
@@ -77,13 +80,25 @@ class TrainingSet:
 def from_condensed(art: Artifact, dataset: Dataset) -> TrainingSet:
     """The images of a condensed-set artifact, checked against ``dataset``."""
     if art.stage != "condensed":
-        raise ChddlError(f"{art.path} is a '{art.stage}' artifact, not a condensed set; pass the output of chddl condense")
+        raise ChddlError(
+            f"{art.path} is a '{art.stage}' artifact, not a condensed set; pass the output of chddl condense"
+        )
     if art.meta.get("fingerprint") != dataset.fingerprint:
         raise ChddlError(f"condensed set {art.name} was made from another dataset than {dataset.artifact.name}")
     if art.info.get("num_classes") != dataset.num_classes:
-        raise ChddlError(f"condensed set {art.name} has {art.info.get('num_classes')} classes but the test split has {dataset.num_classes}")
-    return TrainingSet(art.tensor("images"), art.tensor("labels"), float(art.info.get("eval_lr", 0.01)), art.name, art.key,
-                       "condensed", int(art.info["ipc"]))
+        raise ChddlError(
+            f"condensed set {art.name} has {art.info.get('num_classes')} classes but the test split has "
+            f"{dataset.num_classes}"
+        )
+    return TrainingSet(
+        art.tensor("images"),
+        art.tensor("labels"),
+        float(art.info.get("eval_lr", 0.01)),
+        art.name,
+        art.key,
+        "condensed",
+        int(art.info["ipc"]),
+    )
 
 
 def baseline(dataset: Dataset, kind: str, ipc: int, seed: int) -> TrainingSet:
@@ -96,12 +111,23 @@ def baseline(dataset: Dataset, kind: str, ipc: int, seed: int) -> TrainingSet:
         labels = dataset.labels[train]
         counts = torch.bincount(labels, minlength=dataset.num_classes)
         if ipc < 1 or ipc > int(counts.min()):
-            raise ChddlError(f"--ipc {ipc} must lie in 1..{int(counts.min())} (the smallest class) for the random baseline")
-        train = torch.cat([train[labels == c][torch.randperm(int(counts[c]), generator=g)[:ipc]] for c in range(dataset.num_classes)])
+            raise ChddlError(
+                f"--ipc {ipc} must lie in 1..{int(counts.min())} (the smallest class) for the random baseline"
+            )
+        train = torch.cat(
+            [train[labels == c][torch.randperm(int(counts[c]), generator=g)[:ipc]] for c in range(dataset.num_classes)]
+        )
     images = dataset.normalized(train)
     tag = f"random-ipc{ipc}-s{seed}" if kind == "random" else "whole"
-    return TrainingSet(images, dataset.labels[train], 0.01, f"baseline-{tag}", f"{tag}-{dataset.artifact.key}", kind,
-                       ipc if kind == "random" else 0)
+    return TrainingSet(
+        images,
+        dataset.labels[train],
+        0.01,
+        f"baseline-{tag}",
+        f"{tag}-{dataset.artifact.key}",
+        kind,
+        ipc if kind == "random" else 0,
+    )
 
 
 def _test_split(dataset: Dataset, target_domain: str | None) -> torch.Tensor:
@@ -111,14 +137,20 @@ def _test_split(dataset: Dataset, target_domain: str | None) -> torch.Tensor:
     if not dataset.domain_names:
         raise ChddlError("--target-domain needs a dataset with true domain labels")
     if target_domain not in dataset.domain_names:
-        raise ChddlError(f"unknown target domain '{target_domain}'; this dataset has: {', '.join(dataset.domain_names)}")
+        raise ChddlError(
+            f"unknown target domain '{target_domain}'; this dataset has: {', '.join(dataset.domain_names)}"
+        )
     return test[dataset.domains[test] == dataset.domain_names.index(target_domain)]
 
 
 def summarise(values: np.ndarray) -> dict:
     """Mean and population std (as the reference reports) of per-run accuracies."""
     values = values[~np.isnan(values)]
-    return {"mean": round(float(values.mean()), 3), "std": round(float(values.std()), 3)} if len(values) else {"mean": None, "std": None}
+    return (
+        {"mean": round(float(values.mean()), 3), "std": round(float(values.std()), 3)}
+        if len(values)
+        else {"mean": None, "std": None}
+    )
 
 
 def _combine(acc: np.ndarray, per_domain: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +181,11 @@ def _finished_runs(partial: Path, key: str, acc: np.ndarray, per_domain: np.ndar
     finished (every process's checkpoint); returns how many there were."""
     for folder in sorted(partial.glob("rank*")):
         saved = load_checkpoint(folder, key)
-        if saved is None or saved[1]["accuracy"].shape != acc.shape or saved[1]["per_domain_accuracy"].shape != per_domain.shape:
+        if (
+            saved is None
+            or saved[1]["accuracy"].shape != acc.shape
+            or saved[1]["per_domain_accuracy"].shape != per_domain.shape
+        ):
             continue
         done_acc, done_dom = saved[1]["accuracy"].numpy(), saved[1]["per_domain_accuracy"].numpy()
         done = ~np.isnan(done_acc)
@@ -157,9 +193,17 @@ def _finished_runs(partial: Path, key: str, acc: np.ndarray, per_domain: np.ndar
     return int((~np.isnan(acc)).sum())
 
 
-def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, workspace: Workspace, *,
-        device: torch.device = torch.device("cpu"), force: bool = False, progress: Progress = NullProgress(),
-        stop_after: int | None = None) -> tuple[Artifact, bool]:
+def run(
+    train_set: TrainingSet,
+    dataset: Dataset,
+    config: EvaluateConfig,
+    workspace: Workspace,
+    *,
+    device: torch.device = torch.device("cpu"),
+    force: bool = False,
+    progress: Progress = NullProgress(),
+    stop_after: int | None = None,
+) -> tuple[Artifact, bool]:
     """Evaluate ``train_set`` on ``dataset``'s test split; returns (artifact, cache_hit).
 
     Every finished training is checkpointed, so an interrupted evaluation
@@ -176,9 +220,16 @@ def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, worksp
         raise ChddlError("the test split is empty for this selection")
     missing = sorted(set(dataset.labels[test].tolist()) - set(train_set.labels.tolist()))
     if missing:
-        raise ChddlError(f"the test split has classes the training set lacks: {', '.join(dataset.class_names[c] for c in missing)}")
+        raise ChddlError(
+            f"the test split has classes the training set lacks: {', '.join(dataset.class_names[c] for c in missing)}"
+        )
     resolved = to_dict(cfg) | {"lr": lr}
-    key = artifact_key(STAGE, {k: v for k, v in resolved.items() if k != "parallel"}, {"train": train_set.key, "dataset": dataset.artifact.key}, SCHEMA_VERSION)
+    key = artifact_key(
+        STAGE,
+        {k: v for k, v in resolved.items() if k != "parallel"},
+        {"train": train_set.key, "dataset": dataset.artifact.key},
+        SCHEMA_VERSION,
+    )
     trained_on = train_set.name.rsplit("-", 1)[0] if train_set.kind == "condensed" else train_set.name
     name = stage_artifact_name(f"eval-{trained_on.removeprefix('condensed-')}-{'_'.join(cfg.archs)}", key)
     if not force and (hit := workspace.find(name)) is not None:
@@ -196,7 +247,9 @@ def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, worksp
         dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
         acc = np.full((len(cfg.archs), cfg.runs), np.nan)
         per_domain = np.full((len(cfg.archs), cfg.runs, max(num_domains, 1)), np.nan)
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        rank, world = (
+            (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        )
         partial = workspace.partial_dir(name)
         if force and rank == 0:
             shutil.rmtree(partial, ignore_errors=True)
@@ -215,8 +268,18 @@ def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, worksp
                 arch = cfg.archs[chunk[0][0]]
                 seeds = [cfg.seed * 1000 + r for _, r in chunk]
                 nets = [create_model(arch, dataset.num_classes, dataset.size, seed=seed).to(device) for seed in seeds]
-                train_networks(nets, x, y, epochs=cfg.epochs, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               batch_size=cfg.batch_size, dsa=dsa, gens=[torch.Generator().manual_seed(seed) for seed in seeds])
+                train_networks(
+                    nets,
+                    x,
+                    y,
+                    epochs=cfg.epochs,
+                    lr=lr,
+                    momentum=cfg.momentum,
+                    weight_decay=cfg.weight_decay,
+                    batch_size=cfg.batch_size,
+                    dsa=dsa,
+                    gens=[torch.Generator().manual_seed(seed) for seed in seeds],
+                )
                 for (a, r), net in zip(chunk, nets):
                     pred = predict(net, test_x)
                     acc[a, r] = accuracy(pred, test_y)
@@ -224,8 +287,12 @@ def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, worksp
                         per_domain[a, r] = group_accuracy(pred, test_y, domains, num_domains).numpy()
                     task.advance(1, arch=arch, acc=acc[a, r])
                 finished += len(chunk)
-                save_checkpoint(partial / f"rank{rank}", key, finished,
-                                {"accuracy": torch.from_numpy(acc), "per_domain_accuracy": torch.from_numpy(per_domain)})
+                save_checkpoint(
+                    partial / f"rank{rank}",
+                    key,
+                    finished,
+                    {"accuracy": torch.from_numpy(acc), "per_domain_accuracy": torch.from_numpy(per_domain)},
+                )
         if world > 1:
             acc, per_domain = _combine(acc, per_domain, device)
             if rank != 0:
@@ -234,14 +301,33 @@ def run(train_set: TrainingSet, dataset: Dataset, config: EvaluateConfig, worksp
         for a, arch in enumerate(cfg.archs):
             metrics[arch] = summarise(acc[a]) | {"runs": [round(float(v), 3) for v in acc[a]]}
             if domains is not None:
-                metrics[arch]["per_domain"] = {d: summarise(per_domain[a, :, i]) for i, d in enumerate(dataset.domain_names)}
-        info = {"train_set": train_set.name, "train_kind": train_set.kind, "ipc": train_set.ipc, "dataset": dataset.artifact.name,
-                "num_test": int(len(test)), "num_train": int(len(y)), "domain_names": dataset.domain_names, "device": str(device),
-                "resumed_runs": resumed}
+                metrics[arch]["per_domain"] = {
+                    d: summarise(per_domain[a, :, i]) for i, d in enumerate(dataset.domain_names)
+                }
+        info = {
+            "train_set": train_set.name,
+            "train_kind": train_set.kind,
+            "ipc": train_set.ipc,
+            "dataset": dataset.artifact.name,
+            "num_test": int(len(test)),
+            "num_train": int(len(y)),
+            "domain_names": dataset.domain_names,
+            "device": str(device),
+            "resumed_runs": resumed,
+        }
         art = workspace.write(
-            stage=STAGE, name=name, key=key, config=resolved, inputs={"train": train_set.name, "dataset": dataset.artifact.name},
+            stage=STAGE,
+            name=name,
+            key=key,
+            config=resolved,
+            inputs={"train": train_set.name, "dataset": dataset.artifact.name},
             tensors={"accuracy": torch.from_numpy(acc), "per_domain_accuracy": torch.from_numpy(per_domain)},
-            seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=metrics, cost=cost, schema_version=SCHEMA_VERSION,
+            seed=cfg.seed,
+            fingerprint=dataset.fingerprint,
+            info=info,
+            metrics=metrics,
+            cost=cost,
+            schema_version=SCHEMA_VERSION,
         )
         shutil.rmtree(partial, ignore_errors=True)
         return art, False

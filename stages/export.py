@@ -39,8 +39,10 @@ def _pixels(art: Artifact, dataset: Dataset | None) -> np.ndarray:
     images = art.tensor("images").float()
     if art.info.get("normalization", {}).get("zca"):
         if dataset is None:
-            raise ChddlError(f"{art.name} lives in ZCA-whitened space and its dataset is not in this workspace; "
-                             f"pass --dataset to un-whiten it")
+            raise ChddlError(
+                f"{art.name} lives in ZCA-whitened space and its dataset is not in this workspace; "
+                f"pass --dataset to un-whiten it"
+            )
         rgb = dataset.displayable(images)
     else:
         mean, std = art.tensor("mean").view(1, 3, 1, 1), art.tensor("std").view(1, 3, 1, 1)
@@ -60,17 +62,30 @@ def _write(art: Artifact, dataset: Dataset | None, fmt: str, folder: Path) -> No
             (folder / names[label]).mkdir(exist_ok=True)
             Image.fromarray(pixels).save(folder / names[label] / f"{names[label]}_{k}.png")
     elif fmt == "npz":
-        np.savez(folder / "condensed.npz", images=_pixels(art, dataset), labels=labels.numpy(),
-                 class_names=np.array(names), normalized=art.tensor("images").float().numpy(),
-                 mean=art.tensor("mean").numpy(), std=art.tensor("std").numpy(),
-                 zca=np.array(bool(art.info.get("normalization", {}).get("zca"))))
+        np.savez(
+            folder / "condensed.npz",
+            images=_pixels(art, dataset),
+            labels=labels.numpy(),
+            class_names=np.array(names),
+            normalized=art.tensor("images").float().numpy(),
+            mean=art.tensor("mean").numpy(),
+            std=art.tensor("std").numpy(),
+            zca=np.array(bool(art.info.get("normalization", {}).get("zca"))),
+        )
     else:
         torch.save(art.tensor("images").float().clone(), folder / "images.pt")
         torch.save(labels.clone(), folder / "labels.pt")
         if art.config.get("base") == "mtt":
             torch.save(torch.tensor(float(art.info["eval_lr"])), folder / "lr.pt")
-    meta = {"set": art.name, "format": fmt, "base": art.config.get("base"), "ipc": art.info.get("ipc"),
-            "class_names": names, "eval_lr": art.info.get("eval_lr"), "normalization": art.info.get("normalization")}
+    meta = {
+        "set": art.name,
+        "format": fmt,
+        "base": art.config.get("base"),
+        "ipc": art.info.get("ipc"),
+        "class_names": names,
+        "eval_lr": art.info.get("eval_lr"),
+        "normalization": art.info.get("normalization"),
+    }
     (folder / "chddl_export.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
 
 
@@ -83,7 +98,9 @@ def run(art: Artifact, out: Path, fmt: str, dataset: Dataset | None = None, forc
     if fmt not in FORMATS:
         raise ChddlError(f"unknown export format '{fmt}'; valid: {', '.join(FORMATS)}")
     if art.stage != "condensed":
-        raise ChddlError(f"{art.path} is a '{art.stage}' artifact; export takes a condensed set (from `chddl condense`)")
+        raise ChddlError(
+            f"{art.path} is a '{art.stage}' artifact; export takes a condensed set (from `chddl condense`)"
+        )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ChddlError(f"{out} exists and is not a folder; pass another --out")

@@ -56,7 +56,7 @@ def _svg(fig) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg"):]  # inline: without the XML prolog and doctype
+    return text[text.index("<svg") :]  # inline: without the XML prolog and doctype
 
 
 def loss_curves(history: np.ndarray, with_domain: bool, title: str) -> str:
@@ -72,8 +72,13 @@ def loss_curves(history: np.ndarray, with_domain: bool, title: str) -> str:
     return _svg(fig)
 
 
-def point_chart(points: list[Point], title: str, xlabel: str, reference: float | None = None,
-                extra: dict[str, list[Point]] | None = None) -> str:
+def point_chart(
+    points: list[Point],
+    title: str,
+    xlabel: str,
+    reference: float | None = None,
+    extra: dict[str, list[Point]] | None = None,
+) -> str:
     """Horizontal estimates with error bars, one row per point (a forest plot
     when ``reference`` draws the zero line); ``extra`` adds other series
     (e.g. the paper's figures) on the same rows, matched by label."""
@@ -81,13 +86,25 @@ def point_chart(points: list[Point], title: str, xlabel: str, reference: float |
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.32 * len(points)))
     series = _Series()
     y = np.arange(len(points))[::-1]
-    series.tag(ax.errorbar([p.value for p in points], y, xerr=[p.error for p in points], fmt="o", ms=4, capsize=2,
-                           label="ours"))
+    series.tag(
+        ax.errorbar(
+            [p.value for p in points], y, xerr=[p.error for p in points], fmt="o", ms=4, capsize=2, label="ours"
+        )
+    )
     for i, (name, more) in enumerate((extra or {}).items()):
         rows = [(y[labels.index(p.label)], p) for p in more if p.label in labels]
         if rows:
-            series.tag(ax.errorbar([p.value for _, p in rows], [r - 0.25 for r, _ in rows],
-                                   xerr=[p.error for _, p in rows], fmt="sd"[i % 2], ms=4, capsize=2, label=name))
+            series.tag(
+                ax.errorbar(
+                    [p.value for _, p in rows],
+                    [r - 0.25 for r, _ in rows],
+                    xerr=[p.error for _, p in rows],
+                    fmt="sd"[i % 2],
+                    ms=4,
+                    capsize=2,
+                    label=name,
+                )
+            )
     if reference is not None:
         ax.axvline(reference, color="0.4", lw=0.8, ls="--")
         lo, hi = ax.get_xlim()
@@ -108,8 +125,16 @@ def grouped_bars(groups: list[str], bars: dict[str, list[tuple[float, float]]], 
     width = 0.8 / max(1, len(bars))
     x = np.arange(len(groups))
     for i, (name, values) in enumerate(bars.items()):
-        series.tag(ax.bar(x + (i - (len(bars) - 1) / 2) * width, [v for v, _ in values], width,
-                          yerr=[e for _, e in values], capsize=2, label=name))
+        series.tag(
+            ax.bar(
+                x + (i - (len(bars) - 1) / 2) * width,
+                [v for v, _ in values],
+                width,
+                yerr=[e for _, e in values],
+                capsize=2,
+                label=name,
+            )
+        )
     ax.set_xticks(x, groups)
     ax.set(ylabel=ylabel, title=title)
     ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -122,8 +147,17 @@ def sweep_lines(name: str, lines: dict[str, list[tuple[float, float, float]]], t
     series = _Series()
     for label, pts in lines.items():
         pts = sorted(pts)
-        series.tag(ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=3,
-                               capsize=2, label=label))
+        series.tag(
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                yerr=[p[2] for p in pts],
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=label,
+            )
+        )
     values = sorted({p[0] for pts in lines.values() for p in pts})
     if len(values) > 2 and values[0] > 0 and values[-1] / values[0] >= 100:
         ax.set_xscale("log")

@@ -35,7 +35,10 @@ def resolve(workspace: Workspace, stage: str, path: str | Path | None = None) ->
     workspace.check_exists()
     art = workspace.latest(stage)
     if art is None:
-        raise ChddlError(f"no {stage} artifact in workspace {workspace.root}; create one with `{CREATED_BY.get(stage, 'chddl')}` or pass its path")
+        raise ChddlError(
+            f"no {stage} artifact in workspace {workspace.root}; create one with `{CREATED_BY.get(stage, 'chddl')}` "
+            "or pass its path"
+        )
     return art
 
 

@@ -69,15 +69,26 @@ def load_labels(art: Artifact, dataset: Dataset | None = None) -> PseudoLabels:
     if art.stage != STAGE:
         raise ChddlError(f"{art.path} is a '{art.stage}' artifact, not pseudo-domain labels")
     if dataset is not None and art.meta.get("fingerprint") != dataset.fingerprint:
-        raise ChddlError(f"labels {art.name} were made from another dataset than {dataset.artifact.name}; re-run chddl label on it")
+        raise ChddlError(
+            f"labels {art.name} were made from another dataset than {dataset.artifact.name}; re-run chddl label on it"
+        )
     return PseudoLabels(art, art.tensor("labels"), int(art.info["num_domains"]))
 
 
-def run(dataset: Dataset, cfg: LabelConfig, workspace: Workspace, *, device: torch.device = torch.device("cpu"),
-        force: bool = False, progress: Progress = NullProgress()) -> tuple[Artifact, bool]:
+def run(
+    dataset: Dataset,
+    cfg: LabelConfig,
+    workspace: Workspace,
+    *,
+    device: torch.device = torch.device("cpu"),
+    force: bool = False,
+    progress: Progress = NullProgress(),
+) -> tuple[Artifact, bool]:
     """Label the training split of ``dataset``; returns (labels artifact, cache_hit)."""
     train = dataset.train_indices
-    num_domains = len(dataset.domain_names or []) if cfg.labeler == "oracle" and dataset.domains is not None else cfg.num_domains
+    num_domains = (
+        len(dataset.domain_names or []) if cfg.labeler == "oracle" and dataset.domains is not None else cfg.num_domains
+    )
     if num_domains > len(train):
         raise ChddlError(f"--num-domains {num_domains} exceeds the {len(train)} training images; use a smaller D")
     key_cfg = cfg.key_fields() | {"num_domains": num_domains}
@@ -91,11 +102,22 @@ def run(dataset: Dataset, cfg: LabelConfig, workspace: Workspace, *, device: tor
             return done, True
         true = dataset.domains[train] if dataset.domains is not None else None
         with measure() as cost:
-            out = LABELERS.get(cfg.labeler)(LabelerInput(
-                images=dataset.images[train], mean=dataset.mean, std=dataset.std, num_domains=num_domains,
-                beta=cfg.beta, seed=cfg.seed, true_domains=true, kmeans_restarts=cfg.kmeans_restarts,
-                logvar_layers=cfg.logvar_layers, chunk_size=cfg.chunk_size, device=device, progress=progress,
-            ))
+            out = LABELERS.get(cfg.labeler)(
+                LabelerInput(
+                    images=dataset.images[train],
+                    mean=dataset.mean,
+                    std=dataset.std,
+                    num_domains=num_domains,
+                    beta=cfg.beta,
+                    seed=cfg.seed,
+                    true_domains=true,
+                    kmeans_restarts=cfg.kmeans_restarts,
+                    logvar_layers=cfg.logvar_layers,
+                    chunk_size=cfg.chunk_size,
+                    device=device,
+                    progress=progress,
+                )
+            )
         labels = out.labels.to(torch.int64)
         class_labels = dataset.labels[train]
         counts = torch.bincount(labels, minlength=num_domains)
@@ -105,12 +127,25 @@ def run(dataset: Dataset, cfg: LabelConfig, workspace: Workspace, *, device: tor
         tensors = {"labels": labels, "train_indices": train, "counts": counts, "counts_per_class": per_class}
         if out.scores is not None:
             tensors["scores"] = out.scores
-        info = {"num_domains": num_domains, "num_train": len(train), "counts": counts.tolist(),
-                "class_names": dataset.class_names, "dataset": dataset.artifact.name}
+        info = {
+            "num_domains": num_domains,
+            "num_train": len(train),
+            "counts": counts.tolist(),
+            "class_names": dataset.class_names,
+            "dataset": dataset.artifact.name,
+        }
         art = workspace.write(
-            stage=STAGE, name=name, key=key, config=to_dict(cfg) | {"num_domains": num_domains},
-            inputs={"dataset": dataset.artifact.name}, tensors=tensors, seed=cfg.seed, fingerprint=dataset.fingerprint,
-            info=info, metrics=metrics, cost=cost, schema_version=SCHEMA_VERSION,
+            stage=STAGE,
+            name=name,
+            key=key,
+            config=to_dict(cfg) | {"num_domains": num_domains},
+            inputs={"dataset": dataset.artifact.name},
+            tensors=tensors,
+            seed=cfg.seed,
+            fingerprint=dataset.fingerprint,
+            info=info,
+            metrics=metrics,
+            cost=cost,
+            schema_version=SCHEMA_VERSION,
         )
         return art, False
-

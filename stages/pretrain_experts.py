@@ -60,7 +60,9 @@ class ExpertsConfig:
         require(self.num_experts >= 1, f"--num-experts must be at least 1, got {self.num_experts}")
         require(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
         require(self.lr > 0, "--lr must be positive")
-        require(self.arch in ARCHITECTURES, f"unknown architecture '{self.arch}'; valid: {', '.join(ARCHITECTURES.names())}")
+        require(
+            self.arch in ARCHITECTURES, f"unknown architecture '{self.arch}'; valid: {', '.join(ARCHITECTURES.names())}"
+        )
         require(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}")
         DSA(self.dsa_strategy)
 
@@ -91,8 +93,15 @@ def _valid_file(path: Path, expected: int) -> bool:
         return False
 
 
-def _train_one(dataset: Dataset, idx: torch.Tensor, test_x: torch.Tensor, cfg: ExpertsConfig, seed: int,
-               path: Path, device: torch.device) -> float:
+def _train_one(
+    dataset: Dataset,
+    idx: torch.Tensor,
+    test_x: torch.Tensor,
+    cfg: ExpertsConfig,
+    seed: int,
+    path: Path,
+    device: torch.device,
+) -> float:
     start = time.perf_counter()
     x = dataset.normalized(idx, device)
     y = dataset.labels[idx].to(device)
@@ -104,25 +113,54 @@ def _train_one(dataset: Dataset, idx: torch.Tensor, test_x: torch.Tensor, cfg: E
             snapshots[f"{epoch:03d}/{name}"] = p.detach().to("cpu", DTYPES[cfg.dtype]).clone()
 
     snapshot(0)
-    train_network(net, x, y, epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                  batch_size=cfg.batch_size, dsa=DSA(cfg.dsa_strategy) if cfg.dsa else None,
-                  g=torch.Generator().manual_seed(seed), decay=False, on_epoch=snapshot)
+    train_network(
+        net,
+        x,
+        y,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        batch_size=cfg.batch_size,
+        dsa=DSA(cfg.dsa_strategy) if cfg.dsa else None,
+        g=torch.Generator().manual_seed(seed),
+        decay=False,
+        on_epoch=snapshot,
+    )
     acc = accuracy(predict(net, test_x), dataset.labels[dataset.test_indices])
     tmp = path.with_suffix(".tmp")
-    safetensors.torch.save_file(snapshots, str(tmp), metadata={"epochs": str(cfg.epochs), "seed": str(seed), "test_acc": f"{acc:.3f}",
-                                                               "train_s": f"{time.perf_counter() - start:.2f}"})
+    safetensors.torch.save_file(
+        snapshots,
+        str(tmp),
+        metadata={
+            "epochs": str(cfg.epochs),
+            "seed": str(seed),
+            "test_acc": f"{acc:.3f}",
+            "train_s": f"{time.perf_counter() - start:.2f}",
+        },
+    )
     os.replace(tmp, path)
     return acc
 
 
-def run(dataset: Dataset, labels: PseudoLabels | None, cfg: ExpertsConfig, workspace: Workspace, *,
-        device: torch.device = torch.device("cpu"), force: bool = False, progress: Progress = NullProgress()) -> tuple[Artifact | None, bool]:
+def run(
+    dataset: Dataset,
+    labels: PseudoLabels | None,
+    cfg: ExpertsConfig,
+    workspace: Workspace,
+    *,
+    device: torch.device = torch.device("cpu"),
+    force: bool = False,
+    progress: Progress = NullProgress(),
+) -> tuple[Artifact | None, bool]:
     """Train (or find) the expert trajectories; returns (artifact, cache_hit).
 
     Under torchrun every rank trains its share; only rank 0 returns the artifact.
     """
     if cfg.domain_experts and labels is None:
-        raise ChddlError("domain experts need pseudo-domain labels; run `chddl label` first or pass --no-domain-experts")
+        raise ChddlError(
+            "domain experts need pseudo-domain labels; run `chddl label` first or pass --no-domain-experts"
+        )
     if labels is not None and labels.artifact.meta.get("fingerprint") != dataset.fingerprint:
         raise ChddlError(f"labels {labels.artifact.name} were made from another dataset than {dataset.artifact.name}")
     inputs = {"dataset": dataset.artifact.key} | ({"labels": labels.artifact.key} if cfg.domain_experts else {})
@@ -145,13 +183,18 @@ def run(dataset: Dataset, labels: PseudoLabels | None, cfg: ExpertsConfig, works
         partial.mkdir(parents=True, exist_ok=True)
         jobs = [(role, d, k) for role, d in _sets(labels, cfg) for k in range(cfg.num_experts)]
         # Experts an interrupted run already trained, listed before any rank starts training.
-        earlier = {expert_file(role, k) for role, _, k in jobs if _valid_file(partial / expert_file(role, k), cfg.epochs)}
+        earlier = {
+            expert_file(role, k) for role, _, k in jobs if _valid_file(partial / expert_file(role, k), cfg.epochs)
+        }
         if world > 1:
             dist.barrier()
         train = dataset.train_indices
         test_x = dataset.normalized(dataset.test_indices, device)
         mine = [job for i, job in enumerate(jobs) if i % world == rank]
-        with measure() as cost, progress.task(f"experts (rank {rank}/{world})" if world > 1 else "experts", total=len(mine)) as task:
+        with (
+            measure() as cost,
+            progress.task(f"experts (rank {rank}/{world})" if world > 1 else "experts", total=len(mine)) as task,
+        ):
             for role, d, k in mine:
                 path = partial / expert_file(role, k)
                 if path.name not in earlier:
@@ -177,18 +220,36 @@ def run(dataset: Dataset, labels: PseudoLabels | None, cfg: ExpertsConfig, works
                     earlier_s += float(fh.metadata().get("train_s", 0.0))
         net = create_model(cfg.arch, dataset.num_classes, dataset.size)
         info = {
-            "sets": [role for role, _ in _sets(labels, cfg)], "num_experts": cfg.num_experts, "epochs": cfg.epochs,
-            "arch": cfg.arch, "image_size": dataset.size, "num_classes": dataset.num_classes, "dtype": cfg.dtype,
+            "sets": [role for role, _ in _sets(labels, cfg)],
+            "num_experts": cfg.num_experts,
+            "epochs": cfg.epochs,
+            "arch": cfg.arch,
+            "image_size": dataset.size,
+            "num_classes": dataset.num_classes,
+            "dtype": cfg.dtype,
             "normalization": {"mean": list(dataset.mean), "std": list(dataset.std), "zca": dataset.zca is not None},
             "parameters": {n: list(p.shape) for n, p in net.named_parameters()},
             "files": {n: {"bytes": p.stat().st_size, "blake2b": _file_hash(p)} for n, p in files.items()},
-            "num_domains": labels.num_domains if cfg.domain_experts else 0, "world_size": world,
+            "num_domains": labels.num_domains if cfg.domain_experts else 0,
+            "world_size": world,
         }
         metrics = {role: {"mean_test_acc": round(sum(v) / len(v), 3)} for role, v in accs.items()}
-        art = workspace.write(stage=STAGE, name=name, key=key, config=to_dict(cfg), inputs={"dataset": dataset.artifact.name} | (
-            {"labels": labels.artifact.name} if cfg.domain_experts else {}), tensors={"test_accuracy": torch.tensor(accs["class"])},
-            seed=cfg.seed, fingerprint=dataset.fingerprint, info=info, metrics=metrics, cost=cost | resumed_cost(cost, earlier_s),
-            link_files=files, schema_version=SCHEMA_VERSION)
+        art = workspace.write(
+            stage=STAGE,
+            name=name,
+            key=key,
+            config=to_dict(cfg),
+            inputs={"dataset": dataset.artifact.name}
+            | ({"labels": labels.artifact.name} if cfg.domain_experts else {}),
+            tensors={"test_accuracy": torch.tensor(accs["class"])},
+            seed=cfg.seed,
+            fingerprint=dataset.fingerprint,
+            info=info,
+            metrics=metrics,
+            cost=cost | resumed_cost(cost, earlier_s),
+            link_files=files,
+            schema_version=SCHEMA_VERSION,
+        )
         shutil.rmtree(partial, ignore_errors=True)
         return art, False
 

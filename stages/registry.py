@@ -32,9 +32,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise ChddlError(
-                f"unknown {self.kind} '{name}'; valid: {', '.join(self.names())}"
-            ) from None
+            raise ChddlError(f"unknown {self.kind} '{name}'; valid: {', '.join(self.names())}") from None
 
     def create(self, name: str, *args, **kwargs):
         """Call the factory called ``name`` with the given arguments."""

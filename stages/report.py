@@ -15,16 +15,32 @@ from pathlib import Path
 
 import numpy as np
 
+from stages import figures
 from stages.artifacts import Artifact, Workspace, log
 from stages.condense import EXECUTION_ONLY, THETA_PRIME_DEFAULT, CondenseConfig
 from stages.config import to_dict
 from stages.errors import ChddlError
-from stages import figures
 from stages.paper import paper_figure
 from stages.progress import NullProgress, Progress
 
-SWEEP_FIELDS = ("num_domains", "beta", "tau", "lam", "mask_init", "mask_init_mode", "mask_lr", "mask_optimizer", "theta_prime",
-                "init", "schedule", "labeler", "mask_resolution", "mask_channels", "domain_lambda", "iterations")
+SWEEP_FIELDS = (
+    "num_domains",
+    "beta",
+    "tau",
+    "lam",
+    "mask_init",
+    "mask_init_mode",
+    "mask_lr",
+    "mask_optimizer",
+    "theta_prime",
+    "init",
+    "schedule",
+    "labeler",
+    "mask_resolution",
+    "mask_channels",
+    "domain_lambda",
+    "iterations",
+)
 
 
 @dataclass
@@ -54,8 +70,13 @@ def chddl_settings(cond: Artifact, ws: Workspace) -> str:
     labels = ws.find(cond.meta.get("inputs", {}).get("labels", ""))
     lc = labels.config if labels else {}
     beta = f" beta {lc['beta']}" if lc.get("labeler", "").startswith("fft") else ""
-    parts = [f"{lc.get('labeler', '?')} D {lc.get('num_domains', '?')}{beta}", f"lambda {c.get('lam')}", f"tau {c.get('tau')}",
-             f"mask {c.get('mask_init_mode')} {c.get('mask_init')}", str(c.get("schedule"))]
+    parts = [
+        f"{lc.get('labeler', '?')} D {lc.get('num_domains', '?')}{beta}",
+        f"lambda {c.get('lam')}",
+        f"tau {c.get('tau')}",
+        f"mask {c.get('mask_init_mode')} {c.get('mask_init')}",
+        str(c.get("schedule")),
+    ]
     if c.get("mask_optimizer", "sgd") != "sgd":
         parts.append(f"mask {c['mask_optimizer']} lr {c.get('mask_lr')}")
     elif c.get("mask_lr") != c.get("lr_img"):
@@ -85,8 +106,16 @@ def _datasets(arts: list[Artifact]) -> Section:
     s = Section("Datasets", header=["artifact", "source", "images (train / test)", "size", "classes", "true domains"])
     for a in arts:
         i = a.info
-        s.rows.append([a.name, str(i.get("source")), f"{i['num_train']} / {i['num_test']}", f"{a.config.get('size')} px",
-                       str(len(i["class_names"])), ", ".join(i.get("domain_names") or []) or "-"])
+        s.rows.append(
+            [
+                a.name,
+                str(i.get("source")),
+                f"{i['num_train']} / {i['num_test']}",
+                f"{a.config.get('size')} px",
+                str(len(i["class_names"])),
+                ", ".join(i.get("domain_names") or []) or "-",
+            ]
+        )
     return s
 
 
@@ -94,29 +123,75 @@ def _labels(arts: list[Artifact]) -> Section:
     s = Section("Pseudo-domain labels", header=["artifact", "labeler", "D", "beta", "sizes", "NMI", "ARI", "purity"])
     for a in arts:
         agree = a.metrics.get("agreement", {})
-        s.rows.append([a.name, a.config["labeler"], str(a.config["num_domains"]), str(a.config.get("beta")),
-                       " / ".join(map(str, a.info["counts"])), *(f"{agree[k]:.3f}" if k in agree else "-" for k in ("nmi", "ari", "purity"))])
+        s.rows.append(
+            [
+                a.name,
+                a.config["labeler"],
+                str(a.config["num_domains"]),
+                str(a.config.get("beta")),
+                " / ".join(map(str, a.info["counts"])),
+                *(f"{agree[k]:.3f}" if k in agree else "-" for k in ("nmi", "ari", "purity")),
+            ]
+        )
     return s
 
 
 def _condensed(arts: list[Artifact], ws: Workspace) -> Section:
-    s = Section("Condensed sets", header=["artifact", "method", "IPC", "init", "iterations", "seed", "CHDDL settings", "s/it",
-                                          "final L_cls", "final L_dom", "masks: max alpha / neighbours (chance)"])
+    s = Section(
+        "Condensed sets",
+        header=[
+            "artifact",
+            "method",
+            "IPC",
+            "init",
+            "iterations",
+            "seed",
+            "CHDDL settings",
+            "s/it",
+            "final L_cls",
+            "final L_dom",
+            "masks: max alpha / neighbours (chance)",
+        ],
+    )
     for a in arts:
         c, m = a.config, a.metrics
-        s.rows.append([a.name, _method(a).upper(), str(c["ipc"]), c["init"], str(c["iterations"]), str(c.get("seed")),
-                       chddl_settings(a, ws), str(m.get("s_per_iteration")),
-                       f"{m.get('final_loss_cls', 0):.4g}", f"{m.get('final_loss_dom', 0):.4g}" if c.get("domain_aware") else "-",
-                       _mask_cell(m.get("masks"))])
+        s.rows.append(
+            [
+                a.name,
+                _method(a).upper(),
+                str(c["ipc"]),
+                c["init"],
+                str(c["iterations"]),
+                str(c.get("seed")),
+                chddl_settings(a, ws),
+                str(m.get("s_per_iteration")),
+                f"{m.get('final_loss_cls', 0):.4g}",
+                f"{m.get('final_loss_dom', 0):.4g}" if c.get("domain_aware") else "-",
+                _mask_cell(m.get("masks")),
+            ]
+        )
         classes = a.info.get("class_names") or [str(i) for i in range(int(c["ipc"]))]
-        s.figures.append((f"{a.name}: synthetic images, one row per class",
-                          figures.labelled_grid(_png_array((a.path / "grid.png").read_bytes()), classes, [],
-                                                f"{_method(a).upper()}, IPC {c['ipc']}")))
+        s.figures.append(
+            (
+                f"{a.name}: synthetic images, one row per class",
+                figures.labelled_grid(
+                    _png_array((a.path / "grid.png").read_bytes()), classes, [], f"{_method(a).upper()}, IPC {c['ipc']}"
+                ),
+            )
+        )
         if (a.path / "extra_domain_views.png").is_file():
-            s.figures.append((f"{a.name}: the first images, their domain views and masks, and which domain wins each pixel",
-                              _views_grid(a)))
-        s.figures.append((f"{a.name}: loss curves", figures.loss_curves(a.tensor("loss_history").numpy(),
-                                                                         bool(c.get("domain_aware")), a.name)))
+            s.figures.append(
+                (
+                    f"{a.name}: the first images, their domain views and masks, and which domain wins each pixel",
+                    _views_grid(a),
+                )
+            )
+        s.figures.append(
+            (
+                f"{a.name}: loss curves",
+                figures.loss_curves(a.tensor("loss_history").numpy(), bool(c.get("domain_aware")), a.name),
+            )
+        )
     return s
 
 
@@ -148,8 +223,10 @@ def _mask_cell(masks: dict | None) -> str:
 
 
 def _evaluations(evals: list[Artifact], ws: Workspace) -> list[Section]:
-    overall = Section("Evaluation: top-1 % on the real test split (mean ± std over runs), ours vs the paper",
-                      header=["training set", "method", "IPC", "arch", "ours", "paper", "runs x epochs", "target domain"])
+    overall = Section(
+        "Evaluation: top-1 % on the real test split (mean ± std over runs), ours vs the paper",
+        header=["training set", "method", "IPC", "arch", "ours", "paper", "runs x epochs", "target domain"],
+    )
     domain_rows: list[list[str]] = []
     domains: list[str] = []
     charts: dict[tuple[str, int], list] = {}  # (dataset, IPC) -> ConvNet points of every set and baseline
@@ -163,9 +240,18 @@ def _evaluations(evals: list[Artifact], ws: Workspace) -> list[Section]:
         ipc = int(e.info.get("ipc", 0))
         for arch, m in e.metrics.items():
             paper = paper_figure(source, method, ipc, arch)
-            overall.rows.append([e.info["train_set"], method.upper(), str(ipc or "all"), arch, _fmt(m),
-                                 f"{paper[0]:.1f} ± {paper[1]:.1f}" if paper else "-",
-                                 f"{e.config['runs']} x {e.config['epochs']}", e.config.get("target_domain") or "all"])
+            overall.rows.append(
+                [
+                    e.info["train_set"],
+                    method.upper(),
+                    str(ipc or "all"),
+                    arch,
+                    _fmt(m),
+                    f"{paper[0]:.1f} ± {paper[1]:.1f}" if paper else "-",
+                    f"{e.config['runs']} x {e.config['epochs']}",
+                    e.config.get("target_domain") or "all",
+                ]
+            )
             if m.get("per_domain"):
                 domains = list(m["per_domain"])
                 domain_rows.append([e.info["train_set"], arch, *(_fmt(v) for v in m["per_domain"].values())])
@@ -176,21 +262,34 @@ def _evaluations(evals: list[Artifact], ws: Workspace) -> list[Section]:
             if paper:
                 paper_points.setdefault((e.info["dataset"], ipc), []).append(figures.Point(label, *paper))
             if m.get("per_domain"):
-                bars.setdefault(e.info["dataset"], {})[label] = [(v["mean"], v["std"]) for v in m["per_domain"].values()]
-    overall.text = ("The paper's figures use its full protocol (PACS at 64 px, 10 runs x 1,000 epochs, 20k DM iterations); "
-                    "they are shown where the dataset, method, IPC and architecture match, whatever the scale of our run.")
+                bars.setdefault(e.info["dataset"], {})[label] = [
+                    (v["mean"], v["std"]) for v in m["per_domain"].values()
+                ]
+    overall.text = (
+        "The paper's figures use its full protocol (PACS at 64 px, 10 runs x 1,000 epochs, 20k DM iterations); "
+        "they are shown where the dataset, method, IPC and architecture match, whatever the scale of our run."
+    )
     for (dataset, ipc), points in sorted(charts.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         extra = {"paper": paper_points[(dataset, ipc)]} if (dataset, ipc) in paper_points else None
-        overall.figures.append((f"{dataset}, IPC {ipc or 'all'}: ConvNet top-1 % of every set and baseline (mean ± std "
-                                f"over runs; the paper's full-protocol figure beside where it has one)",
-                                figures.point_chart(sorted(points, key=lambda p: p.value), f"{dataset}, IPC {ipc or 'all'}",
-                                                    "top-1 %", extra=extra)))
+        overall.figures.append(
+            (
+                f"{dataset}, IPC {ipc or 'all'}: ConvNet top-1 % of every set and baseline (mean ± std "
+                f"over runs; the paper's full-protocol figure beside where it has one)",
+                figures.point_chart(
+                    sorted(points, key=lambda p: p.value), f"{dataset}, IPC {ipc or 'all'}", "top-1 %", extra=extra
+                ),
+            )
+        )
     out = [overall]
     if domain_rows:
         per_domain = Section("Evaluation per true domain", header=["training set", "arch", *domains], rows=domain_rows)
         for dataset, sets in bars.items():
-            per_domain.figures.append((f"{dataset}: ConvNet top-1 % per true domain (mean ± std over runs)",
-                                       figures.grouped_bars(domains, sets, dataset, "top-1 %")))
+            per_domain.figures.append(
+                (
+                    f"{dataset}: ConvNet top-1 % per true domain (mean ± std over runs)",
+                    figures.grouped_bars(domains, sets, dataset, "top-1 %"),
+                )
+            )
         out.append(per_domain)
     return out
 
@@ -262,35 +361,67 @@ def _sweeps(evals: list[Artifact], ws: Workspace) -> Section | None:
         if len(values) < 2:
             continue
         fixed = dict(rest)
-        numeric = [(float(v), float(np.mean(r)), float(np.std(r))) for v, (r, _) in values.items()
-                   if _value_order(v)[0] == 0 and r]
+        numeric = [
+            (float(v), float(np.mean(r)), float(np.std(r)))
+            for v, (r, _) in values.items()
+            if _value_order(v)[0] == 0 and r
+        ]
         if len(numeric) >= 2:
-            family = f"{method} IPC {fixed['ipc']}" + (f" on {fixed['eval.target_domain']}"
-                                                       if fixed.get("eval.target_domain", "None") != "None" else "")
+            family = f"{method} IPC {fixed['ipc']}" + (
+                f" on {fixed['eval.target_domain']}" if fixed.get("eval.target_domain", "None") != "None" else ""
+            )
             while family in lines.get(name, {}):
                 family += "'"
             lines.setdefault(name, {})[family] = numeric
-        cells = [f"{v}: {np.mean(r):.2f} ± {np.std(r):.2f} ({len(seeds)} x {len(r) // len(seeds)})"
-                 for v, (r, seeds) in sorted(values.items(), key=lambda kv: _value_order(kv[0]))]
+        cells = [
+            f"{v}: {np.mean(r):.2f} ± {np.std(r):.2f} ({len(seeds)} x {len(r) // len(seeds)})"
+            for v, (r, seeds) in sorted(values.items(), key=lambda kv: _value_order(kv[0]))
+        ]
         label = f"{name} ({fixed['mask_optimizer']})" if name == "mask_lr" else name  # the lr means nothing without it
-        rows.append([label, method, fixed["ipc"], fixed.get("eval.target_domain", "None").replace("None", "all"),
-                     f"{fixed['eval.runs']} x {fixed['eval.epochs']}", ", ".join(cells)])
+        rows.append(
+            [
+                label,
+                method,
+                fixed["ipc"],
+                fixed.get("eval.target_domain", "None").replace("None", "all"),
+                f"{fixed['eval.runs']} x {fixed['eval.epochs']}",
+                ", ".join(cells),
+            ]
+        )
     if not rows:
         return None
-    section = Section("Sweeps (ConvNet accuracy by setting)", header=["setting", "method", "IPC", "target domain",
-                                                                       "runs x epochs", "value: accuracy (seeds x runs)"],
-                      rows=sorted(rows), text="Each row varies one setting with every other condensation, label and "
-                                              "evaluation setting equal; mean ± std over the runs of every condensation seed.")
+    section = Section(
+        "Sweeps (ConvNet accuracy by setting)",
+        header=["setting", "method", "IPC", "target domain", "runs x epochs", "value: accuracy (seeds x runs)"],
+        rows=sorted(rows),
+        text="Each row varies one setting with every other condensation, label and "
+        "evaluation setting equal; mean ± std over the runs of every condensation seed.",
+    )
     for name, families in sorted(lines.items()):
-        section.figures.append((f"ConvNet top-1 % against {name} (mean ± std over runs)",
-                                figures.sweep_lines(name, families, f"sweep: {name}")))
+        section.figures.append(
+            (
+                f"ConvNet top-1 % against {name} (mean ± std over runs)",
+                figures.sweep_lines(name, families, f"sweep: {name}"),
+            )
+        )
     return section
 
 
 # Evaluation settings (besides the lr, see eval_lr) that must agree for two evaluations to be compared.
 EVAL_PROTOCOL = ("dsa", "dsa_strategy", "momentum", "weight_decay", "batch_size")
 # Condensation settings that must agree for a base set and a +CHDDL set to be compared.
-PAIRED_FIELDS = ("base", "ipc", "init", "iterations", "lr_img", "batch_real", "arch", "dsa", "domains", "exclude_domain")
+PAIRED_FIELDS = (
+    "base",
+    "ipc",
+    "init",
+    "iterations",
+    "lr_img",
+    "batch_real",
+    "arch",
+    "dsa",
+    "domains",
+    "exclude_domain",
+)
 
 
 def chddl_delta(base_runs: list[float], chddl_runs: list[float]) -> tuple[float, float]:
@@ -314,8 +445,14 @@ def _comparisons(evals: list[Artifact], ws: Workspace) -> Section | None:
         for arch, m in e.metrics.items():
             runs = [v for v in m.get("runs", []) if v == v]
             protocol = (eval_lr(e, train), *(e.config.get(k) for k in EVAL_PROTOCOL))
-            group = (e.info["dataset"], *(str(c.get(k)) for k in PAIRED_FIELDS), protocol, arch, e.config["epochs"],
-                     e.config.get("target_domain"))
+            group = (
+                e.info["dataset"],
+                *(str(c.get(k)) for k in PAIRED_FIELDS),
+                protocol,
+                arch,
+                e.config["epochs"],
+                e.config.get("target_domain"),
+            )
             slot = (group, train.name)
             if runs and len(runs) > len(best.get(slot, (0, []))[1]):
                 best[slot] = (len(runs), runs, chddl_settings(train, ws), int(c.get("seed", 0)))
@@ -335,51 +472,110 @@ def _comparisons(evals: list[Artifact], ws: Workspace) -> Section | None:
                 continue
             delta, se = chddl_delta(b, a)
             dataset, base, ipc, init, protocol = group[0], group[1], group[2], group[3], group[-4]
-            evaluation = f"{group[-2]} epochs" + ("" if protocol[0] == "own" else f", lr {protocol[0]}") + \
-                ("" if protocol[1] else ", no DSA")
-            rows.append([dataset, base.upper(), ipc, init, group[-3], evaluation,
-                         f"{np.mean(b):.2f} ± {np.std(b):.2f} ({len(bs)} x {len(b) // len(bs)})",
-                         settings, f"{np.mean(a):.2f} ± {np.std(a):.2f} ({len(as_)} x {len(a) // len(as_)})",
-                         f"{delta:+.2f} ± {se:.2f}", group[-1] or "all"])
-            label = f"{dataset.split('-')[1] if '-' in dataset else dataset} {base.upper()} IPC {ipc} {init} it {group[4]}" \
+            evaluation = (
+                f"{group[-2]} epochs"
+                + ("" if protocol[0] == "own" else f", lr {protocol[0]}")
+                + ("" if protocol[1] else ", no DSA")
+            )
+            rows.append(
+                [
+                    dataset,
+                    base.upper(),
+                    ipc,
+                    init,
+                    group[-3],
+                    evaluation,
+                    f"{np.mean(b):.2f} ± {np.std(b):.2f} ({len(bs)} x {len(b) // len(bs)})",
+                    settings,
+                    f"{np.mean(a):.2f} ± {np.std(a):.2f} ({len(as_)} x {len(a) // len(as_)})",
+                    f"{delta:+.2f} ± {se:.2f}",
+                    group[-1] or "all",
+                ]
+            )
+            label = (
+                f"{dataset.split('-')[1] if '-' in dataset else dataset} {base.upper()} IPC {ipc} {init} it {group[4]}"
                 f"{'' if not group[-1] else f' on {group[-1]}'} | {{}} ({len(as_)}+{len(bs)} seeds)"
+            )
             labels.append((label, settings))
             points.append(figures.Point(str(len(labels) - 1), delta, 0.0 if se != se else se))
             data = ws.find(dataset)
             paper_base = paper_figure(str(data.info.get("source")) if data else "", base, int(ipc), group[-3])
-            paper_aware = paper_figure(str(data.info.get("source")) if data else "", f"{base}+chddl", int(ipc), group[-3])
+            paper_aware = paper_figure(
+                str(data.info.get("source")) if data else "", f"{base}+chddl", int(ipc), group[-3]
+            )
             if paper_base and paper_aware and not group[-1]:
-                paper.append(figures.Point(str(len(labels) - 1), paper_aware[0] - paper_base[0],
-                                           float(np.hypot(paper_aware[1], paper_base[1]))))
+                paper.append(
+                    figures.Point(
+                        str(len(labels) - 1),
+                        paper_aware[0] - paper_base[0],
+                        float(np.hypot(paper_aware[1], paper_base[1])),
+                    )
+                )
     if not rows:
         return None
     # plot labels name only the CHDDL settings in which the compared sets differ
     common = set.intersection(*(set(st.split(", ")) for _, st in labels))
-    named = [t.format(", ".join(p for p in st.split(", ") if p not in common) or "the shared settings") for t, st in labels]
+    named = [
+        t.format(", ".join(p for p in st.split(", ") if p not in common) or "the shared settings") for t, st in labels
+    ]
     for p in points + paper:  # labelled by row number until now
         p.label = named[int(p.label)]
-    section = Section("CHDDL minus base (same condensation settings, pooled over condensation seeds)",
-                      header=["dataset", "base", "IPC", "init", "arch", "evaluation", "base (seeds x runs)", "CHDDL settings",
-                              "+CHDDL (seeds x runs)", "delta ± s.e.", "target domain"], rows=rows,
-                      text="mean ± std over every evaluation run of every condensation seed; the delta's standard error is "
-                           "Welch's over runs, so it understates the spread between condensation seeds when there are few.")
-    section.figures.append(("CHDDL minus base, one row per comparison: ours (delta ± s.e.) and the paper's at the same "
-                            "dataset, method and IPC (its full protocol)", forest_plot(points, paper)))
+    section = Section(
+        "CHDDL minus base (same condensation settings, pooled over condensation seeds)",
+        header=[
+            "dataset",
+            "base",
+            "IPC",
+            "init",
+            "arch",
+            "evaluation",
+            "base (seeds x runs)",
+            "CHDDL settings",
+            "+CHDDL (seeds x runs)",
+            "delta ± s.e.",
+            "target domain",
+        ],
+        rows=rows,
+        text="mean ± std over every evaluation run of every condensation seed; the delta's standard error is "
+        "Welch's over runs, so it understates the spread between condensation seeds when there are few.",
+    )
+    section.figures.append(
+        (
+            "CHDDL minus base, one row per comparison: ours (delta ± s.e.) and the paper's at the same "
+            "dataset, method and IPC (its full protocol)",
+            forest_plot(points, paper),
+        )
+    )
     return section
 
 
 def forest_plot(points: list, paper: list) -> str:
-    return figures.point_chart(points, "CHDDL minus base", "top-1 % (CHDDL minus base)", reference=0.0,
-                               extra={"paper": paper} if paper else None)
+    return figures.point_chart(
+        points,
+        "CHDDL minus base",
+        "top-1 % (CHDDL minus base)",
+        reference=0.0,
+        extra={"paper": paper} if paper else None,
+    )
 
 
 def _costs(arts: list[Artifact]) -> Section:
-    s = Section("Cost of each stage", header=["artifact", "stage", "wall s", "peak RSS GB", "peak CUDA GB"],
-                text="wall s includes the time of the earlier runs a stage resumed (interrupted) or continued (shorter).")
+    s = Section(
+        "Cost of each stage",
+        header=["artifact", "stage", "wall s", "peak RSS GB", "peak CUDA GB"],
+        text="wall s includes the time of the earlier runs a stage resumed (interrupted) or continued (shorter).",
+    )
     for a in arts:
         c = a.meta.get("cost", {})
-        s.rows.append([a.name, a.stage, f"{c.get('wall_s_total', c.get('wall_s', 0)):.2f}", f"{c.get('peak_rss_bytes', 0) / 2**30:.2f}",
-                       f"{c['peak_cuda_bytes'] / 2**30:.2f}" if c.get("peak_cuda_bytes") else "-"])
+        s.rows.append(
+            [
+                a.name,
+                a.stage,
+                f"{c.get('wall_s_total', c.get('wall_s', 0)):.2f}",
+                f"{c.get('peak_rss_bytes', 0) / 2**30:.2f}",
+                f"{c['peak_cuda_bytes'] / 2**30:.2f}" if c.get("peak_cuda_bytes") else "-",
+            ]
+        )
     return s
 
 
@@ -426,12 +622,20 @@ def inline_svg(svg: str) -> str:
 
 def _html(sections: list[Section]) -> str:
     esc = html.escape
-    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', "<title>chddl report</title>",
-             "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}td.num,th.num{text-align:right}"
-             "img{image-rendering:pixelated;max-width:100%;border:1px solid #eee}figure{margin:1em 0}"
-             "figure svg{max-width:100%;height:auto}figcaption{font-size:90%;color:#444}</style>",
-             "</head>", "<body>", "<h1>chddl report</h1>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        "<title>chddl report</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}td.num,th.num{text-align:right}"
+        "img{image-rendering:pixelated;max-width:100%;border:1px solid #eee}figure{margin:1em 0}"
+        "figure svg{max-width:100%;height:auto}figcaption{font-size:90%;color:#444}</style>",
+        "</head>",
+        "<body>",
+        "<h1>chddl report</h1>",
+    ]
     for s in sections:
         parts.append(f"<h2>{esc(s.title)}</h2>")
         if s.text:
@@ -439,15 +643,21 @@ def _html(sections: list[Section]) -> str:
         if s.rows:
             numeric = [all(_is_number(row[i]) for row in s.rows) for i in range(len(s.header))]
             cls = [' class="num"' if n else "" for n in numeric]
-            parts.append("<table><thead><tr>" + "".join(f"<th{c}>{esc(h)}</th>" for c, h in zip(cls, s.header))
-                         + "</tr></thead><tbody>")
+            parts.append(
+                "<table><thead><tr>"
+                + "".join(f"<th{c}>{esc(h)}</th>" for c, h in zip(cls, s.header))
+                + "</tr></thead><tbody>"
+            )
             parts += ["<tr>" + "".join(f"<td{c}>{esc(v)}</td>" for c, v in zip(cls, row)) + "</tr>" for row in s.rows]
             parts.append("</tbody></table>")
         for caption, svg in s.figures:
             parts.append(f"<figure>{inline_svg(svg)}<figcaption>{esc(caption)}</figcaption></figure>")
         for caption, png in s.images:
             data = base64.b64encode(png).decode()
-            parts.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}"><figcaption>{esc(caption)}</figcaption></figure>')
+            parts.append(
+                f'<figure><img alt="{esc(caption)}" '
+                f'src="data:image/png;base64,{data}"><figcaption>{esc(caption)}</figcaption></figure>'
+            )
     parts += ["</body>", "</html>"]
     return "\n".join(parts)
 
@@ -469,10 +679,15 @@ def _summary(stages: dict[str, list[Artifact]], ws: Workspace, forest: Section |
     for (dataset, ipc), (mean, std, name, count) in sorted(best.items()):
         s.rows.append([dataset, str(ipc or "all"), name, f"{mean:.2f} ± {std:.2f}", str(count)])
     n_sets = len(stages.get("condensed", []))
-    s.text = (f"{len(stages.get('dataset', []))} dataset(s), {len(stages.get('labels', []))} labelling(s), "
-              f"{n_sets} condensed set(s), {len(stages.get('evaluation', []))} evaluation(s). "
-              + ("Below: every CHDDL-minus-base comparison (detailed in its own section)." if forest else
-                 "No base set has a CHDDL twin under the same settings yet, so there is no CHDDL-minus-base comparison."))
+    s.text = (
+        f"{len(stages.get('dataset', []))} dataset(s), {len(stages.get('labels', []))} labelling(s), "
+        f"{n_sets} condensed set(s), {len(stages.get('evaluation', []))} evaluation(s). "
+        + (
+            "Below: every CHDDL-minus-base comparison (detailed in its own section)."
+            if forest
+            else "No base set has a CHDDL twin under the same settings yet, so there is no CHDDL-minus-base comparison."
+        )
+    )
     if forest is not None:
         s.figures = forest.figures[:1]
     return s
@@ -484,7 +699,9 @@ def run(workspace: Workspace, out_dir: Path | None = None, progress: Progress = 
     workspace.check_exists()
     arts = workspace.all()
     if not arts:
-        raise ChddlError(f"workspace {workspace.root} holds no artifacts yet; run `chddl demo` or `chddl label PATH` first")
+        raise ChddlError(
+            f"workspace {workspace.root} holds no artifacts yet; run `chddl demo` or `chddl label PATH` first"
+        )
     damaged = workspace.damaged()
     stages = _by_stage(arts)
     sections: list[Section] = []
@@ -506,12 +723,19 @@ def run(workspace: Workspace, out_dir: Path | None = None, progress: Progress = 
     sections.insert(0, _summary(stages, workspace, paired))
     sections.append(_costs(arts))
     if damaged:
-        log.warning(f"the report skips {len(damaged)} damaged artifact(s) (listed in its last section): "
-                    f"delete each and re-run the command that made it")
-        sections.append(Section("Skipped artifacts", header=["folder", "problem"],
-                                rows=[[str(path), reason] for path, reason in damaged],
-                                text="Not in the tables above: each folder is damaged. Delete it and re-run the command "
-                                     "that made it (with --force if its settings are otherwise cached)."))
+        log.warning(
+            f"the report skips {len(damaged)} damaged artifact(s) (listed in its last section): "
+            f"delete each and re-run the command that made it"
+        )
+        sections.append(
+            Section(
+                "Skipped artifacts",
+                header=["folder", "problem"],
+                rows=[[str(path), reason] for path, reason in damaged],
+                text="Not in the tables above: each folder is damaged. Delete it and re-run the command "
+                "that made it (with --force if its settings are otherwise cached).",
+            )
+        )
     out_dir = Path(out_dir) if out_dir is not None else workspace.root / "report"
     # Written beside its destination and renamed into place: a read-only workspace can report elsewhere.
     tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"

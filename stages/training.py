@@ -11,9 +11,21 @@ from torch import nn
 from stages.data.augment import DSA
 
 
-def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float, momentum: float,
-                  weight_decay: float, batch_size: int, dsa: DSA | None, g: torch.Generator, decay: bool = True,
-                  on_epoch: Callable[[int], None] | None = None) -> float:
+def train_network(
+    net: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    batch_size: int,
+    dsa: DSA | None,
+    g: torch.Generator,
+    decay: bool = True,
+    on_epoch: Callable[[int], None] | None = None,
+) -> float:
     """SGD with momentum, lr x0.1 at half the epochs (``decay``), DSA per sample
     (one family per batch, as the reference). ``on_epoch(e)`` runs after each
     epoch. Returns the last epoch's mean training loss."""
@@ -42,9 +54,20 @@ def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     return float(last)
 
 
-def train_networks(nets: list[nn.Module], images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
-                   momentum: float, weight_decay: float, batch_size: int, dsa: DSA | None, gens: list[torch.Generator],
-                   decay: bool = True) -> None:
+def train_networks(
+    nets: list[nn.Module],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    batch_size: int,
+    dsa: DSA | None,
+    gens: list[torch.Generator],
+    decay: bool = True,
+) -> None:
     """Train several networks of one architecture at once (torch.func.vmap
     over their stacked parameters). Network m draws its batches and
     augmentation from ``gens[m]`` exactly as ``train_network`` would, so the
@@ -53,8 +76,19 @@ def train_networks(nets: list[nn.Module], images: torch.Tensor, labels: torch.Te
     from torch.func import functional_call, stack_module_state, vmap
 
     if len(nets) == 1:
-        train_network(nets[0], images, labels, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                      batch_size=batch_size, dsa=dsa, g=gens[0], decay=decay)
+        train_network(
+            nets[0],
+            images,
+            labels,
+            epochs=epochs,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            dsa=dsa,
+            g=gens[0],
+            decay=decay,
+        )
         return
     for net in nets:
         net.train()

@@ -13,8 +13,22 @@ def denormalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> 
 
 
 #: one colour per pseudo-domain in winner maps (colour-blind-safe, Okabe-Ito), repeated beyond 8
-DOMAIN_COLOURS = torch.tensor([[230, 159, 0], [86, 180, 233], [0, 158, 115], [240, 228, 66], [0, 114, 178],
-                               [213, 94, 0], [204, 121, 167], [0, 0, 0]], dtype=torch.float32) / 255
+DOMAIN_COLOURS = (
+    torch.tensor(
+        [
+            [230, 159, 0],
+            [86, 180, 233],
+            [0, 158, 115],
+            [240, 228, 66],
+            [0, 114, 178],
+            [213, 94, 0],
+            [204, 121, 167],
+            [0, 0, 0],
+        ],
+        dtype=torch.float32,
+    )
+    / 255
+)
 
 
 def winner_map(alpha: torch.Tensor) -> torch.Tensor:
@@ -26,8 +40,8 @@ def winner_map(alpha: torch.Tensor) -> torch.Tensor:
 
 def grid_png(images: torch.Tensor, nrow: int, scale: int = 2) -> bytes:
     """PNG bytes of a grid of (N, 3, H, W) images in [0, 1], ``nrow`` per row."""
-    from torchvision.utils import make_grid  # lazy: torchvision's import is slow
     from PIL import Image
+    from torchvision.utils import make_grid  # lazy: torchvision's import is slow
 
     grid = make_grid(images, nrow=max(1, nrow), padding=1, pad_value=1.0)
     array = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")

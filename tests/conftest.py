@@ -45,8 +45,9 @@ def make_tree(root: Path, domains: list[str] | None, classes: list[str], per: in
     return root
 
 
-def make_npz(path: Path, n: int = 40, size: int = 16, classes: int = 3, domains: int | None = 2,
-             split: bool = True, **override) -> Path:
+def make_npz(
+    path: Path, n: int = 40, size: int = 16, classes: int = 3, domains: int | None = 2, split: bool = True, **override
+) -> Path:
     rng = np.random.default_rng(0)
     arrays = {
         "images": rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),

@@ -16,8 +16,16 @@ from stages.inputs import resolve
 
 
 def _write(ws: Workspace, name: str = "x-abc", value: float = 1.0, **kw):
-    return ws.write(stage="demo", name=name, key="abc", config={"a": 1}, inputs={"up": "y"},
-                    tensors={"t": torch.full((2, 3), value), "i": torch.arange(4)}, cost={"wall_s": 0.1}, **kw)
+    return ws.write(
+        stage="demo",
+        name=name,
+        key="abc",
+        config={"a": 1},
+        inputs={"up": "y"},
+        tensors={"t": torch.full((2, 3), value), "i": torch.arange(4)},
+        cost={"wall_s": 0.1},
+        **kw,
+    )
 
 
 def test_round_trip_keeps_tensors_and_metadata(workspace) -> None:
@@ -34,10 +42,18 @@ def test_round_trip_keeps_tensors_and_metadata(workspace) -> None:
 def test_keys_are_stable_and_change_with_any_input() -> None:
     k = artifact_key("s", {"a": 1, "b": [1, 2]}, {"d": "x"}, 1)
     assert k == artifact_key("s", {"b": [1, 2], "a": 1}, {"d": "x"}, 1)
-    assert len({k, artifact_key("s", {"a": 2, "b": [1, 2]}, {"d": "x"}, 1),
+    assert (
+        len(
+            {
+                k,
+                artifact_key("s", {"a": 2, "b": [1, 2]}, {"d": "x"}, 1),
                 artifact_key("s", {"a": 1, "b": [1, 2]}, {"d": "z"}, 1),
                 artifact_key("s", {"a": 1, "b": [1, 2]}, {"d": "x"}, 2),
-                artifact_key("t", {"a": 1, "b": [1, 2]}, {"d": "x"}, 1)}) == 5
+                artifact_key("t", {"a": 1, "b": [1, 2]}, {"d": "x"}, 1),
+            }
+        )
+        == 5
+    )
 
 
 def test_workspace_remembers_the_latest_artifact_per_stage(workspace) -> None:

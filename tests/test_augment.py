@@ -58,7 +58,9 @@ def test_cutout_zeroes_one_half_size_square() -> None:
     p.cut_x[:], p.cut_y[:] = 8, 8
     out = dsa.apply(torch.ones(1, 3, 16, 16), p)
     assert int((out[0, 0] == 0).sum()) == 64
-    assert torch.all(out[0, :, 0:4] == 1) and torch.all(out[0, :, :, 12:] == 1) and torch.all(out[0, :, 4:12, 4:12] == 0)
+    assert (
+        torch.all(out[0, :, 0:4] == 1) and torch.all(out[0, :, :, 12:] == 1) and torch.all(out[0, :, 4:12, 4:12] == 0)
+    )
 
 
 def test_one_family_per_call_in_evaluation_mode() -> None:

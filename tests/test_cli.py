@@ -45,8 +45,20 @@ def test_label_prints_agreement_and_then_hits_the_cache(tmp_path) -> None:
 
 def test_label_with_a_training_subset_says_how_many_images_it_kept(tmp_path) -> None:
     npz = make_npz(tmp_path / "d.npz", n=80)
-    result = invoke("--workdir", str(tmp_path / "ws"), "label", str(npz), "--size", "16", "-D", "2",
-                    "--train-per-class", "10", "--test-per-class", "3")
+    result = invoke(
+        "--workdir",
+        str(tmp_path / "ws"),
+        "label",
+        str(npz),
+        "--size",
+        "16",
+        "-D",
+        "2",
+        "--train-per-class",
+        "10",
+        "--test-per-class",
+        "3",
+    )
     assert result.exit_code == 0, result.output
     assert "39 (30 train / 9 test" in result.output
     assert "of 64 train / 16 test: at most 10 train / 3 test per class" in result.output
@@ -74,15 +86,18 @@ def test_workdir_comes_from_the_environment(tmp_path, monkeypatch) -> None:
     assert (tmp_path / "envws" / "latest.yaml").is_file()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["label", "/no/such/path"], "no such file or directory"),
-    (["label", "DATA", "--beta", "0"], "--beta must lie in (0, 1]"),
-    (["label", "DATA", "--beta", "1.5"], "--beta must lie in (0, 1]"),
-    (["label", "DATA", "-D", "1000"], "exceeds the"),
-    (["label", "DATA", "--labeler", "nope"], "unknown labeler 'nope'"),
-    (["--device", "warp", "label", "DATA"], "unknown device"),
-    (["label"], "no dataset artifact in workspace"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["label", "/no/such/path"], "no such file or directory"),
+        (["label", "DATA", "--beta", "0"], "--beta must lie in (0, 1]"),
+        (["label", "DATA", "--beta", "1.5"], "--beta must lie in (0, 1]"),
+        (["label", "DATA", "-D", "1000"], "exceeds the"),
+        (["label", "DATA", "--labeler", "nope"], "unknown labeler 'nope'"),
+        (["--device", "warp", "label", "DATA"], "unknown device"),
+        (["label"], "no dataset artifact in workspace"),
+    ],
+)
 def test_bad_input_gives_one_line_error_and_nonzero_exit(tmp_path, args, message) -> None:
     npz = make_npz(tmp_path / "d.npz", n=40)
     args = [str(npz) if a == "DATA" else a for a in args]
@@ -148,13 +163,16 @@ def test_condense_without_labels_names_the_command_to_run(tmp_path) -> None:
     assert result.exit_code == 1 and "chddl label PATH" in result.output
 
 
-@pytest.mark.parametrize("args,message", [
-    (["condense", "--ipc", "500"], "exceeds the smallest class"),
-    (["condense", "--base", "kip"], "unknown base method 'kip'; valid: dm, dc"),
-    (["condense", "--arch", "nope"], "unknown architecture 'nope'; valid: alexnet, convnet"),
-    (["condense", "--lam", "nan"], "--lam must be a finite number"),
-    (["--device", "cuda", "condense"], "CUDA is not available"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["condense", "--ipc", "500"], "exceeds the smallest class"),
+        (["condense", "--base", "kip"], "unknown base method 'kip'; valid: dm, dc"),
+        (["condense", "--arch", "nope"], "unknown architecture 'nope'; valid: alexnet, convnet"),
+        (["condense", "--lam", "nan"], "--lam must be a finite number"),
+        (["--device", "cuda", "condense"], "CUDA is not available"),
+    ],
+)
 def test_condense_bad_input_fails_cleanly(tmp_path, args, message) -> None:
     import torch
 
@@ -170,7 +188,12 @@ def test_condense_bad_input_fails_cleanly(tmp_path, args, message) -> None:
 
 def test_evaluate_prints_mean_and_std_per_domain(tmp_path) -> None:
     ws = _labelled_workspace(tmp_path)
-    assert invoke("-w", ws, "condense", "--ipc", "2", "--iterations", "1", "--batch-real", "8", "--compile", "off").exit_code == 0
+    assert (
+        invoke(
+            "-w", ws, "condense", "--ipc", "2", "--iterations", "1", "--batch-real", "8", "--compile", "off"
+        ).exit_code
+        == 0
+    )
     result = invoke("-w", ws, "evaluate", "--runs", "2", "--epochs", "1")
     assert result.exit_code == 0, result.output
     assert "±" in result.output and "d0" in result.output and "d1" in result.output
@@ -183,7 +206,12 @@ def test_results_table_keeps_architecture_names_on_a_narrow_console(tmp_path) ->
     from stages.artifacts import Workspace
 
     ws = _labelled_workspace(tmp_path)
-    assert invoke("-w", ws, "condense", "--ipc", "1", "--iterations", "1", "--batch-real", "8", "--compile", "off").exit_code == 0
+    assert (
+        invoke(
+            "-w", ws, "condense", "--ipc", "1", "--iterations", "1", "--batch-real", "8", "--compile", "off"
+        ).exit_code
+        == 0
+    )
     assert invoke("-w", ws, "evaluate", "--arch", "convnet,alexnet", "--runs", "1", "--epochs", "1").exit_code == 0
     console = Console(width=40, record=True)
     console.print(results_table(Workspace(ws).latest("evaluation")))
@@ -191,12 +219,15 @@ def test_results_table_keeps_architecture_names_on_a_narrow_console(tmp_path) ->
     assert "convnet" in text and "alexnet" in text and "…" not in text
 
 
-@pytest.mark.parametrize("args,message", [
-    (["evaluate", "--runs", "0"], "--runs must be at least 1"),
-    (["evaluate", "--arch", "convnet,lenet"], "unknown architecture 'lenet'"),
-    (["evaluate", "--target-domain", "mars"], "unknown target domain 'mars'"),
-    (["evaluate", "--baseline", "median"], "unknown baseline 'median'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["evaluate", "--runs", "0"], "--runs must be at least 1"),
+        (["evaluate", "--arch", "convnet,lenet"], "unknown architecture 'lenet'"),
+        (["evaluate", "--target-domain", "mars"], "unknown target domain 'mars'"),
+        (["evaluate", "--baseline", "median"], "unknown baseline 'median'"),
+    ],
+)
 def test_evaluate_bad_input_fails_cleanly(tmp_path, args, message) -> None:
     ws = _labelled_workspace(tmp_path)
     invoke("-w", ws, "condense", "--ipc", "1", "--iterations", "1", "--batch-real", "8", "--compile", "off")
@@ -227,7 +258,10 @@ def test_condense_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_pa
 
     npz = make_npz(tmp_path / "d.npz", n=60)
     preset = tmp_path / "p.yaml"
-    preset.write_text("condense:\n  ipc: 2\n  iterations: 40\n  batch_real: 8\n  checkpoint_every: 5\n  log_every: 5\n  compile: 'off'\n")
+    preset.write_text(
+        "condense:\n  ipc: 2\n  iterations: 40\n  batch_real: 8\n  checkpoint_every: 5\n  log_every: 5\n  compile: "
+        "'off'\n"
+    )
     results = []
     for name, kill in (("plain", False), ("killed", True)):
         ws = str(tmp_path / name)
@@ -300,8 +334,10 @@ def test_threads_sets_torchs_cpu_threads(tmp_path) -> None:
     assert bad.exit_code == 2
 
 
-@pytest.mark.parametrize("args, text", [(["condense", "--bogus"], "No such option: --bogus"),
-                                        (["condense", "--ipc", "x"], "Invalid value for '--ipc'")])
+@pytest.mark.parametrize(
+    "args, text",
+    [(["condense", "--bogus"], "No such option: --bogus"), (["condense", "--ipc", "x"], "Invalid value for '--ipc'")],
+)
 def test_usage_errors_are_one_line_in_chddls_format(args, text) -> None:
     import subprocess
     import sys

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.artifacts import read_artifact
 from stages.condense import CondenseConfig, run
 from stages.config import build
 from stages.data.dataset import load_dataset
@@ -134,8 +133,10 @@ def test_a_checkpoint_from_before_the_optimiser_choice_still_resumes_exactly(dat
     meta = yaml.safe_load((folder / checkpoint.CKPT_META).read_text())
     it, tensors = checkpoint.load_checkpoint(folder, meta["key"])
     # Earlier versions stored SGD's buffer as momentum/<group>/<i>.
-    legacy = {k.replace("opt/", "momentum/").removesuffix("/momentum_buffer") if k.endswith("/momentum_buffer") else k: v
-              for k, v in tensors.items()}
+    legacy = {
+        k.replace("opt/", "momentum/").removesuffix("/momentum_buffer") if k.endswith("/momentum_buffer") else k: v
+        for k, v in tensors.items()
+    }
     assert any(k.startswith("momentum/masks/") for k in legacy)
     checkpoint.save_checkpoint(folder, meta["key"], it, legacy)
     resumed, _ = run(ds, labels, cfg, ws)
@@ -229,8 +230,11 @@ def test_a_crash_keeps_the_last_timed_checkpoint(data, workspace, monkeypatch, f
     now = [0.0]
     monkeypatch.setattr(loop.time, "monotonic", lambda: now[0])
     ds, labels = data
-    cfg = build(CondenseConfig, TINY, {"iterations": 6, "checkpoint_every": 100, "first_checkpoint_minutes": first,
-                                       "checkpoint_minutes": then})
+    cfg = build(
+        CondenseConfig,
+        TINY,
+        {"iterations": 6, "checkpoint_every": 100, "first_checkpoint_minutes": first, "checkpoint_minutes": then},
+    )
     _fail_at_step(monkeypatch, 5, RuntimeError)  # not an interruption: nothing is saved on the way out
     real_step = loop.Loop.step
     monkeypatch.setattr(loop.Loop, "step", lambda self, g: now.__setitem__(0, now[0] + 100.0) or real_step(self, g))
@@ -316,7 +320,9 @@ def test_dm_chddl_loss_decreases_on_the_demo_data(workspace) -> None:
     art, _ = ingest("builtin:demo", build(DatasetConfig, {"size": 16}), workspace)
     ds = load_dataset(art)
     lab, _ = label_run(ds, build(LabelConfig), workspace)
-    cfg = build(CondenseConfig, {"ipc": 1, "iterations": 30, "batch_real": 32, "compile": "off", "checkpoint_every": 100})
+    cfg = build(
+        CondenseConfig, {"ipc": 1, "iterations": 30, "batch_real": 32, "compile": "off", "checkpoint_every": 100}
+    )
     out, _ = run(ds, load_labels(lab, ds), cfg, workspace)
     history = out.tensor("loss_history")
     assert history[-5:, 0].mean() < 0.8 * history[:5, 0].mean()
@@ -331,19 +337,22 @@ def test_real_pool_draws_per_group_without_replacement() -> None:
     assert torch.equal(groups[idx], gid) and len(set(idx.tolist())) == 6
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"ipc": 100}, "exceeds the smallest class"),
-    ({"ipc": 0}, "--ipc must be at least 1"),
-    ({"base": "kip"}, "unknown base method 'kip'"),
-    ({"arch": "resnet9000"}, "unknown architecture 'resnet9000'; valid: alexnet, convnet"),
-    ({"lam": float("inf")}, "finite"),
-    ({"lr_img": float("nan")}, "finite"),
-    ({"init": "zeros"}, "--init must be noise or real"),
-    ({"mask_optimizer": "rmsprop"}, "--mask-optimizer must be one of sgd, adam, got rmsprop"),
-    ({"mask_lr": 0.0}, "--mask-lr must be positive, got 0.0"),
-    ({"theta_prime": "both"}, "--theta-prime must be own or shared, got both"),
-    ({"base": "dm", "theta_prime": "own"}, "--theta-prime own is not available for dm"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"ipc": 100}, "exceeds the smallest class"),
+        ({"ipc": 0}, "--ipc must be at least 1"),
+        ({"base": "kip"}, "unknown base method 'kip'"),
+        ({"arch": "resnet9000"}, "unknown architecture 'resnet9000'; valid: alexnet, convnet"),
+        ({"lam": float("inf")}, "finite"),
+        ({"lr_img": float("nan")}, "finite"),
+        ({"init": "zeros"}, "--init must be noise or real"),
+        ({"mask_optimizer": "rmsprop"}, "--mask-optimizer must be one of sgd, adam, got rmsprop"),
+        ({"mask_lr": 0.0}, "--mask-lr must be positive, got 0.0"),
+        ({"theta_prime": "both"}, "--theta-prime must be own or shared, got both"),
+        ({"base": "dm", "theta_prime": "own"}, "--theta-prime own is not available for dm"),
+    ],
+)
 def test_bad_settings_fail_cleanly_without_partial_artifact(data, workspace, overrides, message) -> None:
     with pytest.raises(ChddlError, match=message):
         _run(data, workspace, **overrides)
@@ -352,7 +361,9 @@ def test_bad_settings_fail_cleanly_without_partial_artifact(data, workspace, ove
 
 def test_labels_from_another_dataset_are_refused(data, tmp_path, workspace) -> None:
     ds, _ = data
-    other, _ = ingest(str(make_npz(tmp_path / "o.npz", n=60, size=16, domains=3)), build(DatasetConfig, {"size": 8}), workspace)
+    other, _ = ingest(
+        str(make_npz(tmp_path / "o.npz", n=60, size=16, domains=3)), build(DatasetConfig, {"size": 8}), workspace
+    )
     other_ds = load_dataset(other)
     lab, _ = label_run(other_ds, build(LabelConfig), workspace)
     with pytest.raises(ChddlError, match="another dataset"):
@@ -402,7 +413,10 @@ def test_theta_prime_defaults_per_base_and_keeps_earlier_cache_keys() -> None:
     resolved = {b: build(CondenseConfig, {"base": b}).resolved() for b in ("dm", "dc", "mtt")}
     assert {b: c.theta_prime for b, c in resolved.items()} == {"dm": "shared", "dc": "own", "mtt": "own"}
     assert all("theta_prime" not in c.key_fields() for c in resolved.values())
-    assert build(CondenseConfig, {"base": "dc", "theta_prime": "shared"}).resolved().key_fields()["theta_prime"] == "shared"
+    assert (
+        build(CondenseConfig, {"base": "dc", "theta_prime": "shared"}).resolved().key_fields()["theta_prime"]
+        == "shared"
+    )
 
 
 def test_timed_checkpoints_cost_at_most_about_one_percent(data, workspace, monkeypatch) -> None:
@@ -424,7 +438,15 @@ def test_timed_checkpoints_cost_at_most_about_one_percent(data, workspace, monke
     monkeypatch.setattr(loop, "save_checkpoint", slow_save)
     monkeypatch.setattr(loop.Loop, "step", step)
     ds, labels = data
-    run(ds, labels, build(CondenseConfig, TINY, {"iterations": 30, "checkpoint_every": 1000,
-                                                 "first_checkpoint_minutes": 1.0, "checkpoint_minutes": 1.0}), workspace)
+    run(
+        ds,
+        labels,
+        build(
+            CondenseConfig,
+            TINY,
+            {"iterations": 30, "checkpoint_every": 1000, "first_checkpoint_minutes": 1.0, "checkpoint_minutes": 1.0},
+        ),
+        workspace,
+    )
     # first after 60 s of work (iteration 2), then every 200 s = 100 x the 2 s write, not every 60 s
     assert saves[0] == 2 and all(b - a >= 200 / 30 - 1 for a, b in zip(saves, saves[1:])) and len(saves) <= 5

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from stages.config import build, list_presets, load_preset, load_yaml, presets_dir, section
 from stages.condense import CondenseConfig
+from stages.config import build, list_presets, load_preset, load_yaml, presets_dir, section
 from stages.data.ingest import DatasetConfig
-from stages.evaluate import EvaluateConfig
 from stages.errors import ChddlError
+from stages.evaluate import EvaluateConfig
 from stages.label import LabelConfig
 from stages.pretrain_experts import ExpertsConfig
 
 #: the config class of each preset section
-SECTIONS = {"dataset": DatasetConfig, "label": LabelConfig, "condense": CondenseConfig, "evaluate": EvaluateConfig, "experts": ExpertsConfig}
+SECTIONS = {
+    "dataset": DatasetConfig,
+    "label": LabelConfig,
+    "condense": CondenseConfig,
+    "evaluate": EvaluateConfig,
+    "experts": ExpertsConfig,
+}
 
 
 @pytest.mark.parametrize("name", list_presets())
@@ -41,13 +47,16 @@ def test_unknown_option_lists_the_valid_ones() -> None:
         build(LabelConfig, {"betta": 0.1})
 
 
-@pytest.mark.parametrize("values,message", [
-    ({"beta": 0.0}, "--beta must lie in"),
-    ({"beta": float("nan")}, "finite"),
-    ({"num_domains": 0}, "--num-domains must be at least 1"),
-    ({"labeler": "magic"}, "unknown labeler 'magic'"),
-    ({"num_domains": "four"}, "wrong type"),
-])
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"beta": 0.0}, "--beta must lie in"),
+        ({"beta": float("nan")}, "finite"),
+        ({"num_domains": 0}, "--num-domains must be at least 1"),
+        ({"labeler": "magic"}, "unknown labeler 'magic'"),
+        ({"num_domains": "four"}, "wrong type"),
+    ],
+)
 def test_invalid_values_are_rejected(values, message) -> None:
     with pytest.raises(ChddlError, match=message):
         build(LabelConfig, values)

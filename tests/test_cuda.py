@@ -43,8 +43,9 @@ def setup(tmp_path_factory):
     ws = Workspace(root / "ws")
     ds = load_dataset(ingest(str(make_npz(root / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), ws)[0])
     labels = load_labels(label_run(ds, build(LabelConfig, {"num_domains": 2}), ws, device=CUDA)[0], ds)
-    experts = experts_run(ds, labels, build(ExpertsConfig, {"num_experts": 1, "epochs": 3, "batch_size": 32}), ws,
-                          device=CUDA)[0]
+    experts = experts_run(
+        ds, labels, build(ExpertsConfig, {"num_experts": 1, "epochs": 3, "batch_size": 32}), ws, device=CUDA
+    )[0]
     return ws, ds, labels, experts
 
 
@@ -93,8 +94,11 @@ def test_one_step_agrees_with_cpu(setup, base) -> None:
                 net.load_state_dict({k: v.to(device) for k, v in out["cpu"][2][role].items()})
         l_cls, l_dom = objective.losses(images, g)
         (l_cls + 0.1 * l_dom).backward()
-        nets = {r: {k: v.detach().cpu() for k, v in n.state_dict().items()} for r, n in method.nets.nets.items()} \
-            if base != "mtt" else {}
+        nets = (
+            {r: {k: v.detach().cpu() for k, v in n.state_dict().items()} for r, n in method.nets.nets.items()}
+            if base != "mtt"
+            else {}
+        )
         out[device.type] = (torch.stack([l_cls.detach(), l_dom.detach()]).cpu(), images.grad.detach().cpu(), nets)
     assert torch.allclose(out["cpu"][0], out["cuda"][0], rtol=1e-3)
     cosine = torch.nn.functional.cosine_similarity(out["cpu"][1].flatten(), out["cuda"][1].flatten(), dim=0)
@@ -134,16 +138,46 @@ def test_a_resumed_cuda_run_equals_an_uninterrupted_one(setup, base, tmp_path) -
     assert torch.allclose(full.tensor("images"), resumed.tensor("images"), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("command", [["pretrain-experts", "--num-experts", "2", "--epochs", "2"],
-                                     ["evaluate", "--baseline", "random", "--ipc", "2", "--runs", "2", "--epochs", "2"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["pretrain-experts", "--num-experts", "2", "--epochs", "2"],
+        ["evaluate", "--baseline", "random", "--ipc", "2", "--runs", "2", "--epochs", "2"],
+    ],
+)
 def test_torchrun_with_nccl(setup, command, tmp_path) -> None:
     """nccl refuses two ranks on one GPU, so one rank runs the nccl code path (process group, barriers, gathers)."""
     _, ds, _, _ = setup
     ws = str(tmp_path / "ws")
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "chddl_cli", "-q", "-w", ws, "label", str(ds.artifact.path)], check=True,
-                   env=env, capture_output=True, cwd=ROOT)
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
-                          "-m", "chddl_cli", "-q", "-w", ws, "--device", "cuda", *command], env=env, capture_output=True,
-                         text=True, timeout=600, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, "-m", "chddl_cli", "-q", "-w", ws, "label", str(ds.artifact.path)],
+        check=True,
+        env=env,
+        capture_output=True,
+        cwd=ROOT,
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "1",
+            "-m",
+            "chddl_cli",
+            "-q",
+            "-w",
+            ws,
+            "--device",
+            "cuda",
+            *command,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr[-2000:]

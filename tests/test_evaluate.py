@@ -75,7 +75,9 @@ def test_interrupted_then_resumed_evaluation_equals_an_uninterrupted_one(dataset
     resumed, hit = run(baseline(dataset, "random", 2, 0), dataset, cfg, workspace)
     assert not hit and resumed.info["resumed_runs"] == 4 and full.info["resumed_runs"] == 0
     assert torch.equal(full.tensor("accuracy"), resumed.tensor("accuracy"))
-    assert torch.equal(full.tensor("per_domain_accuracy").nan_to_num(-1), resumed.tensor("per_domain_accuracy").nan_to_num(-1))
+    assert torch.equal(
+        full.tensor("per_domain_accuracy").nan_to_num(-1), resumed.tensor("per_domain_accuracy").nan_to_num(-1)
+    )
     assert not workspace.partial_dir(resumed.name).exists()
 
 
@@ -88,13 +90,20 @@ def test_a_forced_evaluation_ignores_the_runs_of_an_interrupted_one(dataset, wor
 
 
 def test_target_domain_scores_only_that_domain(dataset, workspace) -> None:
-    art, _ = run(baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, FAST, {"target_domain": "d1"}), workspace)
+    art, _ = run(
+        baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, FAST, {"target_domain": "d1"}), workspace
+    )
     assert art.info["num_test"] == int((dataset.domains[dataset.test_indices] == 1).sum())
 
 
 def test_unknown_target_domain_is_refused(dataset, workspace) -> None:
     with pytest.raises(ChddlError, match="unknown target domain 'sketch'; this dataset has: d0, d1"):
-        run(baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, FAST, {"target_domain": "sketch"}), workspace)
+        run(
+            baseline(dataset, "random", 2, 0),
+            dataset,
+            build(EvaluateConfig, FAST, {"target_domain": "sketch"}),
+            workspace,
+        )
 
 
 def test_a_set_missing_test_classes_is_refused(dataset, workspace) -> None:
@@ -105,8 +114,10 @@ def test_a_set_missing_test_classes_is_refused(dataset, workspace) -> None:
         run(ts, dataset, build(EvaluateConfig, FAST), workspace)
 
 
-@pytest.mark.parametrize("values,message", [({"runs": 0}, "--runs must be at least 1"),
-                                            ({"archs": ("convnet", "lenet")}, "unknown architecture 'lenet'")])
+@pytest.mark.parametrize(
+    "values,message",
+    [({"runs": 0}, "--runs must be at least 1"), ({"archs": ("convnet", "lenet")}, "unknown architecture 'lenet'")],
+)
 def test_bad_settings_are_refused(values, message) -> None:
     with pytest.raises(ChddlError, match=message):
         build(EvaluateConfig, values)
@@ -118,8 +129,12 @@ def test_evaluating_something_that_is_not_a_condensed_set_is_refused(dataset) ->
 
 
 def test_condensed_set_round_trip_through_evaluation(dataset, workspace) -> None:
-    cond, _ = condense_run(dataset, None, build(CondenseConfig, {"domain_aware": False, "ipc": 2, "iterations": 2,
-                                                                 "batch_real": 8, "compile": "off"}), workspace)
+    cond, _ = condense_run(
+        dataset,
+        None,
+        build(CondenseConfig, {"domain_aware": False, "ipc": 2, "iterations": 2, "batch_real": 8, "compile": "off"}),
+        workspace,
+    )
     ts = from_condensed(cond, dataset)
     art, _ = run(ts, dataset, build(EvaluateConfig, FAST), workspace)
     assert art.info["train_kind"] == "condensed" and art.info["num_train"] == 6 and art.info["ipc"] == 2
@@ -136,16 +151,47 @@ def test_torchrun_evaluation_equals_a_single_process(dataset, workspace, tmp_pat
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun rank below: the same CPU kernels, so the same floating-point results
     try:
-        single, _ = run(baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, {"runs": 3, "epochs": 2}), workspace)
+        single, _ = run(
+            baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, {"runs": 3, "epochs": 2}), workspace
+        )
     finally:
         torch.set_num_threads(threads)
     ws2 = str(tmp_path / "ws2")
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "chddl_cli", "-q", "-w", ws2, "label", str(dataset.artifact.path)], check=True, env=env,
-                   capture_output=True)
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "chddl_cli", "-q", "-w", ws2, "evaluate", "--baseline", "random", "--ipc", "2", "--runs", "3",
-                          "--epochs", "2"], env=env, capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "chddl_cli", "-q", "-w", ws2, "label", str(dataset.artifact.path)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "chddl_cli",
+            "-q",
+            "-w",
+            ws2,
+            "evaluate",
+            "--baseline",
+            "random",
+            "--ipc",
+            "2",
+            "--runs",
+            "3",
+            "--epochs",
+            "2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     multi = read_artifact(next((tmp_path / "ws2" / "artifacts").glob("eval-*")), "evaluation")
     assert multi.key == single.key
@@ -159,7 +205,9 @@ def test_networks_trained_together_match_networks_trained_one_by_one() -> None:
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(12, 3, 16, 16, generator=g), torch.arange(12) % 3
-    opts = dict(epochs=4, lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=8, dsa=DSA("color_crop_cutout_flip_scale_rotate"))
+    opts = dict(
+        epochs=4, lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=8, dsa=DSA("color_crop_cutout_flip_scale_rotate")
+    )
     alone = [create_model("convnet", 3, 16, seed=s) for s in (1, 2)]
     for net, s in zip(alone, (1, 2)):
         train_network(net, x, y, g=torch.Generator().manual_seed(s), **opts)
@@ -173,7 +221,12 @@ def test_networks_trained_together_match_networks_trained_one_by_one() -> None:
 
 def test_parallel_runs_give_the_same_accuracies_and_the_same_artifact_key(dataset, workspace) -> None:
     one, _ = run(baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, {"runs": 3, "epochs": 3}), workspace)
-    many, _ = run(baseline(dataset, "random", 2, 0), dataset, build(EvaluateConfig, {"runs": 3, "epochs": 3, "parallel": 2}),
-                  workspace, force=True)
+    many, _ = run(
+        baseline(dataset, "random", 2, 0),
+        dataset,
+        build(EvaluateConfig, {"runs": 3, "epochs": 3, "parallel": 2}),
+        workspace,
+        force=True,
+    )
     assert many.name == one.name
     assert np.allclose(many.tensor("accuracy").numpy(), one.tensor("accuracy").numpy())

@@ -27,14 +27,35 @@ runner = CliRunner()
 
 @pytest.fixture
 def sets(tmp_path, workspace):
-    ds = load_dataset(ingest(str(make_npz(tmp_path / "d.npz", n=60, size=8)), build(DatasetConfig, {"size": 8}), workspace)[0])
+    ds = load_dataset(
+        ingest(str(make_npz(tmp_path / "d.npz", n=60, size=8)), build(DatasetConfig, {"size": 8}), workspace)[0]
+    )
     labels = load_labels(label_run(ds, build(LabelConfig, {"num_domains": 2}), workspace)[0], ds)
-    dm, _ = condense_run(ds, labels, build(CondenseConfig, {"ipc": 2, "iterations": 2, "batch_real": 8, "compile": "off"}),
-                         workspace)
-    experts = experts_run(ds, labels, build(ExpertsConfig, {"num_experts": 1, "epochs": 3, "batch_size": 32}), workspace)[0]
-    mtt, _ = condense_run(ds, labels, build(CondenseConfig, {"base": "mtt", "ipc": 1, "iterations": 2, "syn_steps": 2,
-                                                             "expert_epochs": 1, "max_start_epoch": 2, "lr_img": 100.0,
-                                                             "batch_real": 8}), workspace, experts=experts)
+    dm, _ = condense_run(
+        ds, labels, build(CondenseConfig, {"ipc": 2, "iterations": 2, "batch_real": 8, "compile": "off"}), workspace
+    )
+    experts = experts_run(
+        ds, labels, build(ExpertsConfig, {"num_experts": 1, "epochs": 3, "batch_size": 32}), workspace
+    )[0]
+    mtt, _ = condense_run(
+        ds,
+        labels,
+        build(
+            CondenseConfig,
+            {
+                "base": "mtt",
+                "ipc": 1,
+                "iterations": 2,
+                "syn_steps": 2,
+                "expert_epochs": 1,
+                "max_start_epoch": 2,
+                "lr_img": 100.0,
+                "batch_real": 8,
+            },
+        ),
+        workspace,
+        experts=experts,
+    )
     return ds, dm, mtt
 
 
@@ -79,9 +100,11 @@ def test_bad_exports_fail_in_one_line_and_change_nothing(sets, workspace, tmp_pa
     target = tmp_path / "target"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    args = {"format": [str(dm.path), "--format", "tiff", "--out", str(tmp_path / "new")],
-            "not-empty": [str(dm.path), "--out", str(target)],
-            "not-condensed": [str(ds.artifact.path), "--out", str(tmp_path / "new")]}[problem]
+    args = {
+        "format": [str(dm.path), "--format", "tiff", "--out", str(tmp_path / "new")],
+        "not-empty": [str(dm.path), "--out", str(target)],
+        "not-condensed": [str(ds.artifact.path), "--out", str(tmp_path / "new")],
+    }[problem]
     result = runner.invoke(app, ["-w", str(workspace.root), "export", *args])
     assert result.exit_code == 1 and result.output.count("\n") == 1 and result.output.startswith("error: ")
     assert (target / "keep.txt").read_text() == "mine" and list(target.iterdir()) == [target / "keep.txt"]

@@ -65,8 +65,16 @@ def test_mean_sort_breaks_ties_by_index_deterministically() -> None:
 def _input(name: str, n: int = 60, d: int = 3) -> LabelerInput:
     g = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
-    return LabelerInput(images=images, mean=(0.5,) * 3, std=(0.25,) * 3, num_domains=d, beta=0.25, seed=0,
-                        true_domains=torch.arange(n) % d, kmeans_restarts=2)
+    return LabelerInput(
+        images=images,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        num_domains=d,
+        beta=0.25,
+        seed=0,
+        true_domains=torch.arange(n) % d,
+        kmeans_restarts=2,
+    )
 
 
 @pytest.mark.parametrize("name", ["fft", "fft-kmeans", "logvar", "logvar-kmeans", "random", "oracle"])

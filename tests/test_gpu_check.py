@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_the_device_check_smoke_run_passes_on_cpu(tmp_path) -> None:
     env = os.environ | {"OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(["bash", "bench/gpu/check.sh", "--smoke"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        ["bash", "bench/gpu/check.sh", "--smoke"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
     assert set(rows) == {"dm:1:1", "mtt:1:1"} and all(r["s_per_iteration"] > 0 for r in rows.values())
@@ -32,9 +33,15 @@ def test_the_carried_pacs_subset_keeps_classes_domains_and_split(tmp_path) -> No
 
     rng = np.random.default_rng(0)
     src = tmp_path / "src.npz"
-    np.savez(src, images=rng.integers(0, 256, (200, 8, 8, 3), dtype=np.uint8), labels=np.arange(200) % 4,
-             domains=np.arange(200) % 3, split=(np.arange(200) % 5 == 0).astype(np.int64),
-             class_names=np.array(list("abcd")), domain_names=np.array(list("xyz")))
+    np.savez(
+        src,
+        images=rng.integers(0, 256, (200, 8, 8, 3), dtype=np.uint8),
+        labels=np.arange(200) % 4,
+        domains=np.arange(200) % 3,
+        split=(np.arange(200) % 5 == 0).astype(np.int64),
+        class_names=np.array(list("abcd")),
+        domain_names=np.array(list("xyz")),
+    )
     out = subset(src, tmp_path / "dst.npz", train_per_class=10, test_per_class=3)
     data = np.load(tmp_path / "dst.npz")
     assert out["images"] == len(data["labels"]) == 4 * 13

@@ -96,8 +96,19 @@ def test_folder_with_split_list_files(tmp_path, workspace) -> None:
     assert len(ds.train_indices) == 4 and len(ds.test_indices) == 2
 
 
-@pytest.mark.parametrize("suffix,mode", [(".png", "L"), (".png", "P"), (".png", "RGBA"), (".png", "I;16"),
-                                         (".jpg", "RGB"), (".bmp", "RGB"), (".webp", "RGB"), (".jpeg", "L")])
+@pytest.mark.parametrize(
+    "suffix,mode",
+    [
+        (".png", "L"),
+        (".png", "P"),
+        (".png", "RGBA"),
+        (".png", "I;16"),
+        (".jpg", "RGB"),
+        (".bmp", "RGB"),
+        (".webp", "RGB"),
+        (".jpeg", "L"),
+    ],
+)
 def test_folder_converts_every_image_mode_to_rgb(tmp_path, workspace, suffix, mode) -> None:
     root = make_tree(tmp_path / "tree", None, ["a", "b"], per=2)
     write_image(root / "a" / f"odd{suffix}", size=10, mode=mode)
@@ -170,7 +181,9 @@ def test_archive_asks_to_be_extracted(tmp_path, workspace) -> None:
 def _cifar_batch(path: Path, n: int, label_key: bytes, seed: int) -> None:
     rng = np.random.default_rng(seed)
     with path.open("wb") as fh:
-        pickle.dump({b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), label_key: list(rng.integers(0, 10, n))}, fh)
+        pickle.dump(
+            {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), label_key: list(rng.integers(0, 10, n))}, fh
+        )
 
 
 def test_cifar10_folder_is_read_without_download(tmp_path, workspace) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import safetensors
@@ -25,8 +24,17 @@ from stages.pretrain_experts import run as experts_run
 from tests.conftest import make_npz
 
 TINY_EXPERTS = {"num_experts": 2, "epochs": 3, "batch_size": 32}
-TINY_MTT = {"base": "mtt", "ipc": 1, "iterations": 2, "syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 2,
-            "lr_img": 100.0, "batch_real": 8, "log_every": 1}
+TINY_MTT = {
+    "base": "mtt",
+    "ipc": 1,
+    "iterations": 2,
+    "syn_steps": 2,
+    "expert_epochs": 1,
+    "max_start_epoch": 2,
+    "lr_img": 100.0,
+    "batch_real": 8,
+    "log_every": 1,
+}
 
 
 @pytest.fixture
@@ -63,7 +71,9 @@ def test_trajectory_round_trip_through_the_store(experts) -> None:
 
 def test_half_precision_storage_halves_the_files(data, workspace, experts) -> None:
     ds, labels = data
-    half, _ = experts_run(ds, labels, build(ExpertsConfig, TINY_EXPERTS, {"dtype": "bfloat16", "domain_experts": False}), workspace)
+    half, _ = experts_run(
+        ds, labels, build(ExpertsConfig, TINY_EXPERTS, {"dtype": "bfloat16", "domain_experts": False}), workspace
+    )
     full = experts.info["files"][expert_file("class", 0)]["bytes"]
     assert half.info["files"][expert_file("class", 0)]["bytes"] < 0.55 * full
 
@@ -108,11 +118,38 @@ def test_torchrun_with_two_processes_gives_the_same_experts(data, workspace, exp
     ds, _ = data
     ws2 = tmp_path / "ws_torchrun"
     env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "chddl_cli", "-q", "-w", str(ws2), "label", str(ds.artifact.path), "-D", "2"],
-                   check=True, env=env, capture_output=True)
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "chddl_cli", "-q", "-w", str(ws2), "pretrain-experts", "--num-experts", "2", "--epochs", "3", "--batch-size", "32"],
-                         env=env, capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "chddl_cli", "-q", "-w", str(ws2), "label", str(ds.artifact.path), "-D", "2"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "chddl_cli",
+            "-q",
+            "-w",
+            str(ws2),
+            "pretrain-experts",
+            "--num-experts",
+            "2",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "32",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     art_dir = next((ws2 / "artifacts").glob("experts-*"))
     from stages.artifacts import read_artifact
@@ -121,8 +158,10 @@ def test_torchrun_with_two_processes_gives_the_same_experts(data, workspace, exp
     assert other.info["world_size"] == 2 and other.key == experts.key
     assert set(other.info["files"]) == set(experts.info["files"])
     for name in experts.info["files"]:
-        with safetensors.safe_open(str(experts.path / name), framework="pt") as a, \
-                safetensors.safe_open(str(art_dir / name), framework="pt") as b:
+        with (
+            safetensors.safe_open(str(experts.path / name), framework="pt") as a,
+            safetensors.safe_open(str(art_dir / name), framework="pt") as b,
+        ):
             assert all(torch.allclose(a.get_tensor(k), b.get_tensor(k), atol=1e-5) for k in a.keys())
 
 
@@ -130,7 +169,9 @@ def test_torchrun_with_two_processes_gives_the_same_experts(data, workspace, exp
 def test_one_mtt_iteration_gives_finite_loss_and_gradients(data, experts, aware) -> None:
     ds, labels = data
     cfg = build(CondenseConfig, TINY_MTT, {"domain_aware": aware, "mask_init_mode": "normal"}).resolved()
-    base, objective, images, _, _ = _build(ds, labels, cfg, torch.device("cpu"), _expert_store(experts, ds, labels, cfg))
+    base, objective, images, _, _ = _build(
+        ds, labels, cfg, torch.device("cpu"), _expert_store(experts, ds, labels, cfg)
+    )
     g = torch.Generator().manual_seed(0)
     l_cls, l_dom = objective.losses(images, g)
     total = l_cls if l_dom is None else l_cls + 0.01 * l_dom
@@ -200,8 +241,11 @@ def test_mtt_without_experts_names_the_command(data, workspace) -> None:
 
 
 def test_experts_from_another_dataset_are_refused(data, workspace, experts, tmp_path) -> None:
-    other = load_dataset(ingest(str(make_npz(tmp_path / "o.npz", n=60, size=8, domains=3)), build(DatasetConfig, {"size": 8}),
-                                workspace)[0])
+    other = load_dataset(
+        ingest(
+            str(make_npz(tmp_path / "o.npz", n=60, size=8, domains=3)), build(DatasetConfig, {"size": 8}), workspace
+        )[0]
+    )
     other_labels = load_labels(label_run(other, build(LabelConfig, {"num_domains": 2}), workspace)[0], other)
     with pytest.raises(ChddlError, match="another dataset"):
         condense_run(other, other_labels, build(CondenseConfig, TINY_MTT), workspace, experts=experts)
@@ -245,8 +289,12 @@ def test_checkpointed_student_gives_the_same_gradients(data, experts) -> None:
     ds, labels = data
     grads = []
     for ck in (False, True):
-        cfg = build(CondenseConfig, TINY_MTT, {"domain_aware": False, "checkpoint_student": ck, "syn_steps": 3}).resolved()
-        base, objective, images, _, _ = _build(ds, labels, cfg, torch.device("cpu"), _expert_store(experts, ds, labels, cfg))
+        cfg = build(
+            CondenseConfig, TINY_MTT, {"domain_aware": False, "checkpoint_student": ck, "syn_steps": 3}
+        ).resolved()
+        base, objective, images, _, _ = _build(
+            ds, labels, cfg, torch.device("cpu"), _expert_store(experts, ds, labels, cfg)
+        )
         objective.class_loss(images, torch.Generator().manual_seed(0)).backward()
         grads.append((images.grad.clone(), base.syn_lr.grad.clone()))
     assert torch.allclose(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-7)
@@ -256,7 +304,9 @@ def test_checkpointed_student_gives_the_same_gradients(data, experts) -> None:
 def test_summed_step_back_propagates_one_graph_at_a_time_with_the_same_gradient(data, workspace, experts) -> None:
     ds, labels = data
     cfg = build(CondenseConfig, TINY_MTT, {"share_real": False})
-    base, objective, images, _, _ = _build(ds, labels, cfg, torch.device("cpu"), _expert_store(experts, ds, labels, cfg))
+    base, objective, images, _, _ = _build(
+        ds, labels, cfg, torch.device("cpu"), _expert_store(experts, ds, labels, cfg)
+    )
     assert objective.separable
     grads = []
     for separate in (True, False):
@@ -279,14 +329,18 @@ def test_shared_theta_prime_needs_no_domain_experts(data, workspace) -> None:
     class_only = experts_run(ds, labels, build(ExpertsConfig, TINY_EXPERTS, {"domain_experts": False}), workspace)[0]
     with pytest.raises(ChddlError, match="no domain experts"):
         condense_run(ds, labels, build(CondenseConfig, TINY_MTT), workspace, experts=class_only)
-    art, _ = condense_run(ds, labels, build(CondenseConfig, TINY_MTT, {"theta_prime": "shared"}), workspace, experts=class_only)
+    art, _ = condense_run(
+        ds, labels, build(CondenseConfig, TINY_MTT, {"theta_prime": "shared"}), workspace, experts=class_only
+    )
     assert art.config["theta_prime"] == "shared" and torch.isfinite(art.tensor("images")).all()
 
 
 def test_shared_theta_prime_starts_the_domain_student_from_a_class_expert(data, experts, monkeypatch) -> None:
     ds, labels = data
     cfg = build(CondenseConfig, TINY_MTT, {"theta_prime": "shared"}).resolved()
-    base, objective, images, _, _ = _build(ds, labels, cfg, torch.device("cpu"), _expert_store(experts, ds, labels, cfg))
+    base, objective, images, _, _ = _build(
+        ds, labels, cfg, torch.device("cpu"), _expert_store(experts, ds, labels, cfg)
+    )
     used = []
     real_pair = base.store.pair
     monkeypatch.setattr(base.store, "pair", lambda expert_set, *a: used.append(expert_set) or real_pair(expert_set, *a))
@@ -297,7 +351,9 @@ def test_shared_theta_prime_starts_the_domain_student_from_a_class_expert(data, 
 def test_algorithm1_steps_each_pseudo_domain_from_its_own_experts(data, experts, monkeypatch) -> None:
     ds, labels = data
     cfg = build(CondenseConfig, TINY_MTT, {"schedule": "algorithm1"}).resolved()
-    base, objective, images, _, _ = _build(ds, labels, cfg, torch.device("cpu"), _expert_store(experts, ds, labels, cfg))
+    base, objective, images, _, _ = _build(
+        ds, labels, cfg, torch.device("cpu"), _expert_store(experts, ds, labels, cfg)
+    )
     used = []
     real_pair = base.store.pair
     monkeypatch.setattr(base.store, "pair", lambda expert_set, *a: used.append(expert_set) or real_pair(expert_set, *a))
@@ -310,5 +366,7 @@ def test_algorithm1_steps_each_pseudo_domain_from_its_own_experts(data, experts,
 
 def test_mtt_condenses_with_algorithm1(data, workspace, experts) -> None:
     ds, labels = data
-    art, _ = condense_run(ds, labels, build(CondenseConfig, TINY_MTT, {"schedule": "algorithm1"}), workspace, experts=experts)
+    art, _ = condense_run(
+        ds, labels, build(CondenseConfig, TINY_MTT, {"schedule": "algorithm1"}), workspace, experts=experts
+    )
     assert torch.isfinite(art.tensor("images")).all() and art.info["eval_lr"] > 0

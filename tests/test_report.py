@@ -45,11 +45,19 @@ class _Checker(HTMLParser):
 
 @pytest.fixture
 def full_workspace(tmp_path, workspace):
-    ds = load_dataset(ingest(str(make_npz(tmp_path / "pacs_like.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)[0])
+    ds = load_dataset(
+        ingest(str(make_npz(tmp_path / "pacs_like.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)[
+            0
+        ]
+    )
     labels = load_labels(label_run(ds, build(LabelConfig, {"num_domains": 2}), workspace)[0], ds)
     for tau in (0.1, 0.5):
-        cond, _ = condense_run(ds, labels, build(CondenseConfig, {"ipc": 1, "iterations": 2, "batch_real": 8, "compile": "off",
-                                                                  "tau": tau}), workspace)
+        cond, _ = condense_run(
+            ds,
+            labels,
+            build(CondenseConfig, {"ipc": 1, "iterations": 2, "batch_real": 8, "compile": "off", "tau": tau}),
+            workspace,
+        )
         evaluate_run(from_condensed(cond, ds), ds, build(EvaluateConfig, {"runs": 2, "epochs": 1}), workspace)
     evaluate_run(baseline(ds, "random", 1, 0), ds, build(EvaluateConfig, {"runs": 2, "epochs": 1}), workspace)
     return workspace
@@ -58,7 +66,13 @@ def full_workspace(tmp_path, workspace):
 def test_report_covers_every_artifact_kind(full_workspace) -> None:
     md, page = report.run(full_workspace)
     text = md.read_text()
-    for heading in ("## Datasets", "## Pseudo-domain labels", "## Condensed sets", "## Evaluation", "## Cost of each stage"):
+    for heading in (
+        "## Datasets",
+        "## Pseudo-domain labels",
+        "## Condensed sets",
+        "## Evaluation",
+        "## Cost of each stage",
+    ):
         assert heading in text
     assert "DM+CHDDL" in text and "RANDOM" in text
     assert "tau" in text and "0.1:" in text and "0.5:" in text  # the tau sweep is tabulated
@@ -109,11 +123,16 @@ def test_chddl_delta_is_the_difference_of_means_with_welch_standard_error() -> N
 
 
 def test_base_and_chddl_sets_are_paired_and_pooled_over_seeds(tmp_path, workspace) -> None:
-    ds = load_dataset(ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)[0])
+    ds = load_dataset(
+        ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)[0]
+    )
     labels = load_labels(label_run(ds, build(LabelConfig, {"num_domains": 2}), workspace)[0], ds)
     runs = {False: [], True: []}
     for aware, seed in ((False, 0), (False, 1), (True, 0)):
-        cfg = build(CondenseConfig, {"ipc": 1, "iterations": 2, "batch_real": 8, "compile": "off", "domain_aware": aware, "seed": seed})
+        cfg = build(
+            CondenseConfig,
+            {"ipc": 1, "iterations": 2, "batch_real": 8, "compile": "off", "domain_aware": aware, "seed": seed},
+        )
         cond, _ = condense_run(ds, labels, cfg, workspace)
         ev, _ = evaluate_run(from_condensed(cond, ds), ds, build(EvaluateConfig, {"runs": 2, "epochs": 1}), workspace)
         runs[aware] += ev.metrics["convnet"]["runs"]
@@ -124,11 +143,16 @@ def test_base_and_chddl_sets_are_paired_and_pooled_over_seeds(tmp_path, workspac
 
 
 def test_each_chddl_variant_gets_its_own_row_against_the_base(tmp_path, workspace) -> None:
-    ds = load_dataset(ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)[0])
+    ds = load_dataset(
+        ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)[0]
+    )
     labels = load_labels(label_run(ds, build(LabelConfig, {"num_domains": 2}), workspace)[0], ds)
     runs = {}
     for aware, lam in ((False, 0.1), (True, 0.1), (True, 1.0)):
-        cfg = build(CondenseConfig, {"ipc": 1, "iterations": 2, "batch_real": 8, "compile": "off", "domain_aware": aware, "lam": lam})
+        cfg = build(
+            CondenseConfig,
+            {"ipc": 1, "iterations": 2, "batch_real": 8, "compile": "off", "domain_aware": aware, "lam": lam},
+        )
         cond, _ = condense_run(ds, labels, cfg, workspace)
         ev, _ = evaluate_run(from_condensed(cond, ds), ds, build(EvaluateConfig, {"runs": 2, "epochs": 1}), workspace)
         runs[(aware, lam)] = ev.metrics["convnet"]["runs"]
@@ -142,12 +166,20 @@ def test_each_chddl_variant_gets_its_own_row_against_the_base(tmp_path, workspac
 
 
 def test_a_sweep_row_varies_one_setting_with_every_other_setting_equal(tmp_path, workspace) -> None:
-    ds = load_dataset(ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)[0])
+    ds = load_dataset(
+        ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)[0]
+    )
     labels = load_labels(label_run(ds, build(LabelConfig, {"num_domains": 2}), workspace)[0], ds)
     short = {"runs": 2, "epochs": 1}
     for tau, lam, epochs in ((0.1, 0.1, 1), (0.5, 0.1, 1), (0.5, 1.0, 1), (0.1, 0.1, 2)):
-        cond, _ = condense_run(ds, labels, build(CondenseConfig, {"ipc": 1, "iterations": 2, "batch_real": 8, "compile": "off",
-                                                                  "tau": tau, "lam": lam}), workspace)
+        cond, _ = condense_run(
+            ds,
+            labels,
+            build(
+                CondenseConfig, {"ipc": 1, "iterations": 2, "batch_real": 8, "compile": "off", "tau": tau, "lam": lam}
+            ),
+            workspace,
+        )
         evaluate_run(from_condensed(cond, ds), ds, build(EvaluateConfig, short | {"epochs": epochs}), workspace)
     evals = [a for a in workspace.all() if a.stage == "evaluation"]
     rows = report._sweeps(evals, workspace).rows
@@ -157,14 +189,20 @@ def test_a_sweep_row_varies_one_setting_with_every_other_setting_equal(tmp_path,
 
 
 def test_evaluations_at_another_learning_rate_are_compared_only_with_each_other(tmp_path, workspace) -> None:
-    ds = load_dataset(ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)[0])
+    ds = load_dataset(
+        ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)[0]
+    )
     labels = load_labels(label_run(ds, build(LabelConfig, {"num_domains": 2}), workspace)[0], ds)
     runs = {}
     for aware in (False, True):
-        cfg = build(CondenseConfig, {"ipc": 1, "iterations": 2, "batch_real": 8, "compile": "off", "domain_aware": aware})
+        cfg = build(
+            CondenseConfig, {"ipc": 1, "iterations": 2, "batch_real": 8, "compile": "off", "domain_aware": aware}
+        )
         cond, _ = condense_run(ds, labels, cfg, workspace)
         for lr, n in ((None, 2), (0.05, 3)):
-            ev, _ = evaluate_run(from_condensed(cond, ds), ds, build(EvaluateConfig, {"runs": n, "epochs": 1, "lr": lr}), workspace)
+            ev, _ = evaluate_run(
+                from_condensed(cond, ds), ds, build(EvaluateConfig, {"runs": n, "epochs": 1, "lr": lr}), workspace
+            )
             runs[(aware, lr)] = ev.metrics["convnet"]["runs"]
     text = report.run(workspace)[0].read_text()
     rows = [line for line in text.splitlines() if line.startswith(f"| {ds.artifact.name} | DM | 1 |")]
@@ -191,7 +229,9 @@ def test_a_set_made_before_a_setting_existed_sweeps_as_if_it_had_the_default(ful
 @pytest.fixture
 def compared_workspace(tmp_path, workspace):
     """DM, DM+CHDDL at two tau and random real images, each evaluated."""
-    ds = load_dataset(ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)[0])
+    ds = load_dataset(
+        ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)[0]
+    )
     labels = load_labels(label_run(ds, build(LabelConfig, {"num_domains": 2}), workspace)[0], ds)
     tiny = {"ipc": 1, "iterations": 2, "batch_real": 8, "compile": "off"}
     for extra in ({"domain_aware": False}, {"tau": 0.1}, {"tau": 0.5}):
@@ -231,7 +271,9 @@ def test_the_forest_plot_has_a_row_per_comparison_and_a_zero_line(compared_works
     caption = next(c for c in _figures(md) if c.startswith("CHDDL minus base"))
     path = re.search(rf"!\[{re.escape(caption)}\]\((images/figure_\d+\.svg)\)", md.read_text()).group(1)
     svg = (md.parent / path).read_text()
-    assert svg.count("| tau 0.5 (1+1 seeds)") == 1 and svg.count("| tau 0.1 (1+1 seeds)") == 1  # labels name what differs
+    assert (
+        svg.count("| tau 0.5 (1+1 seeds)") == 1 and svg.count("| tau 0.1 (1+1 seeds)") == 1
+    )  # labels name what differs
     assert "## Summary" in md.read_text().split("## Datasets")[0]  # the summary opens the page
 
 

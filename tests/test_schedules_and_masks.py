@@ -38,8 +38,9 @@ def _masks(art) -> torch.Tensor:
 
 
 # -- continuing a finished run -------------------------------------------------
-@pytest.mark.parametrize("base, extra", [("dm", {}), ("dc", {}), ("dm", {"schedule": "algorithm1"}),
-                                         ("dm", {"mask_optimizer": "adam"})])
+@pytest.mark.parametrize(
+    "base, extra", [("dm", {}), ("dc", {}), ("dm", {"schedule": "algorithm1"}), ("dm", {"mask_optimizer": "adam"})]
+)
 def test_three_then_five_iterations_equal_a_straight_five(data, tmp_path, base, extra) -> None:
     ds, labels = data
     straight, _ = run(ds, labels, _cfg(base=base, iterations=5, **extra), Workspace(tmp_path / "straight"))
@@ -72,8 +73,9 @@ def test_the_longest_shorter_run_is_continued(data, workspace) -> None:
     assert five.metrics["continued_from"] == three.name and five.metrics["resumed_from"] == 3
 
 
-@pytest.mark.parametrize("change", [{"lam": 0.5}, {"seed": 1}, {"domain_aware": False}, {"schedule": "algorithm1"},
-                                    {"mask_resolution": 4}])
+@pytest.mark.parametrize(
+    "change", [{"lam": 0.5}, {"seed": 1}, {"domain_aware": False}, {"schedule": "algorithm1"}, {"mask_resolution": 4}]
+)
 def test_runs_of_other_settings_are_not_continued(data, workspace, change) -> None:
     ds, labels = data
     run(ds, labels, _cfg(iterations=2), workspace)
@@ -146,8 +148,12 @@ def test_algorithm1_takes_one_domain_step_per_pseudo_domain(data, tmp_path, monk
 
 def test_without_domain_lambda_the_weight_has_no_effect(data, tmp_path) -> None:
     ds, labels = data
-    a, _ = run(ds, labels, _cfg(iterations=2, schedule="algorithm1", domain_lambda=False, lam=0.1), Workspace(tmp_path / "a"))
-    b, _ = run(ds, labels, _cfg(iterations=2, schedule="algorithm1", domain_lambda=False, lam=5.0), Workspace(tmp_path / "b"))
+    a, _ = run(
+        ds, labels, _cfg(iterations=2, schedule="algorithm1", domain_lambda=False, lam=0.1), Workspace(tmp_path / "a")
+    )
+    b, _ = run(
+        ds, labels, _cfg(iterations=2, schedule="algorithm1", domain_lambda=False, lam=5.0), Workspace(tmp_path / "b")
+    )
     c, _ = run(ds, labels, _cfg(iterations=2, schedule="algorithm1", lam=5.0), Workspace(tmp_path / "c"))
     assert torch.equal(a.tensor("images"), b.tensor("images"))
     assert not torch.equal(a.tensor("images"), c.tensor("images"))
@@ -169,8 +175,9 @@ def test_summed_lambda_zero_is_plain_dm(data, tmp_path) -> None:
 
 # -- structured masks ----------------------------------------------------------
 def test_low_resolution_masks_are_smooth_and_sum_to_one() -> None:
-    masks = DomainMasks(2, 3, (3, 16, 16), 0.5, "normal", 0.1, torch.Generator().manual_seed(0), resolution=4,
-                        channels="shared")
+    masks = DomainMasks(
+        2, 3, (3, 16, 16), 0.5, "normal", 0.1, torch.Generator().manual_seed(0), resolution=4, channels="shared"
+    )
     assert masks.z.shape == (2, 3, 1, 4, 4)
     alpha = masks.alpha()
     assert alpha.shape == (2, 3, 3, 16, 16)
@@ -181,8 +188,9 @@ def test_low_resolution_masks_are_smooth_and_sum_to_one() -> None:
 
 
 def test_a_one_by_one_mask_weights_the_whole_image() -> None:
-    masks = DomainMasks(2, 4, (3, 8, 8), 1.0, "normal", 0.1, torch.Generator().manual_seed(1), resolution=1,
-                        channels="shared")
+    masks = DomainMasks(
+        2, 4, (3, 8, 8), 1.0, "normal", 0.1, torch.Generator().manual_seed(1), resolution=1, channels="shared"
+    )
     alpha = masks.alpha()
     assert torch.allclose(alpha, alpha[..., :1, :1].expand_as(alpha))
 
@@ -209,8 +217,10 @@ def test_a_mask_resolution_above_the_image_size_is_refused(data, workspace) -> N
     assert not list(workspace.root.glob("artifacts/condensed*"))
 
 
-@pytest.mark.parametrize("overrides, message", [({"mask_resolution": 0}, "at least 1"), ({"mask_channels": "rgb"}, "rgb"),
-                                                ({"schedule": "alg1"}, "algorithm1")])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [({"mask_resolution": 0}, "at least 1"), ({"mask_channels": "rgb"}, "rgb"), ({"schedule": "alg1"}, "algorithm1")],
+)
 def test_bad_mask_and_schedule_options_fail_cleanly(overrides, message) -> None:
     with pytest.raises(ChddlError, match=message):
         _cfg(**overrides)
@@ -219,9 +229,14 @@ def test_bad_mask_and_schedule_options_fail_cleanly(overrides, message) -> None:
 def test_the_new_defaults_leave_earlier_cache_keys_unchanged() -> None:
     fields = build(CondenseConfig).resolved().key_fields()
     assert not {"domain_lambda", "mask_resolution", "mask_channels"} & set(fields)
-    changed = build(CondenseConfig, {"domain_lambda": False, "mask_resolution": 4, "mask_channels": "shared"}).resolved()
+    changed = build(
+        CondenseConfig, {"domain_lambda": False, "mask_resolution": 4, "mask_channels": "shared"}
+    ).resolved()
     assert {k: changed.key_fields()[k] for k in ("domain_lambda", "mask_resolution", "mask_channels")} == {
-        "domain_lambda": False, "mask_resolution": 4, "mask_channels": "shared"}
+        "domain_lambda": False,
+        "mask_resolution": 4,
+        "mask_channels": "shared",
+    }
 
 
 # -- diagnostics -----------------------------------------------------------------
@@ -266,7 +281,11 @@ def test_the_report_names_the_schedule_and_mask_settings(data, workspace) -> Non
     from stages.report import chddl_settings
 
     ds, labels = data
-    art, _ = run(ds, labels, _cfg(iterations=1, schedule="algorithm1", domain_lambda=False, mask_resolution=4,
-                                  mask_channels="shared"), workspace)
+    art, _ = run(
+        ds,
+        labels,
+        _cfg(iterations=1, schedule="algorithm1", domain_lambda=False, mask_resolution=4, mask_channels="shared"),
+        workspace,
+    )
     text = chddl_settings(art, workspace)
     assert "algorithm1" in text and "domain steps unweighted" in text and "masks 4x4 shared" in text

@@ -17,8 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _chddl(ws: Path, *args: str, quiet: bool = False) -> subprocess.CompletedProcess:
     flags = ["-q"] if quiet else []
-    return subprocess.run([sys.executable, "-m", "chddl_cli", *flags, "-w", str(ws), *args], capture_output=True,
-                          text=True, cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1", "COLUMNS": "80"})
+    return subprocess.run(
+        [sys.executable, "-m", "chddl_cli", *flags, "-w", str(ws), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=os.environ | {"OMP_NUM_THREADS": "1", "COLUMNS": "80"},
+    )
 
 
 @pytest.fixture(scope="module")

@@ -104,8 +104,17 @@ def test_a_refused_command_leaves_the_index_and_artifacts_as_they_were(labelled,
         "label": ["label", other_data, "-D", "1000"],  # too many domains, found after ingesting
         "condense": [*CONDENSE, "--labels", other_labels, "--dataset", _only(labelled, "dataset")],
         "evaluate": ["evaluate", "--dataset", other_data, "--runs", "1", "--epochs", "1"],
-        "pretrain-experts": ["pretrain-experts", "--dataset", _only(labelled, "dataset"), "--labels", other_labels,
-                             "--num-experts", "1", "--epochs", "1"],
+        "pretrain-experts": [
+            "pretrain-experts",
+            "--dataset",
+            _only(labelled, "dataset"),
+            "--labels",
+            other_labels,
+            "--num-experts",
+            "1",
+            "--epochs",
+            "1",
+        ],
     }[command]
     result = invoke("-w", labelled, *args)
     assert result.exit_code == 1, result.output
@@ -134,8 +143,14 @@ def test_without_waiting_a_locked_artifact_names_the_process_holding_it(tmp_path
 
 
 def _chddl(ws: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "chddl_cli", "-w", ws, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "chddl_cli", "-w", ws, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_two_identical_condense_runs_do_the_work_once(labelled) -> None:
@@ -161,8 +176,12 @@ def test_no_wait_on_a_running_computation_is_a_one_line_error(labelled) -> None:
     while not (locks.is_dir() and any(p.read_text().strip() for p in locks.glob("condensed-*.lock"))):
         assert time.monotonic() < deadline and first.poll() is None
         time.sleep(0.05)
-    second = subprocess.run([sys.executable, "-m", "chddl_cli", "-w", labelled, "--no-wait", *args], capture_output=True,
-                            text=True, cwd=ROOT)
+    second = subprocess.run(
+        [sys.executable, "-m", "chddl_cli", "-w", labelled, "--no-wait", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     first.communicate(timeout=300)
     assert second.returncode == 1
     assert re.fullmatch(rf"error: condensed-\S+ is being computed by process {first.pid}; .*\n", second.stderr)
@@ -201,8 +220,11 @@ def _read_only(monkeypatch) -> None:
     def refuse(*_a, **_k):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(Workspace, "ensure_writable", lambda self: (_ for _ in ()).throw(
-        self.unwritable_error(OSError(errno.EROFS, "Read-only file system"))))
+    monkeypatch.setattr(
+        Workspace,
+        "ensure_writable",
+        lambda self: (_ for _ in ()).throw(self.unwritable_error(OSError(errno.EROFS, "Read-only file system"))),
+    )
     monkeypatch.setattr(Workspace, "_write_index", refuse)
 
 
@@ -220,7 +242,9 @@ def test_a_read_only_workspace_serves_cache_hits_and_reports_elsewhere(labelled,
     assert _snapshot(labelled) == before
 
 
-@pytest.mark.parametrize("command", [["label", "builtin:demo"], ["condense"], ["evaluate"], ["pretrain-experts"], ["report"]])
+@pytest.mark.parametrize(
+    "command", [["label", "builtin:demo"], ["condense"], ["evaluate"], ["pretrain-experts"], ["report"]]
+)
 def test_a_workdir_that_cannot_be_created_gives_the_same_error_everywhere(tmp_path, command) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -243,15 +267,20 @@ def test_the_report_lists_damaged_artifacts_with_the_fix(labelled, caplog) -> No
 
 def test_float_npz_images_in_the_unit_range_are_scaled(tmp_path, workspace) -> None:
     images = np.random.default_rng(0).random((30, 8, 8, 3)).astype(np.float32)
-    art, _ = ingest(str(make_npz(tmp_path / "f.npz", n=30, size=8, images=images)), build(DatasetConfig, {"size": 8}),
-                    workspace)
+    art, _ = ingest(
+        str(make_npz(tmp_path / "f.npz", n=30, size=8, images=images)), build(DatasetConfig, {"size": 8}), workspace
+    )
     assert np.array_equal(art.tensor("images").permute(0, 2, 3, 1).numpy(), np.round(images * 255).astype(np.uint8))
 
 
 def test_float_npz_images_outside_the_unit_range_are_refused(tmp_path, workspace) -> None:
     images = np.full((30, 8, 8, 3), 200.0)
-    with pytest.raises(ChddlError, match=r"uint8 in \[0, 255\] or floats in \[0, 1\], got float64 values in \[200, 200\]"):
-        ingest(str(make_npz(tmp_path / "f.npz", n=30, size=8, images=images)), build(DatasetConfig, {"size": 8}), workspace)
+    with pytest.raises(
+        ChddlError, match=r"uint8 in \[0, 255\] or floats in \[0, 1\], got float64 values in \[200, 200\]"
+    ):
+        ingest(
+            str(make_npz(tmp_path / "f.npz", n=30, size=8, images=images)), build(DatasetConfig, {"size": 8}), workspace
+        )
 
 
 def test_a_text_file_named_npz_gets_our_message(tmp_path, workspace) -> None:

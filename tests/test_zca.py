@@ -63,12 +63,23 @@ def test_experts_of_the_plain_dataset_are_refused_on_the_whitened_one(tmp_path, 
     source = str(make_npz(tmp_path / "d.npz", n=60, size=8))
     plain = load_dataset(ingest(source, build(DatasetConfig, {"size": 8}), workspace)[0])
     labels = load_labels(label_run(plain, build(LabelConfig, {"num_domains": 2}), workspace)[0], plain)
-    experts = experts_run(plain, labels, build(ExpertsConfig, {"num_experts": 1, "epochs": 2, "domain_experts": False}),
-                          workspace)[0]
+    experts = experts_run(
+        plain, labels, build(ExpertsConfig, {"num_experts": 1, "epochs": 2, "domain_experts": False}), workspace
+    )[0]
     assert experts.info["normalization"]["zca"] is False
     white = load_dataset(ingest(source, build(DatasetConfig, {"size": 8, "zca": True}), workspace)[0])
     white_labels = load_labels(label_run(white, build(LabelConfig, {"num_domains": 2}), workspace)[0], white)
-    cfg = build(CondenseConfig, {"base": "mtt", "ipc": 1, "iterations": 1, "syn_steps": 1, "expert_epochs": 1,
-                                 "max_start_epoch": 1, "domain_aware": False})
+    cfg = build(
+        CondenseConfig,
+        {
+            "base": "mtt",
+            "ipc": 1,
+            "iterations": 1,
+            "syn_steps": 1,
+            "expert_epochs": 1,
+            "max_start_epoch": 1,
+            "domain_aware": False,
+        },
+    )
     with pytest.raises(ChddlError, match="another dataset"):
         condense_run(white, white_labels, cfg, workspace, experts=experts)

@@ -26,9 +26,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 MATRIX = [(b, ipc, aware) for b in ("dm", "dc", "mtt") for ipc in (1, 10) for aware in (0, 1)]
 #: the paper's Table H, PACS: (peak GiB, seconds per loop) on an A6000
-TABLE_H = {("dc", 1, 0): (3, 0.4), ("dc", 1, 1): (3, 0.7), ("dc", 10, 0): (4, 26.6), ("dc", 10, 1): (5, 31.4),
-           ("dm", 1, 0): (1, 0.1), ("dm", 1, 1): (1, 0.2), ("dm", 10, 0): (1, 0.2), ("dm", 10, 1): (2, 0.2),
-           ("mtt", 1, 0): (1, 2.5), ("mtt", 1, 1): (3, 4.0), ("mtt", 10, 0): (13, 2.3), ("mtt", 10, 1): (25, 5.1)}
+TABLE_H = {
+    ("dc", 1, 0): (3, 0.4),
+    ("dc", 1, 1): (3, 0.7),
+    ("dc", 10, 0): (4, 26.6),
+    ("dc", 10, 1): (5, 31.4),
+    ("dm", 1, 0): (1, 0.1),
+    ("dm", 1, 1): (1, 0.2),
+    ("dm", 10, 0): (1, 0.2),
+    ("dm", 10, 1): (2, 0.2),
+    ("mtt", 1, 0): (1, 2.5),
+    ("mtt", 1, 1): (3, 4.0),
+    ("mtt", 10, 0): (13, 2.3),
+    ("mtt", 10, 1): (25, 5.1),
+}
 
 
 def _preset(base: str, ipc: int) -> str:
@@ -54,8 +65,16 @@ def one(data: str, base: str, ipc: int, aware: int, iterations: int, device: str
     ds = load_dataset(ingest(data, build(DatasetConfig, {"size": 32 if smoke else 64}), ws)[0])
     labels = load_labels(label_run(ds, build(LabelConfig), ws, device=dev)[0], ds)
     preset = section(load_preset(_preset(base, ipc)), "condense")
-    overrides = {"ipc": ipc, "domain_aware": bool(aware), "iterations": iterations, "log_every": 1, "compile": "off",
-                 "checkpoint_every": 10**6, "checkpoint_minutes": 10**6, "first_checkpoint_minutes": 10**6}
+    overrides = {
+        "ipc": ipc,
+        "domain_aware": bool(aware),
+        "iterations": iterations,
+        "log_every": 1,
+        "compile": "off",
+        "checkpoint_every": 10**6,
+        "checkpoint_minutes": 10**6,
+        "first_checkpoint_minutes": 10**6,
+    }
     experts = None
     if base == "mtt":
         overrides["max_start_epoch"] = 2
@@ -66,9 +85,15 @@ def one(data: str, base: str, ipc: int, aware: int, iterations: int, device: str
     cfg = build(CondenseConfig, preset, overrides)
     art, _ = run(ds, labels, cfg, ws, experts=experts, device=dev)
     cost = art.meta["cost"]
-    return {"s_per_iteration": art.metrics["s_per_iteration"], "peak_cuda_gib": cost.get("peak_cuda_bytes", 0) / 2**30,
-            "peak_rss_gib": cost["peak_rss_bytes"] / 2**30, "iterations": iterations, "device": device,
-            "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None}
+    return {
+        "s_per_iteration": art.metrics["s_per_iteration"],
+        "peak_cuda_gib": cost.get("peak_cuda_bytes", 0) / 2**30,
+        "peak_rss_gib": cost["peak_rss_bytes"] / 2**30,
+        "iterations": iterations,
+        "device": device,
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None,
+    }
 
 
 def table(rows: dict) -> str:
@@ -77,8 +102,10 @@ def table(rows: dict) -> str:
         plain = rows.get((base, ipc, 0))
         over = f"{r['s_per_iteration'] / plain['s_per_iteration']:.2f}x" if aware and plain else "-"
         paper = TABLE_H.get((base, ipc, aware))
-        lines.append(f"| {base.upper()}{' + CHDDL' if aware else ''} IPC {ipc} | {r['s_per_iteration']:.3f} | "
-                     f"{r['peak_cuda_gib']:.2f} | {f'{paper[0]} GiB - {paper[1]} s' if paper else '-'} | {over} |")
+        lines.append(
+            f"| {base.upper()}{' + CHDDL' if aware else ''} IPC {ipc} | {r['s_per_iteration']:.3f} | "
+            f"{r['peak_cuda_gib']:.2f} | {f'{paper[0]} GiB - {paper[1]} s' if paper else '-'} | {over} |"
+        )
     return "\n".join(lines)
 
 
@@ -95,7 +122,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         base, ipc, aware = args.child.split(":")
-        print(json.dumps(one(args.data, base, int(ipc), int(aware), args.iterations, args.device, args.smoke, Path(args.tmp))))
+        print(
+            json.dumps(
+                one(args.data, base, int(ipc), int(aware), args.iterations, args.device, args.smoke, Path(args.tmp))
+            )
+        )
         return
     todo = [(b, int(i), int(a)) for b, i, a in (o.split(":") for o in args.only)] if args.only else MATRIX
     if args.smoke and not args.only:
@@ -103,19 +134,37 @@ def main() -> None:
     rows, failed = {}, {}
     for base, ipc, aware in todo:
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, __file__, "--child", f"{base}:{ipc}:{aware}", "--tmp", tmp, "--data", args.data,
-                   "--device", args.device, "--iterations", str(args.iterations), "--out", str(args.out)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                f"{base}:{ipc}:{aware}",
+                "--tmp",
+                tmp,
+                "--data",
+                args.data,
+                "--device",
+                args.device,
+                "--iterations",
+                str(args.iterations),
+                "--out",
+                str(args.out),
+            ]
             out = subprocess.run(cmd + (["--smoke"] if args.smoke else []), capture_output=True, text=True, cwd=ROOT)
         if out.returncode != 0:
             failed[f"{base}:{ipc}:{aware}"] = out.stderr[-1500:]
             print(f"{base} ipc {ipc} chddl {aware}: FAILED\n{out.stderr[-1500:]}", file=sys.stderr, flush=True)
             continue
         rows[(base, ipc, aware)] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{base} ipc {ipc} chddl {aware}: {rows[(base, ipc, aware)]['s_per_iteration']:.3f} s/it", file=sys.stderr,
-              flush=True)
+        print(
+            f"{base} ipc {ipc} chddl {aware}: {rows[(base, ipc, aware)]['s_per_iteration']:.3f} s/it",
+            file=sys.stderr,
+            flush=True,
+        )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps({"rows": {f"{b}:{i}:{a}": r for (b, i, a), r in rows.items()},
-                                                     "failed": failed}, indent=1))
+    (args.out / "speed.json").write_text(
+        json.dumps({"rows": {f"{b}:{i}:{a}": r for (b, i, a), r in rows.items()}, "failed": failed}, indent=1)
+    )
     (args.out / "speed.md").write_text(table(rows) + "\n")
     print(table(rows))
     sys.exit(1 if failed else 0)

@@ -36,13 +36,19 @@ def _rows(ws: Workspace) -> list[dict]:
         if train is None or train.stage != "condensed" or train.config.get("base") != "dm":
             continue
         per_domain = e.tensor("per_domain_accuracy")[e.config["archs"].index("convnet")].numpy()
-        out.append({
-            "dataset": e.info["dataset"], "group": tuple(str(train.config.get(k)) for k in PAIRED),
-            "variant": "DM" if not train.config.get("domain_aware") else chddl_settings(train, ws),
-            "seed": train.config.get("seed"), "runs": np.asarray(e.metrics["convnet"]["runs"], dtype=float),
-            "per_domain": per_domain, "domains": e.info.get("domain_names") or [], "masks": train.metrics.get("masks"),
-            "epochs": e.config["epochs"],
-        })
+        out.append(
+            {
+                "dataset": e.info["dataset"],
+                "group": tuple(str(train.config.get(k)) for k in PAIRED),
+                "variant": "DM" if not train.config.get("domain_aware") else chddl_settings(train, ws),
+                "seed": train.config.get("seed"),
+                "runs": np.asarray(e.metrics["convnet"]["runs"], dtype=float),
+                "per_domain": per_domain,
+                "domains": e.info.get("domain_names") or [],
+                "masks": train.metrics.get("masks"),
+                "epochs": e.config["epochs"],
+            }
+        )
     return out
 
 
@@ -63,11 +69,14 @@ def tables(workdirs: list[str]) -> str:
             continue
         ipc, init, iterations, batch_real = group[:4]
         domains = variants["DM"][0]["domains"]
-        lines += [f"\n{dataset}, IPC {ipc}, init {init}, {iterations} iterations, {batch_real} real per group, "
-                  f"evaluation {epochs} epochs\n",
-                  "| set | seeds x runs | accuracy | delta vs DM | " + " | ".join(f"delta {d}" for d in domains)
-                  + " | masks: max alpha / neighbours (chance) |",
-                  "|---" * (5 + len(domains)) + "|"]
+        lines += [
+            f"\n{dataset}, IPC {ipc}, init {init}, {iterations} iterations, {batch_real} real per group, "
+            f"evaluation {epochs} epochs\n",
+            "| set | seeds x runs | accuracy | delta vs DM | "
+            + " | ".join(f"delta {d}" for d in domains)
+            + " | masks: max alpha / neighbours (chance) |",
+            "|---" * (5 + len(domains)) + "|",
+        ]
         for variant, sets in sorted(variants.items(), key=lambda kv: (kv[0] != "DM", kv[0])):
             runs = np.concatenate([r["runs"] for r in sets])
             dom = np.concatenate([r["per_domain"] for r in sets])
@@ -89,11 +98,18 @@ def tables(workdirs: list[str]) -> str:
                     dd, dse = chddl_delta(list(b_dom[:, i]), list(dom[:, i]))
                     cells.append(f"{dd:+.1f} ± {dse:.1f}")
             masks = [r["masks"] for r in sets if r["masks"]]
-            mask_cell = "-" if not masks else (
-                f"{np.mean([m['mean_max_alpha'] for m in masks]):.2f} / "
-                f"{np.mean([m['neighbour_agreement'] for m in masks]):.2f} "
-                f"({np.mean([m['chance_agreement'] for m in masks]):.2f})")
-            lines.append(f"| {_short(variant)} | {seeds} x {len(runs) // seeds} | " + " | ".join(cells) + f" | {mask_cell} |")
+            mask_cell = (
+                "-"
+                if not masks
+                else (
+                    f"{np.mean([m['mean_max_alpha'] for m in masks]):.2f} / "
+                    f"{np.mean([m['neighbour_agreement'] for m in masks]):.2f} "
+                    f"({np.mean([m['chance_agreement'] for m in masks]):.2f})"
+                )
+            )
+            lines.append(
+                f"| {_short(variant)} | {seeds} x {len(runs) // seeds} | " + " | ".join(cells) + f" | {mask_cell} |"
+            )
     return "\n".join(lines)
 
 

@@ -56,13 +56,24 @@ class DSAParams:
 class DSA:
     """The reference DSA strategy with its parameter ranges."""
 
-    def __init__(self, strategy: str = DEFAULT_STRATEGY, flip_p: float = 0.5, scale: float = 1.2, rotate_deg: float = 15.0,
-                 crop_pad: float = 0.125, cutout: float = 0.5, brightness: float = 1.0, saturation: float = 2.0,
-                 contrast: float = 0.5) -> None:
+    def __init__(
+        self,
+        strategy: str = DEFAULT_STRATEGY,
+        flip_p: float = 0.5,
+        scale: float = 1.2,
+        rotate_deg: float = 15.0,
+        crop_pad: float = 0.125,
+        cutout: float = 0.5,
+        brightness: float = 1.0,
+        saturation: float = 2.0,
+        contrast: float = 0.5,
+    ) -> None:
         names = [s for s in strategy.split("_") if s]
         unknown = [s for s in names if s not in FAMILIES]
         if unknown or not names:
-            raise ChddlError(f"unknown DSA strategy part(s) {unknown or strategy!r}; valid parts: {', '.join(FAMILIES)}")
+            raise ChddlError(
+                f"unknown DSA strategy part(s) {unknown or strategy!r}; valid parts: {', '.join(FAMILIES)}"
+            )
         self.strategy = strategy
         self.families = torch.tensor([FAMILIES.index(s) for s in names])
         self.flip_p, self.scale, self.rotate_deg = flip_p, scale, rotate_deg
@@ -79,7 +90,9 @@ class DSA:
         ch, cw = int(H * self.cutout + 0.5), int(W * self.cutout + 0.5)
         lo = 1.0 / self.scale
         return DSAParams(
-            family=self.families[torch.randint(len(self.families), (1 if one_family else n,), generator=g)].expand(n).clone(),
+            family=self.families[torch.randint(len(self.families), (1 if one_family else n,), generator=g)]
+            .expand(n)
+            .clone(),
             brightness=(u() - 0.5) * self.brightness,
             saturation=u() * self.saturation,
             contrast=u() + self.contrast,
@@ -93,7 +106,9 @@ class DSA:
             angle=(u() - 0.5) * 2 * self.rotate_deg / 180 * math.pi,
         )
 
-    def sample_groups(self, groups: torch.Tensor, num_groups: int, size: tuple[int, int], g: torch.Generator) -> DSAParams:
+    def sample_groups(
+        self, groups: torch.Tensor, num_groups: int, size: tuple[int, int], g: torch.Generator
+    ) -> DSAParams:
         """One parameter set per group, expanded to the samples of ``groups`` (CPU ids)."""
         return self.sample(num_groups, size, g).index(groups.cpu())
 
@@ -127,7 +142,13 @@ class DSA:
         if name == "crop":
             return _translate(x, p.shift_x.to(dev), p.shift_y.to(dev))
         if name == "cutout":
-            return _cutout(x, p.cut_x.to(dev), p.cut_y.to(dev), int(x.shape[2] * self.cutout + 0.5), int(x.shape[3] * self.cutout + 0.5))
+            return _cutout(
+                x,
+                p.cut_x.to(dev),
+                p.cut_y.to(dev),
+                int(x.shape[2] * self.cutout + 0.5),
+                int(x.shape[3] * self.cutout + 0.5),
+            )
         theta = torch.zeros(n, 2, 3)
         if name == "scale":
             theta[:, 0, 0], theta[:, 1, 1] = p.scale_x, p.scale_y

@@ -28,7 +28,13 @@ _ALLOWED = {
 }
 
 LAYOUTS = {
-    "cifar-10-batches-py": (["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"], ["test_batch"], "batches.meta", b"labels", b"label_names"),
+    "cifar-10-batches-py": (
+        ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"],
+        ["test_batch"],
+        "batches.meta",
+        b"labels",
+        b"label_names",
+    ),
     "cifar-100-python": (["train"], ["test"], "meta", b"fine_labels", b"fine_label_names"),
 }
 

@@ -30,7 +30,11 @@ def _image_files(root: Path) -> list[Path]:
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [Path(dirpath, f) for f in sorted(filenames) if Path(f).suffix.lower() in IMAGE_SUFFIXES and not f.startswith(".")]
+        files += [
+            Path(dirpath, f)
+            for f in sorted(filenames)
+            if Path(f).suffix.lower() in IMAGE_SUFFIXES and not f.startswith(".")
+        ]
     return files
 
 
@@ -50,7 +54,9 @@ def _entries(root: Path) -> list[tuple[Path, str | None, str, int | None]]:
     """(file, domain, class, split) for every image file under root."""
     split_roots = {name: root / name for name in SPLIT_DIRS if (root / name).is_dir()}
     if split_roots and set(split_roots) != set(SPLIT_DIRS):
-        raise ChddlError(f"{root} has a '{next(iter(split_roots))}' folder but not both train/ and test/; add the other or remove it")
+        raise ChddlError(
+            f"{root} has a '{next(iter(split_roots))}' folder but not both train/ and test/; add the other or remove it"
+        )
     bases = [(p, SPLIT_DIRS[n]) for n, p in split_roots.items()] if split_roots else [(root, None)]
     entries, depths = [], set()
     for base, split in bases:
@@ -66,7 +72,10 @@ def _entries(root: Path) -> list[tuple[Path, str | None, str, int | None]]:
                     f"{f} is not at <class>/<file> or <domain>/<class>/<file> below {base}; reorganise the tree"
                 )
     if not entries:
-        raise ChddlError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}; expected root/<class>/*.jpg or root/<domain>/<class>/*.jpg")
+        raise ChddlError(
+            f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}; expected root/<class>/*.jpg or "
+            "root/<domain>/<class>/*.jpg"
+        )
     if len(depths) > 1:
         raise ChddlError(f"{root} mixes <class>/<file> and <domain>/<class>/<file> levels; use one layout")
     return entries
@@ -94,11 +103,16 @@ def read_folder(root: Path, size: int, progress: Progress = NullProgress(), work
         missing = sorted(listed - set(rel))
         if missing:
             raise ChddlError(f"split list names {len(missing)} file(s) not found under {root}, e.g. {missing[0]}")
-        entries = [(f, d, c, TRAIN if r in lists[TRAIN] else TEST) for (f, d, c, _), r in zip(entries, rel) if r in listed]
+        entries = [
+            (f, d, c, TRAIN if r in lists[TRAIN] else TEST) for (f, d, c, _), r in zip(entries, rel) if r in listed
+        ]
     class_names = sorted({c for _, _, c, _ in entries})
     domain_names = sorted({d for _, d, _, _ in entries}) if has_domains else None
     decoded: list[np.ndarray | None] = []
-    with progress.task(f"decoding {len(entries)} images", total=len(entries)) as task, ThreadPoolExecutor(workers) as pool:
+    with (
+        progress.task(f"decoding {len(entries)} images", total=len(entries)) as task,
+        ThreadPoolExecutor(workers) as pool,
+    ):
         for arr in pool.map(lambda e: decode_image(e[0], size), entries, chunksize=64):
             decoded.append(arr)
             task.advance()
@@ -111,7 +125,9 @@ def read_folder(root: Path, size: int, progress: Progress = NullProgress(), work
         images=torch.from_numpy(np.stack([decoded[i] for i in keep])),
         labels=torch.tensor([class_names.index(c) for _, _, c, _ in kept], dtype=torch.int64),
         class_names=class_names,
-        domains=torch.tensor([domain_names.index(d) for _, d, _, _ in kept], dtype=torch.int64) if has_domains else None,
+        domains=torch.tensor([domain_names.index(d) for _, d, _, _ in kept], dtype=torch.int64)
+        if has_domains
+        else None,
         domain_names=domain_names,
         split=torch.tensor([s for *_, s in kept], dtype=torch.int64) if kept[0][3] is not None else None,
         skipped=skipped,

@@ -60,27 +60,41 @@ class DatasetConfig:
 
     size: int = option(32, "image side in pixels after resizing (square)")
     format: str = option("auto", "source format: auto, npz, folder, cifar or builtin")
-    test_fraction: float = option(0.2, "test share of a seeded stratified split, used only when the source has no split")
+    test_fraction: float = option(
+        0.2, "test share of a seeded stratified split, used only when the source has no split"
+    )
     split_seed: int = option(0, "seed of that stratified split and of the per-class subsets")
     strict: bool = option(False, "fail on undecodable image files instead of skipping and counting them")
-    zca: bool = option(False, "ZCA-whiten the normalised images, fitted on the training split (MTT's reference does for CIFAR)")
+    zca: bool = option(
+        False, "ZCA-whiten the normalised images, fitted on the training split (MTT's reference does for CIFAR)"
+    )
     zca_eps: float = option(0.1, "ZCA regulariser added to the covariance eigenvalues")
-    train_per_class: int = option(0, "keep a seeded random subset of at most this many training images per class (0: all)")
+    train_per_class: int = option(
+        0, "keep a seeded random subset of at most this many training images per class (0: all)"
+    )
     test_per_class: int = option(0, "keep a seeded random subset of at most this many test images per class (0: all)")
 
     def validate(self) -> None:
         require(4 <= self.size <= 1024, f"--size must be between 4 and 1024 pixels, got {self.size}")
         require(0.0 < self.test_fraction < 1.0, f"--test-fraction must lie in (0, 1), got {self.test_fraction}")
         require(self.zca_eps > 0, f"--zca-eps must be positive, got {self.zca_eps}")
-        require(self.train_per_class >= 0, f"--train-per-class must be 0 (all images) or positive, got {self.train_per_class}")
-        require(self.test_per_class >= 0, f"--test-per-class must be 0 (all images) or positive, got {self.test_per_class}")
-        require(self.format == "auto" or self.format in DATASETS, f"unknown dataset format '{self.format}'; valid: auto, {', '.join(DATASETS.names())}")
+        require(
+            self.train_per_class >= 0,
+            f"--train-per-class must be 0 (all images) or positive, got {self.train_per_class}",
+        )
+        require(
+            self.test_per_class >= 0, f"--test-per-class must be 0 (all images) or positive, got {self.test_per_class}"
+        )
+        require(
+            self.format == "auto" or self.format in DATASETS,
+            f"unknown dataset format '{self.format}'; valid: auto, {', '.join(DATASETS.names())}",
+        )
 
 
 def detect_format(source: str) -> tuple[str, Path]:
     """The reader for ``source`` and its path, or a ChddlError naming the fix."""
     if source.startswith(BUILTIN_PREFIX):
-        return "builtin", Path(source[len(BUILTIN_PREFIX):])
+        return "builtin", Path(source[len(BUILTIN_PREFIX) :])
     path = Path(source).expanduser()
     if not path.exists():
         raise ChddlError(f"no such file or directory: {source}")
@@ -89,7 +103,9 @@ def detect_format(source: str) -> tuple[str, Path]:
             return "npz", path
         if path.name.endswith((".tar.gz", ".tgz", ".tar", ".zip")):
             raise ChddlError(f"{source} is an archive; extract it first (e.g. tar xzf {source}) and pass the folder")
-        raise ChddlError(f"{source} is not a dataset: pass an image folder, a CIFAR folder, an .npz file or builtin:demo")
+        raise ChddlError(
+            f"{source} is not a dataset: pass an image folder, a CIFAR folder, an .npz file or builtin:demo"
+        )
     if find_cifar_dir(path) is not None:
         return "cifar", path
     return "folder", path
@@ -195,29 +211,39 @@ def subset_mask(labels: torch.Tensor, split: torch.Tensor, cfg: DatasetConfig) -
 
 def _dataset_name(fmt: str, path: Path, cfg: DatasetConfig) -> str:
     stem = path.name.split(".")[0] or "data"
-    subset = (f"-train{cfg.train_per_class}" if cfg.train_per_class else "") + (f"-test{cfg.test_per_class}" if cfg.test_per_class else "")
+    subset = (f"-train{cfg.train_per_class}" if cfg.train_per_class else "") + (
+        f"-test{cfg.test_per_class}" if cfg.test_per_class else ""
+    )
     return f"dataset-{stem}-{cfg.size}px{subset}" + ("-zca" if cfg.zca else "")
 
 
-def ingest(source: str, cfg: DatasetConfig, workspace: Workspace, *, force: bool = False,
-           progress: Progress = NullProgress()) -> tuple[Artifact, bool]:
+def ingest(
+    source: str, cfg: DatasetConfig, workspace: Workspace, *, force: bool = False, progress: Progress = NullProgress()
+) -> tuple[Artifact, bool]:
     """Read ``source`` into a cached dataset artifact; returns (artifact, cache_hit).
 
     ``source`` is an .npz file, an image-folder tree, a CIFAR-10/100 folder,
     or ``builtin:demo``.
     """
-    fmt, path = detect_format(source) if cfg.format == "auto" else (cfg.format, Path(source.removeprefix(BUILTIN_PREFIX)))
+    fmt, path = (
+        detect_format(source) if cfg.format == "auto" else (cfg.format, Path(source.removeprefix(BUILTIN_PREFIX)))
+    )
     if not path.exists() and fmt != "builtin":
         raise ChddlError(f"no such file or directory: {source}")
     workspace.check_exists()
     # Subset sizes of 0 stay out of the key so datasets cached before the options existed are still found.
-    config = {k: v for k, v in to_dict(cfg).items() if k != "strict" and not (k.endswith("_per_class") and not v)} | {"format": fmt}
+    config = {k: v for k, v in to_dict(cfg).items() if k != "strict" and not (k.endswith("_per_class") and not v)} | {
+        "format": fmt
+    }
     digests = workspace.root / "cache" / "file-digests.json"
     key = artifact_key(STAGE, config, {"source": source_fingerprint(fmt, path, digests)}, SCHEMA_VERSION)
     name = stage_artifact_name(_dataset_name(fmt, path, cfg), key)
     if not force and (hit := workspace.find(name)) is not None:
         if cfg.strict and hit.info.get("skipped_files"):
-            raise ChddlError(f"{len(hit.info['skipped_files'])} image file(s) under {source} cannot be decoded (--strict), e.g. {hit.info['skipped_files'][0]}")
+            raise ChddlError(
+                f"{len(hit.info['skipped_files'])} image file(s) under {source} cannot be decoded (--strict), e.g. "
+                f"{hit.info['skipped_files'][0]}"
+            )
         workspace.set_latest(hit)
         return hit, True
     with workspace.computing(name, force) as done:
@@ -226,8 +252,14 @@ def ingest(source: str, cfg: DatasetConfig, workspace: Workspace, *, force: bool
         with measure() as cost:
             raw = DATASETS.get(fmt)(path, cfg, progress)
             if raw.skipped and cfg.strict:
-                raise ChddlError(f"{len(raw.skipped)} image file(s) cannot be decoded (--strict), e.g. {raw.skipped[0]}")
-            split = raw.split if raw.split is not None else stratified_split(raw.labels, raw.domains, cfg.test_fraction, cfg.split_seed)
+                raise ChddlError(
+                    f"{len(raw.skipped)} image file(s) cannot be decoded (--strict), e.g. {raw.skipped[0]}"
+                )
+            split = (
+                raw.split
+                if raw.split is not None
+                else stratified_split(raw.labels, raw.domains, cfg.test_fraction, cfg.split_seed)
+            )
             full_sizes = f"{int((split == TRAIN).sum())} train / {int((split == TEST).sum())} test"
             if (keep := subset_mask(raw.labels, split, cfg)) is not None:
                 raw = raw.subset(keep)
@@ -243,7 +275,9 @@ def ingest(source: str, cfg: DatasetConfig, workspace: Workspace, *, force: bool
             fingerprint = tensor_fingerprint(raw.images, raw.labels, raw.domains, split)
             if cfg.zca:
                 progress.note(f"fitting ZCA on {int(train.sum())} training images")
-                normalised = (raw.images[train].float().div_(255.0) - mean.float().view(1, 3, 1, 1)) / std.float().view(1, 3, 1, 1)
+                normalised = (raw.images[train].float().div_(255.0) - mean.float().view(1, 3, 1, 1)) / std.float().view(
+                    1, 3, 1, 1
+                )
                 zca = fit_zca(normalised, cfg.zca_eps)
                 tensors |= {"zca_mean": zca.mean, "zca_matrix": zca.matrix, "zca_inverse": zca.inverse}
                 # Everything downstream (experts, condensed sets) must tell whitened data from plain.
@@ -258,16 +292,30 @@ def ingest(source: str, cfg: DatasetConfig, workspace: Workspace, *, force: bool
             "num_images": int(len(raw.labels)),
             "num_train": int(train.sum()),
             "num_test": int((~train).sum()),
-            "subset": (f"of {full_sizes}: at most {cfg.train_per_class or 'all'} train / {cfg.test_per_class or 'all'} test "
-                       f"per class, seed {cfg.split_seed}") if keep is not None else None,
-            "split_from": "source" if raw.split is not None else f"stratified(test_fraction={cfg.test_fraction}, seed={cfg.split_seed})",
+            "subset": (
+                f"of {full_sizes}: at most {cfg.train_per_class or 'all'} train / {cfg.test_per_class or 'all'} test "
+                f"per class, seed {cfg.split_seed}"
+            )
+            if keep is not None
+            else None,
+            "split_from": "source"
+            if raw.split is not None
+            else f"stratified(test_fraction={cfg.test_fraction}, seed={cfg.split_seed})",
             "mean": [round(float(m), 6) for m in mean],
             "std": [round(float(s), 6) for s in std],
             "skipped_files": raw.skipped,
         }
         art = workspace.write(
-            stage=STAGE, name=name, key=key, config=to_dict(cfg) | {"format": fmt}, inputs={"source": str(source)},
-            tensors=tensors, seed=cfg.split_seed, info=info, cost=cost, schema_version=SCHEMA_VERSION,
+            stage=STAGE,
+            name=name,
+            key=key,
+            config=to_dict(cfg) | {"format": fmt},
+            inputs={"source": str(source)},
+            tensors=tensors,
+            seed=cfg.split_seed,
+            info=info,
+            cost=cost,
+            schema_version=SCHEMA_VERSION,
             fingerprint=fingerprint,
         )
         return art, False

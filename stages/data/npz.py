@@ -38,8 +38,9 @@ def read_npz(path: Path, size: int) -> RawDataset:
     Loaded with ``allow_pickle=False``: object arrays are refused. Float
     images are accepted when they lie in [0, 1] (scaled by 255 and rounded)."""
     if not zipfile.is_zipfile(path):
-        raise ChddlError(f"{path} is not an .npz archive (not a zip file); write one with "
-                         f"numpy.savez(path, images=..., labels=...)")
+        raise ChddlError(
+            f"{path} is not an .npz archive (not a zip file); write one with numpy.savez(path, images=..., labels=...)"
+        )
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
@@ -56,13 +57,22 @@ def read_npz(path: Path, size: int) -> RawDataset:
             class_names = _names(data, "class_names")
             domain_names = _names(data, "domain_names")
         except ValueError as exc:
-            raise ChddlError(f"{path} holds Python objects or malformed arrays ({exc}); save plain numeric/string arrays") from None
+            raise ChddlError(
+                f"{path} holds Python objects or malformed arrays ({exc}); save plain numeric/string arrays"
+            ) from None
     if class_names is None:
         class_names = [f"class_{i}" for i in range(int(labels.max()) + 1 if labels.numel() else 0)]
     if domains is not None and domain_names is None:
         domain_names = [f"domain_{i}" for i in range(int(domains.max()) + 1)]
-    raw = RawDataset(images=images, labels=labels, class_names=class_names, domains=domains,
-                     domain_names=domain_names, split=split, source_format="npz")
+    raw = RawDataset(
+        images=images,
+        labels=labels,
+        class_names=class_names,
+        domains=domains,
+        domain_names=domain_names,
+        split=split,
+        source_format="npz",
+    )
     raw.check(str(path))
     raw.images = resize_uint8(raw.images, size)
     return raw

@@ -31,9 +31,14 @@ class RawDataset:
     def subset(self, keep: torch.Tensor) -> "RawDataset":
         """The images selected by the boolean mask ``keep``, with their labels, domains and split."""
         return RawDataset(
-            images=self.images[keep], labels=self.labels[keep], class_names=self.class_names,
-            domains=None if self.domains is None else self.domains[keep], domain_names=self.domain_names,
-            split=None if self.split is None else self.split[keep], skipped=self.skipped, source_format=self.source_format,
+            images=self.images[keep],
+            labels=self.labels[keep],
+            class_names=self.class_names,
+            domains=None if self.domains is None else self.domains[keep],
+            domain_names=self.domain_names,
+            split=None if self.split is None else self.split[keep],
+            skipped=self.skipped,
+            source_format=self.source_format,
         )
 
     def check(self, origin: str) -> None:

@@ -13,4 +13,6 @@ def resize_uint8(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Te
     # start-up that cache hits and same-size sources never need.
     from torchvision.transforms.v2 import functional as TF
 
-    return torch.cat([TF.resize(images[i : i + chunk], [size, size], antialias=True) for i in range(0, len(images), chunk)])
+    return torch.cat(
+        [TF.resize(images[i : i + chunk], [size, size], antialias=True) for i in range(0, len(images), chunk)]
+    )

@@ -35,9 +35,18 @@ class DomainMasks(nn.Module):
     the value; ``normal`` draws z ~ N(0, value^2), breaking the symmetry
     between domains from the start."""
 
-    def __init__(self, num_images: int, num_domains: int, shape: tuple[int, int, int], init_value: float,
-                 init_mode: str, tau: float, g: torch.Generator, resolution: int | None = None,
-                 channels: str = "per-channel") -> None:
+    def __init__(
+        self,
+        num_images: int,
+        num_domains: int,
+        shape: tuple[int, int, int],
+        init_value: float,
+        init_mode: str,
+        tau: float,
+        g: torch.Generator,
+        resolution: int | None = None,
+        channels: str = "per-channel",
+    ) -> None:
         super().__init__()
         c, h, w = shape
         zc = c if channels == "per-channel" else 1
@@ -81,7 +90,9 @@ def mask_diagnostics(alpha: torch.Tensor) -> dict:
     d = alpha.shape[1]
     top2 = alpha.topk(min(2, d), dim=1).values
     win = alpha.argmax(dim=1)  # (M, C, H, W)
-    same = torch.cat([(win[..., 1:, :] == win[..., :-1, :]).flatten(1), (win[..., :, 1:] == win[..., :, :-1]).flatten(1)], 1)
+    same = torch.cat(
+        [(win[..., 1:, :] == win[..., :-1, :]).flatten(1), (win[..., :, 1:] == win[..., :, :-1]).flatten(1)], 1
+    )
     share = F.one_hot(win.flatten(1), d).float().mean(dim=1)  # (M, D)
     return {
         "mean_max_alpha": round(float(top2[:, 0].mean()), 4),
@@ -98,8 +109,15 @@ class ClassObjective:
 
     roles: tuple[str, ...] = ("class",)
 
-    def __init__(self, base: BaseMethod, pool: RealPool, class_of_pool: torch.Tensor, num_classes: int,
-                 syn_labels: torch.Tensor, batch_real: int) -> None:
+    def __init__(
+        self,
+        base: BaseMethod,
+        pool: RealPool,
+        class_of_pool: torch.Tensor,
+        num_classes: int,
+        syn_labels: torch.Tensor,
+        batch_real: int,
+    ) -> None:
         self.base, self.pool = base, pool
         self.class_of_pool, self.num_classes = class_of_pool.cpu(), num_classes
         self.syn_labels, self.batch_real = syn_labels, batch_real
@@ -122,7 +140,9 @@ class ClassObjective:
     def domain_loss(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor | None:
         return None
 
-    def class_losses(self, images: torch.Tensor, g: torch.Generator) -> Iterator[tuple[torch.Tensor | None, torch.Tensor]]:
+    def class_losses(
+        self, images: torch.Tensor, g: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor | None, torch.Tensor]]:
         """Algorithm 1's class steps: (rows of the images it moves, loss) per
         class, from one class-grouped real draw; a base whose loss does not
         split by class gives one (None, L_cls)."""
@@ -133,8 +153,15 @@ class ClassObjective:
         for c in range(self.num_classes):
             rows = torch.nonzero(self.syn_labels == c).flatten()
             real = groups == c
-            batch = MatchBatch(idx[real], groups[real], images[rows], self.syn_labels[rows], self.syn_labels[rows],
-                               self.num_classes, focus=c)
+            batch = MatchBatch(
+                idx[real],
+                groups[real],
+                images[rows],
+                self.syn_labels[rows],
+                self.syn_labels[rows],
+                self.num_classes,
+                focus=c,
+            )
             yield rows, self.base.loss("class", batch, self.pool, g)
 
     def losses(self, images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -151,9 +178,18 @@ class DomainAwareObjective(ClassObjective):
 
     roles = ("class", "domain")
 
-    def __init__(self, base: BaseMethod, pool: RealPool, class_of_pool: torch.Tensor, num_classes: int,
-                 syn_labels: torch.Tensor, batch_real: int, domain_of_pool: torch.Tensor, masks: DomainMasks,
-                 share_real: bool = False) -> None:
+    def __init__(
+        self,
+        base: BaseMethod,
+        pool: RealPool,
+        class_of_pool: torch.Tensor,
+        num_classes: int,
+        syn_labels: torch.Tensor,
+        batch_real: int,
+        domain_of_pool: torch.Tensor,
+        masks: DomainMasks,
+        share_real: bool = False,
+    ) -> None:
         super().__init__(base, pool, class_of_pool, num_classes, syn_labels, batch_real)
         self.domain_of_pool = domain_of_pool.cpu()
         self.masks = masks

@@ -34,8 +34,14 @@ def amplitude_crop(x: torch.Tensor, beta: float) -> torch.Tensor:
     return amp[..., top : top + h, left : left + w]
 
 
-def _chunked(images: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], chunk: int,
-             device: torch.device, progress: Progress, what: str) -> torch.Tensor:
+def _chunked(
+    images: torch.Tensor,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    chunk: int,
+    device: torch.device,
+    progress: Progress,
+    what: str,
+) -> torch.Tensor:
     outs = []
     with progress.task(what, total=len(images)) as task:
         for i in range(0, len(images), chunk):
@@ -45,20 +51,47 @@ def _chunked(images: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], c
     return torch.cat(outs)
 
 
-def fft_scores(images: torch.Tensor, beta: float, chunk: int = 4096, device: torch.device = torch.device("cpu"),
-               progress: Progress = NullProgress()) -> torch.Tensor:
+def fft_scores(
+    images: torch.Tensor,
+    beta: float,
+    chunk: int = 4096,
+    device: torch.device = torch.device("cpu"),
+    progress: Progress = NullProgress(),
+) -> torch.Tensor:
     """mu_n: mean of the central amplitude window over window and channels, (N,) float64."""
-    return _chunked(images, lambda x: amplitude_crop(x, beta).mean(dim=(1, 2, 3)), chunk, device, progress, "FFT amplitude")
+    return _chunked(
+        images, lambda x: amplitude_crop(x, beta).mean(dim=(1, 2, 3)), chunk, device, progress, "FFT amplitude"
+    )
 
 
-def fft_log_features(images: torch.Tensor, beta: float, chunk: int = 4096, device: torch.device = torch.device("cpu"),
-                     progress: Progress = NullProgress()) -> torch.Tensor:
+def fft_log_features(
+    images: torch.Tensor,
+    beta: float,
+    chunk: int = 4096,
+    device: torch.device = torch.device("cpu"),
+    progress: Progress = NullProgress(),
+) -> torch.Tensor:
     """Flattened log-amplitude of the central window, (N, C*h*w) float64 (for K-Means)."""
-    return _chunked(images, lambda x: torch.log(amplitude_crop(x, beta) + 1e-6).flatten(1), chunk, device, progress, "FFT log-amplitude")
+    return _chunked(
+        images,
+        lambda x: torch.log(amplitude_crop(x, beta) + 1e-6).flatten(1),
+        chunk,
+        device,
+        progress,
+        "FFT log-amplitude",
+    )
 
 
-def logvar_features(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], layers: int = 2, seed: int = 0,
-                    chunk: int = 1024, device: torch.device = torch.device("cpu"), progress: Progress = NullProgress()) -> torch.Tensor:
+def logvar_features(
+    images: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    layers: int = 2,
+    seed: int = 0,
+    chunk: int = 1024,
+    device: torch.device = torch.device("cpu"),
+    progress: Progress = NullProgress(),
+) -> torch.Tensor:
     """Log of the per-channel spatial variance of the first ``layers`` blocks of a
     randomly initialised (seeded) ConvNet: (N, layers * width) float64."""
     net = create_model("convnet", num_classes=2, image_size=images.shape[-1], seed=seed).to(device).eval()

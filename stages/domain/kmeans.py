@@ -15,7 +15,9 @@ def _plus_plus(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
     return torch.stack(centers)
 
 
-def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 100, restarts: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans(
+    x: torch.Tensor, k: int, seed: int = 0, iters: int = 100, restarts: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster rows of ``x`` (N, F) into ``k`` groups; returns (labels, centers)
     of the restart with the lowest inertia. Deterministic for a given seed."""
     x = x.to(torch.float64)

@@ -62,8 +62,12 @@ def mean_sort(scores: torch.Tensor, num_domains: int) -> torch.Tensor:
 def _ordered_kmeans(features: torch.Tensor, scores: torch.Tensor, inp: LabelerInput) -> torch.Tensor:
     labels, _ = kmeans(features, inp.num_domains, seed=inp.seed, restarts=inp.kmeans_restarts)
     # Name clusters by ascending mean score, so label 0 means "lowest" as in mean-sort.
-    means = torch.stack([scores[labels == k].mean() if (labels == k).any() else torch.tensor(float("inf"), dtype=scores.dtype)
-                         for k in range(inp.num_domains)])
+    means = torch.stack(
+        [
+            scores[labels == k].mean() if (labels == k).any() else torch.tensor(float("inf"), dtype=scores.dtype)
+            for k in range(inp.num_domains)
+        ]
+    )
     remap = torch.empty(inp.num_domains, dtype=torch.int64)
     remap[torch.argsort(means, stable=True)] = torch.arange(inp.num_domains)
     return remap[labels]
@@ -85,8 +89,9 @@ def fft_kmeans(inp: LabelerInput) -> LabelerOutput:
 
 
 def _logvar(inp: LabelerInput) -> torch.Tensor:
-    return logvar_features(inp.images, inp.mean, inp.std, inp.logvar_layers, inp.seed,
-                           min(inp.chunk_size, 1024), inp.device, inp.progress)
+    return logvar_features(
+        inp.images, inp.mean, inp.std, inp.logvar_layers, inp.seed, min(inp.chunk_size, 1024), inp.device, inp.progress
+    )
 
 
 @LABELERS.register("logvar")

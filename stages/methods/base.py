@@ -27,7 +27,9 @@ class RealPool:
         self.images = images
         self.labels = labels  # class labels, on the images' device
 
-    def draw(self, groups: torch.Tensor, num_groups: int, per_group: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(
+        self, groups: torch.Tensor, num_groups: int, per_group: int, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Up to ``per_group`` random images of each group, without replacement.
 
         ``groups`` (CPU) gives each pool image's group. Returns (indices,
@@ -88,8 +90,14 @@ class BaseMethod(ABC):
         lr): ``{"name", "params", "lr"}`` each, optimised with SGD, momentum 0.5."""
         return []
 
-    def joint_loss(self, class_batch: MatchBatch, domain_batch: MatchBatch, pool: RealPool, real_weights: torch.Tensor,
-                   g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def joint_loss(
+        self,
+        class_batch: MatchBatch,
+        domain_batch: MatchBatch,
+        pool: RealPool,
+        real_weights: torch.Tensor,
+        g: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Class and domain losses from ONE forward pass of the real images,
         for methods whose Theta' is Theta (DM). Both batches hold the same
         real images (drawn by class); ``real_weights`` re-weights them within
@@ -98,7 +106,9 @@ class BaseMethod(ABC):
         the two losses separately)."""
         return None
 
-    def after_step(self, step: int, role_data: dict[str, tuple[torch.Tensor, torch.Tensor]], g: torch.Generator) -> None:
+    def after_step(
+        self, step: int, role_data: dict[str, tuple[torch.Tensor, torch.Tensor]], g: torch.Generator
+    ) -> None:
         """Hook after each image update (DC trains its networks here).
 
         ``role_data[role]`` is the (detached) synthetic training set of that

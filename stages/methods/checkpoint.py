@@ -18,8 +18,11 @@ def save_checkpoint(folder: Path, key: str, iteration: int, tensors: dict[str, t
     the metadata (written last) names the iteration the tensors belong to."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{CKPT_TENSORS}.tmp"
-    safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                                metadata={"iteration": str(iteration), "key": key})
+    safetensors.torch.save_file(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        str(tmp),
+        metadata={"iteration": str(iteration), "key": key},
+    )
     os.replace(tmp, folder / CKPT_TENSORS)
     meta_tmp = folder / f".{CKPT_META}.tmp"
     meta_tmp.write_text(yaml.safe_dump({"key": key, "iteration": iteration}))

@@ -41,7 +41,9 @@ class RoleNets:
         return self.nets[role]
 
 
-def augmented_pair(dsa: DSA | None, batch: MatchBatch, real: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augmented_pair(
+    dsa: DSA | None, batch: MatchBatch, real: torch.Tensor, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Real and synthetic images with the same DSA transform per group (siamese)."""
     if dsa is None:
         return real, batch.syn
@@ -53,8 +55,9 @@ def real_images(pool: RealPool, batch: MatchBatch) -> torch.Tensor:
     return pool.images[batch.real_index.to(pool.images.device)]
 
 
-def group_means(x: torch.Tensor, groups: torch.Tensor, num_groups: int,
-                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def group_means(
+    x: torch.Tensor, groups: torch.Tensor, num_groups: int, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(num_groups, F) (weighted) means of the rows of ``x`` per group, and which groups are present."""
     groups = groups.to(x.device)
     w = torch.ones(len(x), device=x.device, dtype=x.dtype) if weights is None else weights.to(x.device, x.dtype)

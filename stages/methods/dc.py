@@ -44,9 +44,18 @@ def gradient_distance(real: list[torch.Tensor], syn: list[torch.Tensor]) -> torc
 class DC(BaseMethod):
     default_lambda = 0.1
 
-    def __init__(self, net_factory: NetFactory, device: torch.device, dsa: DSA | None, lr_net: float,
-                 outer_loop: int, inner_loop: int, batch_train: int, compile_real: bool = False,
-                 shared_theta: bool = False) -> None:
+    def __init__(
+        self,
+        net_factory: NetFactory,
+        device: torch.device,
+        dsa: DSA | None,
+        lr_net: float,
+        outer_loop: int,
+        inner_loop: int,
+        batch_train: int,
+        compile_real: bool = False,
+        shared_theta: bool = False,
+    ) -> None:
         self.nets = RoleNets(net_factory, device)
         self.dsa, self.lr_net = dsa, lr_net
         self.outer_loop, self.inner_loop, self.batch_train = outer_loop, inner_loop, batch_train
@@ -62,9 +71,13 @@ class DC(BaseMethod):
         net = self.nets[role]
         matched = {k: v.detach() for k, v in net.named_parameters() if v.ndim > 1}
         if not self.compile_real:
-            return [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(x), y), [p for p in net.parameters() if p.ndim > 1])]
+            return [
+                g.detach()
+                for g in torch.autograd.grad(F.cross_entropy(net(x), y), [p for p in net.parameters() if p.ndim > 1])
+            ]
         key = "class" if self.shared_theta else role  # one compiled function per network
         if key not in self._grad_fns:
+
             def loss(params, rest, x, y):
                 return F.cross_entropy(functional_call(net, {**params, **rest}, (x,)), y)
 
@@ -100,17 +113,29 @@ class DC(BaseMethod):
             total = total + gradient_distance(g_real, list(g_syn))
         return total
 
-    def after_step(self, step: int, role_data: dict[str, tuple[torch.Tensor, torch.Tensor]], g: torch.Generator) -> None:
+    def after_step(
+        self, step: int, role_data: dict[str, tuple[torch.Tensor, torch.Tensor]], g: torch.Generator
+    ) -> None:
         if step == self.outer_loop - 1:
             return  # the reference does not train the network after the last outer step
         for role, (images, labels) in role_data.items():
             if role not in self.optimizers:
                 continue  # a shared Theta' trains once, on the synthetic images, as the class network
-            train_epochs(self.nets[role], self.optimizers[role], images, labels, self.inner_loop, self.batch_train, self.dsa, g)
+            train_epochs(
+                self.nets[role], self.optimizers[role], images, labels, self.inner_loop, self.batch_train, self.dsa, g
+            )
 
 
-def train_epochs(net: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-                 epochs: int, batch_size: int, dsa: DSA | None, g: torch.Generator) -> None:
+def train_epochs(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    dsa: DSA | None,
+    g: torch.Generator,
+) -> None:
     """Plain SGD epochs on an in-memory set (shuffled with ``g``, no DataLoader)."""
     n = len(images)
     for _ in range(epochs):
@@ -127,8 +152,27 @@ def train_epochs(net: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
 
 
 @METHODS.register("dc")
-def dc(net_factory: NetFactory, device: torch.device, dsa: DSA | None, lr_net: float = 0.01, outer_loop: int = 1,
-       inner_loop: int = 1, batch_train: int = 256, compile_embed: bool = False, shared_theta: bool = False, **_: object) -> DC:
+def dc(
+    net_factory: NetFactory,
+    device: torch.device,
+    dsa: DSA | None,
+    lr_net: float = 0.01,
+    outer_loop: int = 1,
+    inner_loop: int = 1,
+    batch_train: int = 256,
+    compile_embed: bool = False,
+    shared_theta: bool = False,
+    **_: object,
+) -> DC:
     """Gradient matching with the reference's outer/inner loops."""
-    return DC(net_factory, device, dsa, lr_net, outer_loop, inner_loop, batch_train, compile_real=compile_embed,
-              shared_theta=shared_theta)
+    return DC(
+        net_factory,
+        device,
+        dsa,
+        lr_net,
+        outer_loop,
+        inner_loop,
+        batch_train,
+        compile_real=compile_embed,
+        shared_theta=shared_theta,
+    )

@@ -21,10 +21,14 @@ from stages.methods.common import NetFactory, RoleNets, augmented_pair, group_me
 class DM(BaseMethod):
     default_lambda = 0.1
 
-    def __init__(self, net_factory: NetFactory, device: torch.device, dsa: DSA | None, compile_embed: bool = False) -> None:
+    def __init__(
+        self, net_factory: NetFactory, device: torch.device, dsa: DSA | None, compile_embed: bool = False
+    ) -> None:
         self.nets = RoleNets(net_factory, device)
         self.dsa = dsa
-        self._embed = torch.compile(lambda net, x: net.embed(x), dynamic=True) if compile_embed else (lambda net, x: net.embed(x))
+        self._embed = (
+            torch.compile(lambda net, x: net.embed(x), dynamic=True) if compile_embed else (lambda net, x: net.embed(x))
+        )
 
     def new_round(self, round_index: int, roles: tuple[str, ...], g: torch.Generator) -> None:
         self.nets.renew(roles, g, shared=True)
@@ -35,13 +39,25 @@ class DM(BaseMethod):
         net = self.nets[role]
         real, syn = augmented_pair(self.dsa, batch, real_images(pool, batch), g)
         with torch.no_grad():
-            real_mean, real_present = group_means(self._embed(net, real.contiguous(memory_format=torch.channels_last)), batch.real_groups, batch.num_groups)
-        syn_mean, syn_present = group_means(net.embed(syn.contiguous(memory_format=torch.channels_last)), batch.syn_groups, batch.num_groups)
+            real_mean, real_present = group_means(
+                self._embed(net, real.contiguous(memory_format=torch.channels_last)),
+                batch.real_groups,
+                batch.num_groups,
+            )
+        syn_mean, syn_present = group_means(
+            net.embed(syn.contiguous(memory_format=torch.channels_last)), batch.syn_groups, batch.num_groups
+        )
         present = (real_present & syn_present).unsqueeze(1)
         return ((real_mean - syn_mean) ** 2 * present).sum()
 
-    def joint_loss(self, class_batch: MatchBatch, domain_batch: MatchBatch, pool: RealPool, real_weights: torch.Tensor,
-                   g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def joint_loss(
+        self,
+        class_batch: MatchBatch,
+        domain_batch: MatchBatch,
+        pool: RealPool,
+        real_weights: torch.Tensor,
+        g: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # Augmentation is siamese per class on both losses: real images of
         # class c, synthetic images of class c and the views of those images
         # share one transform.
@@ -58,7 +74,10 @@ class DM(BaseMethod):
             real_emb = self._embed(net, real.contiguous(memory_format=torch.channels_last))
         syn_emb = net.embed(syn_all.contiguous(memory_format=torch.channels_last))
         losses = []
-        for batch, emb, weights in ((class_batch, syn_emb[:n_syn], None), (domain_batch, syn_emb[n_syn:], real_weights)):
+        for batch, emb, weights in (
+            (class_batch, syn_emb[:n_syn], None),
+            (domain_batch, syn_emb[n_syn:], real_weights),
+        ):
             real_mean, real_present = group_means(real_emb, batch.real_groups, batch.num_groups, weights)
             syn_mean, syn_present = group_means(emb, batch.syn_groups, batch.num_groups)
             losses.append(((real_mean - syn_mean) ** 2 * (real_present & syn_present).unsqueeze(1)).sum())

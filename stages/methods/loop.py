@@ -41,8 +41,17 @@ def iteration_generator(seed: int, iteration: int) -> torch.Generator:
 class Loop:
     """Runs ``objective`` (a base method, maybe domain-aware) on ``images``."""
 
-    def __init__(self, base: BaseMethod, objective, images: torch.Tensor, s: LoopSettings, key: str, partial: Path,
-                 progress: Progress, description: str = "condense") -> None:
+    def __init__(
+        self,
+        base: BaseMethod,
+        objective,
+        images: torch.Tensor,
+        s: LoopSettings,
+        key: str,
+        partial: Path,
+        progress: Progress,
+        description: str = "condense",
+    ) -> None:
         self.base, self.objective, self.images, self.s = base, objective, images, s
         self.key, self.partial, self.progress, self.description = key, partial, progress, description
         self.groups: dict[str, list[torch.Tensor]] = {"images": [images]}
@@ -88,7 +97,7 @@ class Loop:
                 for i, p in enumerate(params):
                     p.copy_(saved[f"param/{name}/{i}"].to(p.device))
                     prefix = f"opt/{name}/{i}/"
-                    state = {k[len(prefix):]: v.clone() for k, v in saved.items() if k.startswith(prefix)}
+                    state = {k[len(prefix) :]: v.clone() for k, v in saved.items() if k.startswith(prefix)}
                     if f"momentum/{name}/{i}" in saved:  # checkpoints written before the optimiser choice existed
                         state["momentum_buffer"] = saved[f"momentum/{name}/{i}"].clone()
                     # Adam keeps its step count on the host (unless capturable); the rest lives with the parameter.
@@ -116,7 +125,9 @@ class Loop:
         others = torch.ones(len(self.images), dtype=torch.bool, device=self.images.device)
         others[rows] = False
         kept = self.images.detach()[others].clone()
-        buffers = {k: v[others].clone() for k, v in opt.state.get(self.images, {}).items() if torch.is_tensor(v) and v.ndim}
+        buffers = {
+            k: v[others].clone() for k, v in opt.state.get(self.images, {}).items() if torch.is_tensor(v) and v.ndim
+        }
         self._apply(["images"])
         with torch.no_grad():
             self.images[others] = kept
@@ -189,7 +200,9 @@ class Loop:
         return cls_total, dom_total
 
     def _finite(self, values: torch.Tensor) -> bool:
-        return bool(torch.isfinite(values).all()) and all(bool(torch.isfinite(p).all()) for ps in self.groups.values() for p in ps)
+        return bool(torch.isfinite(values).all()) and all(
+            bool(torch.isfinite(p).all()) for ps in self.groups.values() for p in ps
+        )
 
     # -- the loop ------------------------------------------------------------
     def run(self, stop_after: int | None = None, start_from: tuple[int, dict[str, torch.Tensor]] | None = None) -> int:
@@ -257,19 +270,26 @@ class Loop:
                     continue
                 values = torch.stack([torch.stack([c, d]) for _, c, d in pending]).cpu()  # the only host sync
                 if not self._finite(values):
-                    bad = next(i for (i, _, _), row in zip(pending, values) if not torch.isfinite(row).all()) + 1 \
-                        if not torch.isfinite(values).all() else it
+                    bad = (
+                        next(i for (i, _, _), row in zip(pending, values) if not torch.isfinite(row).all()) + 1
+                        if not torch.isfinite(values).all()
+                        else it
+                    )
                     if retries == 0:
                         raise ChddlError(
-                            f"non-finite loss or images at iteration {bad}; stopped. The last good checkpoint is kept in "
-                            f"{self.partial} (re-running resumes from it); lower --lr-img or --mask-lr, or allow --nan-retries")
+                            f"non-finite loss or images at iteration {bad}; stopped. The last good checkpoint is "
+                            f"kept in {self.partial} (re-running resumes from it); lower --lr-img or --mask-lr, or "
+                            "allow --nan-retries"
+                        )
                     retries -= 1
                     good_it, good = self._good
                     self.restore(good)
                     for opt in self.opts.values():
                         opt.param_groups[0]["lr"] *= 0.5
                     self.rollbacks.append({"at_iteration": bad, "back_to": good_it, "lr": self.learning_rates()})
-                    self.progress.note(f"non-finite values at iteration {bad}: rolled back to {good_it} with halved learning rates")
+                    self.progress.note(
+                        f"non-finite values at iteration {bad}: rolled back to {good_it} with halved learning rates"
+                    )
                     task.advance(good_it - it)
                     it, pending = good_it, []
                     continue
@@ -282,7 +302,9 @@ class Loop:
                 minutes = s.first_checkpoint_minutes if self._saved[0] == start else s.checkpoint_minutes
                 # timed checkpoints spaced so that writing them costs at most ~1% of the run
                 interval = max(60 * minutes, 100 * self._save_s)
-                due = it < s.iterations and (it % s.checkpoint_every == 0 or time.monotonic() - self._saved[1] >= interval)
+                due = it < s.iterations and (
+                    it % s.checkpoint_every == 0 or time.monotonic() - self._saved[1] >= interval
+                )
                 if due or stop:
                     self._checkpoint()
                 if stop:

@@ -32,10 +32,23 @@ class MTT(BaseMethod):
     default_lambda = 0.01
     splits_by_class = False  # one student trains on all classes at once
 
-    def __init__(self, net_factory: NetFactory, device: torch.device, dsa: DSA | None, store: ExpertStore, syn_steps: int,
-                 expert_epochs: int, max_start_epoch: int, syn_lr: float, lr_lr: float, batch_syn: int | None,
-                 min_syn_lr: float = 1e-6, checkpoint_student: bool = False, domain_syn_steps: int | None = None,
-                 shared_theta: bool = False) -> None:
+    def __init__(
+        self,
+        net_factory: NetFactory,
+        device: torch.device,
+        dsa: DSA | None,
+        store: ExpertStore,
+        syn_steps: int,
+        expert_epochs: int,
+        max_start_epoch: int,
+        syn_lr: float,
+        lr_lr: float,
+        batch_syn: int | None,
+        min_syn_lr: float = 1e-6,
+        checkpoint_student: bool = False,
+        domain_syn_steps: int | None = None,
+        shared_theta: bool = False,
+    ) -> None:
         self.net = net_factory().to(device)
         self.device, self.dsa, self.store = device, dsa, store
         self.domain_syn_steps = domain_syn_steps or syn_steps
@@ -78,8 +91,15 @@ class MTT(BaseMethod):
         grad = torch.autograd.grad(F.cross_entropy(out, y), theta, create_graph=True)[0]
         return theta - lr * grad
 
-    def unroll(self, syn: torch.Tensor, labels: torch.Tensor, theta0: torch.Tensor, target: torch.Tensor,
-               g: torch.Generator, steps: int | None = None) -> torch.Tensor:
+    def unroll(
+        self,
+        syn: torch.Tensor,
+        labels: torch.Tensor,
+        theta0: torch.Tensor,
+        target: torch.Tensor,
+        g: torch.Generator,
+        steps: int | None = None,
+    ) -> torch.Tensor:
         """The normalised parameter distance after ``steps`` (default ``syn_steps``) student steps."""
         theta = theta0.clone().requires_grad_(True)
         batch = self.batch_syn or len(syn)
@@ -99,12 +119,39 @@ class MTT(BaseMethod):
 
 
 @METHODS.register("mtt")
-def mtt(net_factory: NetFactory, device: torch.device, dsa: DSA | None, store: ExpertStore | None = None,
-        syn_steps: int = 20, expert_epochs: int = 3, max_start_epoch: int = 25, syn_lr: float = 0.01,
-        lr_lr: float = 1e-5, batch_syn: int | None = None, min_syn_lr: float = 1e-6, checkpoint_student: bool = False,
-        domain_syn_steps: int | None = None, shared_theta: bool = False, **_: object) -> MTT:
+def mtt(
+    net_factory: NetFactory,
+    device: torch.device,
+    dsa: DSA | None,
+    store: ExpertStore | None = None,
+    syn_steps: int = 20,
+    expert_epochs: int = 3,
+    max_start_epoch: int = 25,
+    syn_lr: float = 0.01,
+    lr_lr: float = 1e-5,
+    batch_syn: int | None = None,
+    min_syn_lr: float = 1e-6,
+    checkpoint_student: bool = False,
+    domain_syn_steps: int | None = None,
+    shared_theta: bool = False,
+    **_: object,
+) -> MTT:
     """Trajectory matching against stored expert trajectories."""
     if store is None:
         raise ValueError("MTT needs an ExpertStore")
-    return MTT(net_factory, device, dsa, store, syn_steps, expert_epochs, max_start_epoch, syn_lr, lr_lr, batch_syn,
-               min_syn_lr, checkpoint_student, domain_syn_steps, shared_theta)
+    return MTT(
+        net_factory,
+        device,
+        dsa,
+        store,
+        syn_steps,
+        expert_epochs,
+        max_start_epoch,
+        syn_lr,
+        lr_lr,
+        batch_syn,
+        min_syn_lr,
+        checkpoint_student,
+        domain_syn_steps,
+        shared_theta,
+    )

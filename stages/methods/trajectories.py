@@ -20,7 +20,9 @@ class ExpertStore:
 
     def __init__(self, art: Artifact, verify: bool = True) -> None:
         if art.stage != "experts":
-            raise ChddlError(f"{art.path} is a '{art.stage}' artifact, not experts; create them with `chddl pretrain-experts`")
+            raise ChddlError(
+                f"{art.path} is a '{art.stage}' artifact, not experts; create them with `chddl pretrain-experts`"
+            )
         self.art, self.info = art, art.info
         self.names = list(self.info["parameters"])
         self.shapes = [torch.Size(s) for s in self.info["parameters"].values()]
@@ -31,22 +33,32 @@ class ExpertStore:
         for fname, expected in self.info["files"].items():
             path = art.path / fname
             if not path.is_file() or path.stat().st_size != expected["bytes"]:
-                raise ChddlError(f"expert file {path} is missing or truncated; delete {art.path} and re-run chddl pretrain-experts")
+                raise ChddlError(
+                    f"expert file {path} is missing or truncated; delete {art.path} and re-run chddl pretrain-experts"
+                )
 
     def check_compatible(self, arch: str, image_size: int, num_classes: int, mean, std, need_domains: int) -> None:
         """Refuse experts trained on another architecture, size, class count or normalisation."""
         info = self.info
-        for what, ours, theirs in (("architecture", arch, info["arch"]), ("image size", image_size, info["image_size"]),
-                                   ("number of classes", num_classes, info["num_classes"])):
+        for what, ours, theirs in (
+            ("architecture", arch, info["arch"]),
+            ("image size", image_size, info["image_size"]),
+            ("number of classes", num_classes, info["num_classes"]),
+        ):
             if ours != theirs:
-                raise ChddlError(f"experts {self.art.name} were trained with {what} {theirs}, but condensation uses {ours}; "
-                                 "re-run chddl pretrain-experts on this dataset")
-        if [round(float(v), 5) for v in mean] != [round(float(v), 5) for v in info["normalization"]["mean"]] or \
-                [round(float(v), 5) for v in std] != [round(float(v), 5) for v in info["normalization"]["std"]]:
+                raise ChddlError(
+                    f"experts {self.art.name} were trained with {what} {theirs}, but condensation uses {ours}; "
+                    "re-run chddl pretrain-experts on this dataset"
+                )
+        if [round(float(v), 5) for v in mean] != [round(float(v), 5) for v in info["normalization"]["mean"]] or [
+            round(float(v), 5) for v in std
+        ] != [round(float(v), 5) for v in info["normalization"]["std"]]:
             raise ChddlError(f"experts {self.art.name} were trained with another normalisation than this dataset's")
         if need_domains and f"domain{need_domains - 1}" not in info["sets"]:
-            raise ChddlError(f"experts {self.art.name} have no domain experts for {need_domains} pseudo-domains; "
-                             "re-run chddl pretrain-experts with these labels, or condense with --theta-prime shared")
+            raise ChddlError(
+                f"experts {self.art.name} have no domain experts for {need_domains} pseudo-domains; "
+                "re-run chddl pretrain-experts with these labels, or condense with --theta-prime shared"
+            )
 
     def _check_file(self, fname: str) -> None:
         if not self.verify or fname in self._checked:
@@ -56,7 +68,10 @@ class ExpertStore:
             while chunk := fh.read(1 << 22):
                 h.update(chunk)
         if h.hexdigest() != self.info["files"][fname]["blake2b"]:
-            raise ChddlError(f"expert file {self.art.path / fname} is corrupt (checksum mismatch); re-run chddl pretrain-experts --force")
+            raise ChddlError(
+                f"expert file {self.art.path / fname} is corrupt (checksum mismatch); re-run chddl pretrain-experts "
+                "--force"
+            )
         self._checked.add(fname)
 
     def pair(self, role: str, k: int, start: int, end: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +81,9 @@ class ExpertStore:
             raise ChddlError(f"experts {self.art.name} have no file {fname}")
         self._check_file(fname)
         with safetensors.safe_open(str(self.art.path / fname), framework="pt") as fh:
-            flat = [torch.cat([fh.get_tensor(f"{e:03d}/{n}").float().flatten() for n in self.names]) for e in (start, end)]
+            flat = [
+                torch.cat([fh.get_tensor(f"{e:03d}/{n}").float().flatten() for n in self.names]) for e in (start, end)
+            ]
         return flat[0].to(device), flat[1].to(device)
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -37,7 +37,11 @@ def _norm(kind: str, width: int, size: int) -> nn.Module:
 
 def _act(kind: str) -> nn.Module:
     # In-place activations: the norm before them does not need its output for backward.
-    table = {"relu": lambda: nn.ReLU(inplace=True), "leakyrelu": lambda: nn.LeakyReLU(0.01, inplace=True), "sigmoid": nn.Sigmoid}
+    table = {
+        "relu": lambda: nn.ReLU(inplace=True),
+        "leakyrelu": lambda: nn.LeakyReLU(0.01, inplace=True),
+        "sigmoid": nn.Sigmoid,
+    }
     if kind not in table:
         raise ChddlError(f"unknown activation '{kind}'; valid: {', '.join(ACTIVATIONS)}")
     return table[kind]()
@@ -56,14 +60,29 @@ def _pool(kind: str) -> nn.Module:
 class ConvNet(nn.Module):
     """ConvNet-``depth`` with ``width`` channels; ``embed`` gives the penultimate features."""
 
-    def __init__(self, num_classes: int, image_size: int = 32, channels: int = 3, width: int = 128,
-                 depth: int | None = None, norm: str = "instancenorm", act: str = "relu", pool: str = "avgpool") -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 32,
+        channels: int = 3,
+        width: int = 128,
+        depth: int | None = None,
+        norm: str = "instancenorm",
+        act: str = "relu",
+        pool: str = "avgpool",
+    ) -> None:
         super().__init__()
         depth = depth or default_depth(image_size)
         size, blocks = image_size, []
         for i in range(depth):
-            blocks.append(nn.Sequential(nn.Conv2d(channels if i == 0 else width, width, 3, padding=1),
-                                        _norm(norm, width, size), _act(act), _pool(pool)))
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(channels if i == 0 else width, width, 3, padding=1),
+                    _norm(norm, width, size),
+                    _act(act),
+                    _pool(pool),
+                )
+            )
             size = size // 2 if pool != "none" else size
         if size < 1:
             raise ChddlError(f"ConvNet depth {depth} is too deep for {image_size} px images")

@@ -12,8 +12,9 @@ from stages.registry import Registry
 ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("architecture")
 
 
-def create_model(name: str, num_classes: int, image_size: int, channels: int = 3,
-                 seed: int | None = None, **kwargs: Any) -> nn.Module:
+def create_model(
+    name: str, num_classes: int, image_size: int, channels: int = 3, seed: int | None = None, **kwargs: Any
+) -> nn.Module:
     """Build architecture ``name``; with ``seed`` the initialisation is
     reproducible and leaves the global RNG untouched."""
     factory = ARCHITECTURES.get(name)

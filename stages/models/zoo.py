@@ -20,11 +20,19 @@ class AlexNet(nn.Module):
     def __init__(self, num_classes: int, image_size: int = 32, channels: int = 3) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(channels, 128, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(128, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(192, 256, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(256, 192, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(192, 192, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(channels, 128, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(128, 192, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(192, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 192, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(192, 192, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Linear(192 * (image_size // 8) ** 2, num_classes)
 
@@ -80,8 +88,15 @@ def _vit(num_classes: int, image_size: int, dim: int, heads: int) -> nn.Module:
     from torchvision.models.vision_transformer import VisionTransformer
 
     patch = 4 if image_size <= 32 else 8  # 64 tokens at 32 and at 64 px
-    return VisionTransformer(image_size=image_size, patch_size=patch, num_layers=12, num_heads=heads,
-                             hidden_dim=dim, mlp_dim=4 * dim, num_classes=num_classes)
+    return VisionTransformer(
+        image_size=image_size,
+        patch_size=patch,
+        num_layers=12,
+        num_heads=heads,
+        hidden_dim=dim,
+        mlp_dim=4 * dim,
+        num_classes=num_classes,
+    )
 
 
 @ARCHITECTURES.register("vit_tiny")
