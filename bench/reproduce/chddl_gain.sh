@@ -11,6 +11,8 @@
 #      algorithm1"), 32 px IPC 1
 #   c  Algorithm 1 with and without lambda on its domain steps against DM,
 #      32 px IPC 1 and 10 (IPC 10 from real images)
+#   g  the compute-matched control for c: DM continued to CONTROL_ITERS (env,
+#      default 450: Algorithm 1's C + D steps cost ~1.5x a DM iteration)
 #   d  structured masks: K x K masks shared by the colour channels, K in
 #      KS (env, default "1 4 8"), 32 px IPC 1 and 10
 #   e  the paper's Table B (real init) at IPC 1: DM and DM+CHDDL from real images
@@ -81,6 +83,17 @@ for part in $parts; do
           for k in $ks; do set_of "$seed" "$ipc" --domain-aware --mask-resolution "$k" --mask-channels shared; done
         done
       done ;;
+    g)
+      chddl label "$pacs_source" --config "$pacs_preset"
+      control=${CONTROL_ITERS:-450}; if [ "$scale" = smoke ]; then control=$((dm_iters * 3 / 2)); fi
+      for ipc in $ipcs; do
+        for seed in $seeds; do
+          method_opts dm "$ipc" pacs
+          # the later --iterations wins; the run continues the scale's finished DM set
+          chddl condense "${opts[@]}" --iterations "$control" --no-domain-aware --seed "$seed"
+          chddl evaluate --arch convnet "${eval_opts[@]}"
+        done
+      done ;;
     e)
       chddl label "$pacs_source" --config "$pacs_preset"
       for seed in $seeds; do
@@ -94,7 +107,7 @@ for part in $parts; do
         chddl label "${src_preset%%:*}" --config "${src_preset#*:}"
         chddl evaluate --baseline whole --arch convnet --runs 1 --epochs "$epochs"
       done ;;
-    *) echo "unknown part $part (valid: a b c d e w)" >&2; exit 2 ;;
+    *) echo "unknown part $part (valid: a b c d e g w)" >&2; exit 2 ;;
   esac
 done
 command chddl report

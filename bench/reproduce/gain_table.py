@@ -72,10 +72,10 @@ def tables(workdirs: list[str]) -> str:
         lines += [
             f"\n{dataset}, IPC {ipc}, init {init}, {iterations} iterations, {batch_real} real per group, "
             f"evaluation {epochs} epochs\n",
-            "| set | seeds x runs | accuracy | delta vs DM | "
+            "| set | seeds x runs | accuracy | delta vs DM | per seed | "
             + " | ".join(f"delta {d}" for d in domains)
             + " | masks: max alpha / neighbours (chance) |",
-            "|---" * (5 + len(domains)) + "|",
+            "|---" * (6 + len(domains)) + "|",
         ]
         for variant, sets in sorted(variants.items(), key=lambda kv: (kv[0] != "DM", kv[0])):
             runs = np.concatenate([r["runs"] for r in sets])
@@ -88,12 +88,15 @@ def tables(workdirs: list[str]) -> str:
             b_runs = np.concatenate([r["runs"] for r in base])
             b_dom = np.concatenate([r["per_domain"] for r in base])
             cells = [f"{runs.mean():.2f} ± {runs.std():.2f}"]
+            by_seed = sorted(sets, key=lambda r: r["seed"])
             if variant == "DM":
-                cells.append("-")
+                cells += ["-", " / ".join(f"s{r['seed']} {r['runs'].mean():.2f}" for r in by_seed)]
                 cells += [f"({b_dom[:, i].mean():.1f})" for i in range(len(domains))]
             else:
                 d, se = chddl_delta(list(b_runs), list(runs))
                 cells.append(f"{d:+.2f} ± {se:.2f}")
+                base_of = {r["seed"]: r["runs"].mean() for r in base}
+                cells.append(" / ".join(f"s{r['seed']} {r['runs'].mean() - base_of[r['seed']]:+.2f}" for r in by_seed))
                 for i in range(len(domains)):
                     dd, dse = chddl_delta(list(b_dom[:, i]), list(dom[:, i]))
                     cells.append(f"{dd:+.1f} ± {dse:.1f}")
