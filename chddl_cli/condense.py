@@ -175,8 +175,9 @@ def condense(
 ) -> None:
     """Condense the dataset into IPC synthetic images per class (DM, DC or MTT, optionally + CHDDL).
 
-    Long runs checkpoint every 100 iterations or 10 minutes, and on Ctrl-C
-    or SIGTERM; re-running the same command resumes from the last checkpoint.
+    Long runs checkpoint every 100 iterations, after the first minute and then
+    every 5 minutes, and on Ctrl-C or SIGTERM; re-running the same command
+    resumes from the last checkpoint.
     A run with more --iterations than a finished run of the same settings
     continues from that run's final state (each rung stays its own artifact).
     """
