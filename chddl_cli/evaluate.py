@@ -18,7 +18,9 @@ from chddl_cli.common import (
     progress_for,
     result_line,
 )
+from chddl_cli.options import config_options
 from stages import api
+from stages import evaluate as evaluate_stage
 from stages.api import Artifact
 from stages.device import init_distributed
 
@@ -43,45 +45,26 @@ def results_table(art: Artifact) -> Table:
 
 
 @guarded
+@config_options(evaluate_stage.EvaluateConfig, renames={"archs": "arch"})
 def evaluate(
     ctx: typer.Context,
     condensed: Annotated[
         Optional[str], typer.Argument(help="condensed-set artifact directory [the workspace's latest]")
     ] = None,
-    arch: Annotated[Optional[str], typer.Option(help="comma-separated architectures [convnet]")] = None,
-    runs: Annotated[Optional[int], typer.Option(help="trainings per architecture [10]")] = None,
-    parallel: Annotated[
-        Optional[int], typer.Option(help="runs of one architecture trained at once with vmap [1]")
-    ] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="training epochs [1000]")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="learning rate [the set's own]")] = None,
-    dsa: Annotated[Optional[bool], typer.Option("--dsa/--no-dsa", help="DSA while training [on]")] = None,
     baseline: Annotated[
         Optional[str], typer.Option(help="evaluate a baseline instead: random (IPC real images per class) | whole")
     ] = None,
     ipc: Annotated[int, typer.Option(help="images per class of the random baseline")] = 10,
-    target_domain: Annotated[Optional[str], typer.Option(help="score only this true domain's test images")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="seed of the first run [the global --seed]")] = None,
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML preset (path or shipped name)")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="dataset artifact directory [the set's dataset]")] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute even when a cached artifact exists")] = False,
     as_json: Annotated[bool, JSON_OPTION] = False,
+    settings: dict | None = None,
 ) -> None:
     """Train networks from scratch on the condensed set only and report test top-1 (mean ± std over runs),
     overall and per true domain. Under `torchrun --nproc-per-node K` the runs are split across K processes."""
     init_distributed()
     g = globals_of(ctx)
-    archs = tuple(a.strip() for a in arch.split(",") if a.strip()) if arch else None
-    options = {
-        "archs": archs,
-        "runs": runs,
-        "epochs": epochs,
-        "lr": lr,
-        "dsa": dsa,
-        "seed": seed,
-        "target_domain": target_domain,
-        "parallel": parallel,
-    }
     progress = progress_for(g)
     res = api.evaluate(
         condensed,
@@ -94,7 +77,7 @@ def evaluate(
         force=force,
         default_seed=g.seed,
         progress=progress,
-        **options,
+        **settings,
     )
     art, hit = res.artifact, res.cache_hit
     if art is None:  # a non-zero torchrun rank: rank 0 reports

@@ -18,8 +18,10 @@ from chddl_cli.common import (
     progress_for,
     result_line,
 )
+from chddl_cli.options import config_options
 from stages import api
-from stages.api import Artifact
+from stages import label as label_stage
+from stages.api import Artifact, DatasetConfig
 
 
 def dataset_table(art: Artifact) -> Table:
@@ -71,6 +73,8 @@ def agreement_table(art: Artifact) -> Table | None:
 
 
 @guarded
+@config_options(DatasetConfig, into="dataset_settings")
+@config_options(label_stage.LabelConfig, short={"num_domains": "-D"})
 def label(
     ctx: typer.Context,
     path: Annotated[
@@ -85,40 +89,10 @@ def label(
     config: Annotated[
         Optional[str], typer.Option("--config", "-c", help="YAML preset (path or shipped name, e.g. pacs_64)")
     ] = None,
-    size: Annotated[Optional[int], typer.Option(help="image side after resizing [default: 32]")] = None,
-    test_fraction: Annotated[
-        Optional[float], typer.Option(help="test share when the source has no split [default: 0.2]")
-    ] = None,
-    split_seed: Annotated[Optional[int], typer.Option(help="seed of that split [default: 0]")] = None,
-    strict: Annotated[
-        Optional[bool], typer.Option("--strict/--no-strict", help="fail on undecodable files instead of skipping them")
-    ] = None,
-    zca: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--zca/--no-zca",
-            help="ZCA-whiten the normalised images (fitted on the train split), as MTT's reference does for CIFAR",
-        ),
-    ] = None,
-    zca_eps: Annotated[Optional[float], typer.Option(help="ZCA regulariser [default: 0.1]")] = None,
-    train_per_class: Annotated[
-        Optional[int],
-        typer.Option(help="keep a seeded random N training images per class (seed: --split-seed) [default: 0, all]"),
-    ] = None,
-    test_per_class: Annotated[
-        Optional[int],
-        typer.Option(help="keep a seeded random N test images per class (seed: --split-seed) [default: 0, all]"),
-    ] = None,
-    labeler: Annotated[
-        Optional[str], typer.Option(help="fft | fft-kmeans | logvar | logvar-kmeans | random | oracle [default: fft]")
-    ] = None,
-    num_domains: Annotated[
-        Optional[int], typer.Option("--num-domains", "-D", help="number of pseudo-domains [default: 4]")
-    ] = None,
-    beta: Annotated[Optional[float], typer.Option(help="FFT crop ratio in (0, 1] [default: 0.1]")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="labeler seed [default: the global --seed]")] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute even when a cached artifact exists")] = False,
     as_json: Annotated[bool, JSON_OPTION] = False,
+    settings: dict | None = None,
+    dataset_settings: dict | None = None,
 ) -> None:
     """Ingest a dataset (cached) and assign FFT pseudo-domain labels to its training split.
 
@@ -127,29 +101,16 @@ def label(
     """
     g = globals_of(ctx)
     progress = progress_for(g)
-    dataset_config = {
-        "size": size,
-        "test_fraction": test_fraction,
-        "split_seed": split_seed,
-        "strict": strict,
-        "zca": zca,
-        "zca_eps": zca_eps,
-        "train_per_class": train_per_class,
-        "test_per_class": test_per_class,
-    }
     res = api.label(
         path,
         workspace=g.workspace(),
         preset=config,
-        dataset_config=dataset_config,
+        dataset_config=dataset_settings,
         device=g.device,
         force=force,
         default_seed=g.seed,
         progress=progress,
-        labeler=labeler,
-        num_domains=num_domains,
-        beta=beta,
-        seed=seed,
+        **settings,
     )
     lab_art, data_art, hit = res.artifact, res.inputs["dataset"], res.cache_hit
     if "dataset" in res.inputs_cached:

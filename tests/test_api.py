@@ -19,8 +19,9 @@ TINY = {"ipc": 1, "iterations": 2, "batch_real": 8, "compile": "off"}
 
 def test_label_condense_evaluate_and_read_the_accuracy(tmp_path) -> None:
     ws = tmp_path / "ws"
-    labelled = api.label(str(make_npz(tmp_path / "d.npz", n=60)), workspace=ws, dataset_config={"size": 16},
-                         num_domains=2)
+    labelled = api.label(
+        str(make_npz(tmp_path / "d.npz", n=60)), workspace=ws, dataset_config={"size": 16}, num_domains=2
+    )
     assert labelled.artifact.stage == "labels" and labelled.inputs["dataset"].stage == "dataset"
     cond = api.condense(workspace=ws, **TINY)  # the workspace's latest labels and their dataset
     assert cond.inputs["labels"].name == labelled.artifact.name and not cond.cache_hit
@@ -34,9 +35,26 @@ def test_the_api_and_the_cli_make_the_same_artifacts(tmp_path) -> None:
     npz = str(make_npz(tmp_path / "d.npz", n=60))
     cli_ws, api_ws = tmp_path / "cli", tmp_path / "api"
     runner = CliRunner()
-    assert runner.invoke(app, ["-w", str(cli_ws), "--seed", "3", "label", npz, "--size", "16", "-D", "2"]).exit_code == 0
-    args = ["-w", str(cli_ws), "--seed", "3", "condense", "--ipc", "1", "--iterations", "2", "--batch-real", "8",
-            "--compile", "off", "--tau", "0.5"]
+    assert (
+        runner.invoke(app, ["-w", str(cli_ws), "--seed", "3", "label", npz, "--size", "16", "-D", "2"]).exit_code == 0
+    )
+    args = [
+        "-w",
+        str(cli_ws),
+        "--seed",
+        "3",
+        "condense",
+        "--ipc",
+        "1",
+        "--iterations",
+        "2",
+        "--batch-real",
+        "8",
+        "--compile",
+        "off",
+        "--tau",
+        "0.5",
+    ]
     assert runner.invoke(app, args).exit_code == 0
     api.label(npz, workspace=api_ws, dataset_config={"size": 16}, num_domains=2, default_seed=3)
     made = api.condense(workspace=api_ws, default_seed=3, tau=0.5, **TINY).artifact
@@ -46,7 +64,9 @@ def test_the_api_and_the_cli_make_the_same_artifacts(tmp_path) -> None:
 def test_presets_and_keywords_layer_like_the_cli(tmp_path) -> None:
     ws = tmp_path / "ws"
     api.label("builtin:demo", workspace=ws)
-    cond = api.condense(workspace=ws, preset="demo", iterations=1, batch_real=8).artifact  # condense/demo, then keywords
+    cond = api.condense(
+        workspace=ws, preset="demo", iterations=1, batch_real=8
+    ).artifact  # condense/demo, then keywords
     assert cond.config["ipc"] == 5 and cond.config["iterations"] == 1
 
 
