@@ -61,5 +61,11 @@ def demo(
         cells = [f"{m['mean']:.1f} ± {m['std']:.1f}"] + [f"{m['per_domain'][d]['mean']:.1f}" for d in domains]
         summary.add_row(title, *cells, f"{cond.meta['cost']['wall_s']:.0f}" if cond else "-")
     console.print(summary)
+    console.print(
+        "How to read it: each row trains fresh ConvNets on that set alone and tests them on the real test split; "
+        "condensation works when DM beats random real images of the same size, and DM + CHDDL minus DM is what "
+        "CHDDL adds.",
+        soft_wrap=False,
+    )
     _, page = api.report(workspace=ws)
     console.print(f"[bold]demo done[/]: report {page} (workspace {ws.root})", soft_wrap=True)
