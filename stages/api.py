@@ -10,7 +10,7 @@ hit. The CLI is these calls plus option parsing and rendering.
 
     from stages import api
 
-    api.label("builtin:demo", workspace="runs", size=32, num_domains=4)
+    api.label("builtin:demo", workspace="runs", dataset_config={"size": 32}, num_domains=4)
     cond = api.condense(workspace="runs", base="dm", ipc=1, iterations=20, batch_real=16)
     ev = api.evaluate(workspace="runs", runs=2, epochs=50)
     print(ev.artifact.metrics["convnet"]["mean"])
