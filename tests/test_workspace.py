@@ -154,7 +154,7 @@ def _chddl(ws: str, *args: str) -> subprocess.Popen:
 
 
 def test_two_identical_condense_runs_do_the_work_once(labelled) -> None:
-    args = ("condense", "--ipc", "1", "--iterations", "40", "--batch-real", "8", "--compile", "off", "--seed", "7")
+    args = ("condense", "--ipc", "1", "--iterations", "300", "--batch-real", "8", "--compile", "off", "--seed", "7")
     first = _chddl(labelled, *args)
     locks = Path(labelled) / "locks"
     deadline = time.monotonic() + 60
@@ -169,7 +169,7 @@ def test_two_identical_condense_runs_do_the_work_once(labelled) -> None:
 
 
 def test_no_wait_on_a_running_computation_is_a_one_line_error(labelled) -> None:
-    args = ("condense", "--ipc", "1", "--iterations", "40", "--batch-real", "8", "--compile", "off", "--seed", "8")
+    args = ("condense", "--ipc", "1", "--iterations", "300", "--batch-real", "8", "--compile", "off", "--seed", "8")
     first = _chddl(labelled, *args)
     locks = Path(labelled) / "locks"
     deadline = time.monotonic() + 60
