@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import torch
 import typer
 
-from chddl_cli import condense, demo, evaluate, export, label, pretrain_experts, report
+from chddl_cli import condense, demo, evaluate, export, label, pretrain_experts, report, teacher
 from chddl_cli.common import Globals, error, show_library_notes
 from stages import __version__
 
@@ -71,6 +71,7 @@ def global_options(
 
 app.command("label")(label.label)
 app.command("pretrain-experts")(pretrain_experts.pretrain_experts)
+app.command("train-teacher")(teacher.train_teacher)
 app.command("condense")(condense.condense)
 app.command("evaluate")(evaluate.evaluate)
 app.command("report")(report.report)

@@ -29,7 +29,9 @@ def condensed_table(art: Artifact) -> Table:
     table = Table(title=f"condensed set {art.name}", show_header=False, title_justify="left")
     table.add_row(
         "method",
-        f"{cfg['base'].upper()}{' + CHDDL' if cfg['domain_aware'] else ''} ({cfg['arch']}, init {cfg['init']})",
+        f"{cfg['base'].upper()}{' + CHDDL' if cfg['domain_aware'] else ''} "
+        f"({info.get('arch', cfg['arch'])}{', teacher ' + info['teacher'] if info.get('teacher') else ''}, "
+        f"init {cfg['init']})",
     )
     table.add_row("images", f"{info['ipc']} per class x {info['num_classes']} classes, {info['image_size']} px")
     start = m.get("resumed_from") or 0
@@ -76,11 +78,14 @@ def condense(
     experts: Annotated[
         Optional[str], typer.Option(help="mtt: experts artifact directory [the workspace's latest]")
     ] = None,
+    teacher: Annotated[
+        Optional[str], typer.Option(help="sre2l: teacher artifact directory [the workspace's latest]")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute even when a cached artifact exists")] = False,
     as_json: Annotated[bool, JSON_OPTION] = False,
     settings: dict | None = None,
 ) -> None:
-    """Condense the dataset into IPC synthetic images per class (DM, DC or MTT, optionally + CHDDL).
+    """Condense the dataset into IPC synthetic images per class (DM, DC, MTT or SRe2L, optionally + CHDDL).
 
     Long runs checkpoint every 100 iterations, after the first minute and then
     every 5 minutes, and on Ctrl-C or SIGTERM; re-running the same command
@@ -95,6 +100,7 @@ def condense(
         dataset=dataset,
         labels=labels,
         experts=experts,
+        teacher=teacher,
         preset=config,
         device=g.device,
         force=force,

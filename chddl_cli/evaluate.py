@@ -28,8 +28,11 @@ from stages.device import init_distributed
 def results_table(art: Artifact) -> Table:
     domains = art.info.get("domain_names") or []
     cfg = art.config
+    soft = ""
+    if art.info.get("labels") == "soft":
+        soft = f", soft labels of {art.info['teacher']} (T {cfg['temperature']})"
     title = (
-        f"{art.info['train_set']}: top-1 % on {art.info['num_test']} test images, {plural(cfg['runs'], 'run')} x "
+        f"{art.info['train_set']}{soft}: top-1 % on {art.info['num_test']} test images, {plural(cfg['runs'], 'run')} x "
         f"{plural(cfg['epochs'], 'epoch')}"
     )
     table = Table(title=title, title_justify="left")
@@ -55,6 +58,14 @@ def evaluate(
         Optional[str], typer.Option(help="evaluate a baseline instead: random (IPC real images per class) | whole")
     ] = None,
     ipc: Annotated[int, typer.Option(help="images per class of the random baseline")] = 10,
+    soft_labels: Annotated[
+        Optional[str],
+        typer.Option(
+            "--soft-labels",
+            help="teacher artifact directory: train on its outputs for each augmented batch (KL at --temperature) "
+            "instead of the hard labels [hard labels]",
+        ),
+    ] = None,
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML preset (path or shipped name)")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="dataset artifact directory [the set's dataset]")] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute even when a cached artifact exists")] = False,
@@ -72,6 +83,7 @@ def evaluate(
         dataset=dataset,
         baseline=baseline,
         ipc=ipc,
+        soft_labels=soft_labels,
         preset=config,
         device=g.device,
         force=force,

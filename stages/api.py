@@ -30,7 +30,8 @@ from stages import export as export_stage
 from stages import label as label_stage
 from stages import pretrain_experts as experts_stage
 from stages import report as report_stage
-from stages.artifacts import Artifact, Workspace
+from stages import teacher as teacher_stage
+from stages.artifacts import Artifact, Workspace, read_artifact
 from stages.config import build, load_preset, section
 from stages.data.dataset import load_dataset
 from stages.data.ingest import DatasetConfig, ingest
@@ -51,6 +52,7 @@ __all__ = [
     "open_workspace",
     "pretrain_experts",
     "report",
+    "train_teacher",
 ]
 
 Where = str | Path | Workspace
@@ -84,7 +86,13 @@ def _values(preset: str | Path | None, name: str, seed: int | None, overrides: d
     ]
 
 
-_FOLDERS = {"condense": "condense", "evaluate": "evaluate", "dataset": "datasets", "label": "datasets"}
+_FOLDERS = {
+    "condense": "condense",
+    "evaluate": "evaluate",
+    "dataset": "datasets",
+    "label": "datasets",
+    "teacher": "teacher",
+}
 
 
 def label(
@@ -154,12 +162,10 @@ def pretrain_experts(
     return Result(art, hit, {"dataset": data_art} | ({"labels": label_art} if label_art else {}))
 
 
-def condense(
+def train_teacher(
     *,
     workspace: Where = "chddl-runs",
     dataset: str | Path | None = None,
-    labels: str | Path | None = None,
-    experts: str | Path | None = None,
     preset: str | Path | None = None,
     device: str | torch.device = "auto",
     force: bool = False,
@@ -167,9 +173,46 @@ def condense(
     progress: Progress = NullProgress(),
     **overrides: Any,
 ) -> Result:
-    """Condense with DM, DC or MTT (``base=``), with CHDDL unless
-    ``domain_aware=False``; the labels, their dataset and (MTT) the experts
-    default to the workspace's latest."""
+    """Train (or find) a teacher with batch norm on the dataset's training
+    split (SRe2L's squeeze), for ``condense(base="sre2l")`` and soft-label
+    evaluation; the dataset defaults to the workspace's latest."""
+    ws = open_workspace(workspace)
+    cfg = build(teacher_stage.TeacherConfig, *_values(preset, "teacher", default_seed, overrides))
+    data_art = resolve(ws, "dataset", dataset)
+    ds = load_dataset(data_art)
+    art, hit = teacher_stage.run(ds, cfg, ws, device=_device(device), force=force, progress=progress)
+    return Result(art, hit, {"dataset": data_art})
+
+
+def _teacher_of(ws: Workspace, path: str | Path | None, role: str) -> Artifact:
+    """The teacher at ``path`` (else the workspace's latest), with an error naming the fix otherwise."""
+    if path is not None and is_artifact_dir(path):
+        stage = read_artifact(Path(path)).stage
+        if stage != teacher_stage.STAGE:
+            raise ChddlError(
+                f"{role} needs a teacher artifact, but {path} is a '{stage}' artifact; train one with "
+                "`chddl train-teacher` and pass its path"
+            )
+    return resolve(ws, teacher_stage.STAGE, path)
+
+
+def condense(
+    *,
+    workspace: Where = "chddl-runs",
+    dataset: str | Path | None = None,
+    labels: str | Path | None = None,
+    experts: str | Path | None = None,
+    teacher: str | Path | None = None,
+    preset: str | Path | None = None,
+    device: str | torch.device = "auto",
+    force: bool = False,
+    default_seed: int | None = None,
+    progress: Progress = NullProgress(),
+    **overrides: Any,
+) -> Result:
+    """Condense with DM, DC, MTT or SRe2L (``base=``), with CHDDL unless
+    ``domain_aware=False``; the labels, their dataset, (MTT) the experts and
+    (SRe2L) the teacher default to the workspace's latest."""
     ws = open_workspace(workspace)
     cfg = build(condense_stage.CondenseConfig, *_values(preset, "condense", default_seed, overrides))
     label_art = resolve(ws, "labels", labels) if cfg.domain_aware else None
@@ -177,13 +220,27 @@ def condense(
     ds = load_dataset(data_art)
     pseudo = load_labels(label_art, ds) if label_art is not None else None
     expert_art = resolve(ws, "experts", experts) if cfg.base == "mtt" and (experts or ws.latest("experts")) else None
+    teacher_art = (
+        _teacher_of(ws, teacher, "--base sre2l")
+        if cfg.base == "sre2l" and (teacher or ws.latest(teacher_stage.STAGE))
+        else None
+    )
     art, hit = condense_stage.run(
-        ds, pseudo, cfg, ws, experts=expert_art, device=_device(device), force=force, progress=progress
+        ds,
+        pseudo,
+        cfg,
+        ws,
+        experts=expert_art,
+        teacher=teacher_art,
+        device=_device(device),
+        force=force,
+        progress=progress,
     )
     used = (
         {"dataset": data_art}
         | ({"labels": label_art} if label_art else {})
         | ({"experts": expert_art} if expert_art else {})
+        | ({"teacher": teacher_art} if teacher_art else {})
     )
     return Result(art, hit, used)
 
@@ -195,6 +252,7 @@ def evaluate(
     dataset: str | Path | None = None,
     baseline: str | None = None,
     ipc: int = 10,
+    soft_labels: str | Path | None = None,
     preset: str | Path | None = None,
     device: str | torch.device = "auto",
     force: bool = False,
@@ -204,7 +262,9 @@ def evaluate(
 ) -> Result:
     """Train fresh networks on a condensed set (default the workspace's
     latest) or on a baseline (``baseline="random"`` with ``ipc`` images per
-    class, or ``"whole"``), and test them on the real test split."""
+    class, or ``"whole"``), and test them on the real test split. With
+    ``soft_labels`` (a teacher artifact) the networks learn the teacher's
+    outputs on each augmented batch instead of the hard labels."""
     ws = open_workspace(workspace)
     cfg = build(evaluate_stage.EvaluateConfig, *_values(preset, "evaluate", default_seed, overrides))
     if baseline is not None:
@@ -218,7 +278,12 @@ def evaluate(
             raise ChddlError(f"the dataset of {cond.name} is not in this workspace; pass --dataset")
         ds = load_dataset(data_art)
         train_set, used = evaluate_stage.from_condensed(cond, ds), {"dataset": data_art, "condensed": cond}
-    art, hit = evaluate_stage.run(train_set, ds, cfg, ws, device=_device(device), force=force, progress=progress)
+    teacher_art = _teacher_of(ws, soft_labels, "--soft-labels") if soft_labels is not None else None
+    if teacher_art is not None:
+        used["teacher"] = teacher_art
+    art, hit = evaluate_stage.run(
+        train_set, ds, cfg, ws, teacher=teacher_art, device=_device(device), force=force, progress=progress
+    )
     return Result(art, hit, used)
 
 

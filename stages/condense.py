@@ -29,9 +29,11 @@ from stages.metering import measure, resumed_cost
 from stages.methods import METHODS, RealPool
 from stages.methods.dc import default_loops
 from stages.methods.loop import Loop, LoopSettings, iteration_generator
+from stages.methods.sre2l import batch_norms
 from stages.methods.trajectories import ExpertStore
 from stages.models import ARCHITECTURES, create_model
 from stages.progress import NullProgress, Progress
+from stages.teacher import domain_statistics, load_teacher
 from stages.visual import grid_png, winner_map
 
 STAGE = "condensed"
@@ -44,9 +46,13 @@ BASE_DEFAULTS = {
     "dm": {"iterations": 20000, "lr_img": 1.0, "dsa": True, "lam": 0.1},
     "dc": {"iterations": 1000, "lr_img": 0.1, "dsa": False, "lam": 0.1},
     "mtt": {"iterations": 5000, "lr_img": 1000.0, "dsa": True, "lam": 0.01},
+    # SRe2L's small-image recover (recover_cifar.sh): 1,000 iterations of Adam at 0.25; its jitter replaces DSA
+    "sre2l": {"iterations": 1000, "lr_img": 0.25, "dsa": False, "lam": 1.0},
 }
+#: SRe2L's image optimiser: Adam with these betas, lr decayed by a cosine over the run
+SRE2L_BETAS = (0.5, 0.9)
 #: Theta' of the domain loss per base (DESIGN.md 1.3)
-THETA_PRIME_DEFAULT = {"dm": "shared", "dc": "own", "mtt": "own"}
+THETA_PRIME_DEFAULT = {"dm": "shared", "dc": "own", "mtt": "own", "sre2l": "shared"}
 MASK_OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("summed", "sequential", "algorithm1")
 #: default mask learning rate under adam: z moves ~0.01 per step, alpha = softmax(z / tau) with tau 0.1
@@ -66,11 +72,11 @@ EXECUTION_ONLY = (
 class CondenseConfig:
     """Condensation settings; ``None`` means "the base method's default"."""
 
-    base: str = option("dm", "base method: dm, dc or mtt")
+    base: str = option("dm", "base method: dm, dc, mtt or sre2l (needs a teacher: chddl train-teacher)")
     ipc: int = option(10, "synthetic images per class")
     domain_aware: bool = option(True, "add the CHDDL domain-aware module")
-    iterations: int | None = option(None, "outer iterations [dm 20000, dc 1000, mtt 5000]")
-    lam: float | None = option(None, "weight lambda of the domain loss [dm, dc 0.1; mtt 0.01]")
+    iterations: int | None = option(None, "outer iterations [dm 20000, dc 1000, mtt 5000, sre2l 1000]")
+    lam: float | None = option(None, "weight lambda of the domain loss [dm, dc 0.1; mtt 0.01; sre2l 1]")
     tau: float = option(0.1, "softmax temperature of the domain masks")
     mask_init: float = option(0.01, "initial mask value (constant) or std (normal)")
     mask_init_mode: str = option("constant", "constant (uniform alpha, the paper) or normal (random alpha)")
@@ -112,7 +118,9 @@ class CondenseConfig:
     )
     init: str = option("noise", "synthetic image init: noise (Gaussian, the paper) or real (random real images)")
     arch: str = option("convnet", "network architecture used for matching")
-    lr_img: float | None = option(None, "learning rate of the synthetic images [dm 1.0, dc 0.1, mtt 1000]")
+    lr_img: float | None = option(
+        None, "learning rate of the synthetic images [dm 1.0, dc 0.1, mtt 1000, sre2l 0.25 (Adam, cosine)]"
+    )
     momentum_img: float = option(0.5, "SGD momentum of images and masks")
     batch_real: int = option(256, "real images per group (class or pseudo-domain) per step")
     dsa: bool | None = option(None, "differentiable siamese augmentation while matching [dm on, dc off]")
@@ -138,6 +146,10 @@ class CondenseConfig:
         "(IPC 10: 0.12x the memory for 1.12x the time, BENCHMARKS.md)",
     )
     min_syn_lr: float = option(1e-6, "mtt: the learned synthetic lr is kept at or above this (positive)")
+    r_bn: float = option(0.01, "sre2l: weight of the batch-norm statistics term (recover_cifar.sh)")
+    first_bn_multiplier: float = option(10.0, "sre2l: extra weight of the first batch-norm layer's term")
+    jitter: int = option(4, "sre2l: random roll of the images by up to this many pixels per step")
+    flip: bool = option(True, "sre2l: random horizontal flip per step")
     clip_grad: float | None = option(None, "clip the images' gradient norm to this value (none by default)")
     nan_retries: int | None = option(
         None,
@@ -173,6 +185,8 @@ class CondenseConfig:
             "syn_lr",
             "lr_lr",
             "clip_grad",
+            "r_bn",
+            "first_bn_multiplier",
         ):
             value = getattr(self, name)
             if value is not None:
@@ -219,6 +233,14 @@ class CondenseConfig:
         require(self.syn_lr > 0 and self.min_syn_lr > 0, "--syn-lr must be positive")
         require(self.nan_retries is None or self.nan_retries >= 0, "--nan-retries must be >= 0")
         require(self.clip_grad is None or self.clip_grad > 0, "--clip-grad must be positive")
+        require(self.r_bn >= 0 and self.first_bn_multiplier >= 0, "--r-bn and --first-bn-multiplier must be >= 0")
+        require(self.jitter >= 0, f"--jitter must be >= 0, got {self.jitter}")
+        require(not (self.base == "sre2l" and self.dsa), "sre2l augments with its own --jitter and --flip; drop --dsa")
+        require(
+            not (self.base == "sre2l" and self.theta_prime == "own"),
+            "--theta-prime own is not available for sre2l: its Theta' is the teacher (see stages/methods/sre2l.py); "
+            "use shared or leave it out",
+        )
         DSA(self.dsa_strategy)
 
     def resolved(self) -> "CondenseConfig":
@@ -276,6 +298,13 @@ class CondenseConfig:
         if self.base != "dc":
             for k in ("lr_net", "outer_loop", "inner_loop", "batch_train"):
                 out.pop(k)
+        if self.base != "sre2l":
+            for k in ("r_bn", "first_bn_multiplier", "jitter", "flip"):
+                out.pop(k)
+        else:
+            # no real image is forwarded, the teacher is the network, and its jitter replaces DSA
+            for k in ("batch_real", "share_real", "dsa", "dsa_strategy", "arch"):
+                out.pop(k, None)
         if self.base != "mtt":
             for k in (
                 "syn_steps",
@@ -361,6 +390,7 @@ def run(
     workspace: Workspace,
     *,
     experts: Artifact | None = None,
+    teacher: Artifact | None = None,
     device: torch.device = torch.device("cpu"),
     force: bool = False,
     progress: Progress = NullProgress(),
@@ -368,7 +398,8 @@ def run(
 ) -> tuple[Artifact, bool]:
     """Condense ``dataset`` into IPC images per class; returns (artifact, cache_hit).
 
-    ``experts`` (from ``pretrain-experts``) is required for MTT. Interrupted
+    ``experts`` (from ``pretrain-experts``) is required for MTT, ``teacher``
+    (from ``train-teacher``) for SRe2L. Interrupted
     runs resume from their last checkpoint (same key). ``stop_after`` raises
     KeyboardInterrupt after that many iterations, as an interruption would
     (for tests).
@@ -376,10 +407,12 @@ def run(
     cfg = config.resolved()
     _check_inputs(dataset, labels, cfg)
     store = _expert_store(experts, dataset, labels, cfg)
+    teacher_net = _teacher(teacher, dataset, cfg, device)
     inputs = (
         {"dataset": dataset.artifact.key}
         | ({"labels": labels.artifact.key} if cfg.domain_aware else {})
         | ({"experts": experts.key} if store else {})
+        | ({"teacher": teacher.key} if teacher_net is not None else {})
     )
     key = artifact_key(STAGE, cfg.key_fields(), inputs, SCHEMA_VERSION)
     tag = f"{cfg.base}{'+chddl' if cfg.domain_aware else ''}-ipc{cfg.ipc}"
@@ -400,20 +433,28 @@ def run(
             {"dataset": dataset.artifact.name}
             | ({"labels": labels.artifact.name} if cfg.domain_aware else {})
             | ({"experts": experts.name} if store else {})
+            | ({"teacher": teacher.name} if teacher_net is not None else {})
         )
         with measure() as cost:
-            base, objective, images, syn_labels, _ = _build(dataset, labels, cfg, device, store)
+            bn_stats = (
+                _domain_stats(teacher, teacher_net, dataset, labels, cfg, workspace, device)
+                if teacher_net is not None and cfg.domain_aware
+                else None
+            )
+            base, objective, images, syn_labels, _ = _build(
+                dataset, labels, cfg, device, store, teacher_net, bn_stats[1] if bn_stats else None
+            )
             loop = Loop(
                 base,
                 objective,
                 images,
-                _settings(cfg, base),
+                _settings(cfg, base, _image_range(dataset, device)),
                 key,
                 partial,
                 progress,
                 f"condense {tag} ({cfg.iterations} it)",
             )
-            source = None if force else continuable(workspace, cfg, input_names)
+            source = None if force or cfg.base == "sre2l" else continuable(workspace, cfg, input_names)
             start_from = _final_state(source) if source is not None else None
             if start_from is not None:
                 progress.note(f"continuing {source.name} from its final iteration {start_from[0]}")
@@ -440,10 +481,12 @@ def run(
             "image_size": dataset.size,
             "base": cfg.base,
             "domain_aware": cfg.domain_aware,
-            "arch": cfg.arch,
+            "arch": teacher.info["arch"] if teacher_net is not None else cfg.arch,
             "dataset": dataset.artifact.name,
             "labels": labels.artifact.name if cfg.domain_aware else None,
             "experts": experts.name if store else None,
+            "teacher": teacher.name if teacher_net is not None else None,
+            "bn_statistics": bn_stats[0].name if bn_stats else None,
             "normalization": {"mean": list(dataset.mean), "std": list(dataset.std), "zca": dataset.zca is not None},
             "eval_lr": eval_lr,
             "device": str(device),
@@ -549,8 +592,50 @@ def _expert_store(
     return store
 
 
-def _settings(cfg: CondenseConfig, base) -> LoopSettings:
+def _teacher(
+    teacher: Artifact | None, dataset: Dataset, cfg: CondenseConfig, device: torch.device
+) -> torch.nn.Module | None:
+    if cfg.base != "sre2l":
+        return None
+    if teacher is None:
+        raise ChddlError("SRe2L needs a teacher; train one with `chddl train-teacher` (or pass --teacher)")
+    net = load_teacher(teacher, dataset, device)
+    if not batch_norms(net):
+        raise ChddlError(
+            f"teacher {teacher.name} ({teacher.info.get('arch')}) has no batch norm, which SRe2L matches; train one "
+            "with `chddl train-teacher --arch convnet_bn` (or resnet18_bn)"
+        )
+    return net
+
+
+def _domain_stats(
+    teacher: Artifact,
+    net: torch.nn.Module,
+    dataset: Dataset,
+    labels: PseudoLabels,
+    cfg: CondenseConfig,
+    workspace: Workspace,
+    device: torch.device,
+) -> tuple[Artifact, list]:
+    keep = selected_train(dataset, cfg)
+    images = _normalized(dataset, dataset.train_indices[keep], device)
+    selection = {"domains": list(cfg.domains), "exclude_domain": cfg.exclude_domain}
+    return domain_statistics(teacher, net, labels, images, labels.labels[keep], selection, workspace)
+
+
+def _image_range(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The normalised values of pixels 0 and 1 per channel (None under ZCA, where no box bounds them)."""
+    if dataset.zca is not None:
+        return None
+    mean = torch.tensor(dataset.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(dataset.std, device=device).view(1, -1, 1, 1)
+    return -mean / std, (1 - mean) / std
+
+
+def _settings(cfg: CondenseConfig, base, clamp: tuple[torch.Tensor, torch.Tensor] | None = None) -> LoopSettings:
     lr = {"images": cfg.lr_img, "masks": cfg.mask_lr} | {g["name"]: g["lr"] for g in base.extra_parameter_groups()}
+    sre2l = cfg.base == "sre2l"
+    adam = (("masks",) if cfg.mask_optimizer == "adam" else ()) + (("images",) if sre2l else ())
     return LoopSettings(
         iterations=cfg.iterations,
         seed=cfg.seed,
@@ -559,13 +644,16 @@ def _settings(cfg: CondenseConfig, base) -> LoopSettings:
         domain_lambda=cfg.domain_lambda,
         momentum=cfg.momentum_img,
         lr=lr,
-        adam_groups=("masks",) if cfg.mask_optimizer == "adam" else (),
+        adam_groups=adam,
         clip_grad=cfg.clip_grad,
         nan_retries=cfg.nan_retries,
         log_every=cfg.log_every,
         checkpoint_every=cfg.checkpoint_every,
         checkpoint_minutes=cfg.checkpoint_minutes,
         first_checkpoint_minutes=cfg.first_checkpoint_minutes,
+        image_betas=SRE2L_BETAS if sre2l else (0.9, 0.999),
+        cosine_groups=("images",) if sre2l else (),
+        clamp=clamp if sre2l else None,
     )
 
 
@@ -575,6 +663,8 @@ def _build(
     cfg: CondenseConfig,
     device: torch.device,
     store: ExpertStore | None = None,
+    teacher: torch.nn.Module | None = None,
+    domain_stats: list | None = None,
 ):
     keep = selected_train(dataset, cfg)
     train = dataset.train_indices[keep]
@@ -583,7 +673,7 @@ def _build(
     dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
     # Compiling costs 15-30 s once: worth it for DM's and DC's default lengths, not for short runs.
     compile_embed = cfg.compile == "on" or (
-        cfg.compile == "auto" and cfg.iterations >= {"dm": 2000, "dc": 200, "mtt": 10**9}[cfg.base]
+        cfg.compile == "auto" and cfg.iterations >= {"dm": 2000, "dc": 200}.get(cfg.base, 10**9)
     )
     base = METHODS.create(
         cfg.base,
@@ -606,6 +696,12 @@ def _build(
         batch_syn=cfg.batch_syn,
         min_syn_lr=cfg.min_syn_lr,
         checkpoint_student=cfg.checkpoint_student,
+        teacher=teacher,
+        domain_stats=domain_stats,
+        r_bn=cfg.r_bn,
+        first_bn_multiplier=cfg.first_bn_multiplier,
+        jitter=cfg.jitter,
+        flip=cfg.flip,
     )
     g0 = iteration_generator(cfg.seed, -1)
     images = _initial_images(dataset, pool, cfg, g0).requires_grad_(True)

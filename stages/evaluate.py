@@ -20,7 +20,8 @@ from stages.metering import measure
 from stages.methods.checkpoint import load_checkpoint, save_checkpoint
 from stages.models import ARCHITECTURES, create_model
 from stages.progress import NullProgress, Progress
-from stages.training import accuracy, group_accuracy, predict, train_networks
+from stages.teacher import load_teacher
+from stages.training import SoftLabels, accuracy, group_accuracy, predict, train_networks
 
 STAGE = "evaluation"
 SCHEMA_VERSION = 1
@@ -42,6 +43,9 @@ class EvaluateConfig:
     dsa_strategy: str = option(DEFAULT_STRATEGY, "DSA families, joined by _")
     seed: int = option(0, "seed of the first run (run r uses seed * 1000 + r)")
     target_domain: str | None = option(None, "score only the test images of this true domain")
+    temperature: float = option(
+        4.0, "with soft labels (--soft-labels TEACHER): softmax temperature of teacher and student (loss x T^2)"
+    )
     parallel: int = option(
         1,
         "runs of one architecture trained at once with torch.func.vmap (same results up to "
@@ -61,6 +65,8 @@ class EvaluateConfig:
         require(self.lr is None or self.lr > 0, "--lr must be positive")
         require(self.batch_size >= 1, "--batch-size must be at least 1")
         require(self.parallel >= 1, f"--parallel must be at least 1, got {self.parallel}")
+        require_finite("--temperature", self.temperature)
+        require(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
         DSA(self.dsa_strategy)
 
 
@@ -199,12 +205,19 @@ def run(
     config: EvaluateConfig,
     workspace: Workspace,
     *,
+    teacher: Artifact | None = None,
     device: torch.device = torch.device("cpu"),
     force: bool = False,
     progress: Progress = NullProgress(),
     stop_after: int | None = None,
 ) -> tuple[Artifact, bool]:
     """Evaluate ``train_set`` on ``dataset``'s test split; returns (artifact, cache_hit).
+
+    With ``teacher`` (a ``teacher`` artifact of the same dataset) the networks
+    learn the teacher's softened outputs on each augmented batch (soft
+    labels, SRe2L / FKD style) instead of the hard labels; the artifact
+    records which (``info.labels``), and the report compares each set with
+    the random real baseline of its own protocol.
 
     Every finished training is checkpointed, so an interrupted evaluation
     resumes with the runs it had not finished (same key). Under torchrun the
@@ -223,15 +236,19 @@ def run(
         raise ChddlError(
             f"the test split has classes the training set lacks: {', '.join(dataset.class_names[c] for c in missing)}"
         )
+    soft = SoftLabels(load_teacher(teacher, dataset, device), cfg.temperature) if teacher is not None else None
     resolved = to_dict(cfg) | {"lr": lr}
+    if soft is None:
+        resolved.pop("temperature")  # hard labels: the keys of evaluations made before soft labels existed
     key = artifact_key(
         STAGE,
         {k: v for k, v in resolved.items() if k != "parallel"},
-        {"train": train_set.key, "dataset": dataset.artifact.key},
+        {"train": train_set.key, "dataset": dataset.artifact.key} | ({"teacher": teacher.key} if soft else {}),
         SCHEMA_VERSION,
     )
     trained_on = train_set.name.rsplit("-", 1)[0] if train_set.kind == "condensed" else train_set.name
-    name = stage_artifact_name(f"eval-{trained_on.removeprefix('condensed-')}-{'_'.join(cfg.archs)}", key)
+    protocol = "-soft" if soft else ""
+    name = stage_artifact_name(f"eval-{trained_on.removeprefix('condensed-')}-{'_'.join(cfg.archs)}{protocol}", key)
     if not force and (hit := workspace.find(name)) is not None:
         workspace.set_latest(hit)
         return hit, True
@@ -279,6 +296,7 @@ def run(
                     batch_size=cfg.batch_size,
                     dsa=dsa,
                     gens=[torch.Generator().manual_seed(seed) for seed in seeds],
+                    soft=soft,
                 )
                 for (a, r), net in zip(chunk, nets):
                     pred = predict(net, test_x)
@@ -314,13 +332,17 @@ def run(
             "domain_names": dataset.domain_names,
             "device": str(device),
             "resumed_runs": resumed,
+            "labels": "soft" if soft else "hard",
+            "teacher": teacher.name if soft else None,
+            "teacher_test_acc": teacher.metrics.get("test_acc") if soft else None,
         }
         art = workspace.write(
             stage=STAGE,
             name=name,
             key=key,
             config=resolved,
-            inputs={"train": train_set.name, "dataset": dataset.artifact.name},
+            inputs={"train": train_set.name, "dataset": dataset.artifact.name}
+            | ({"teacher": teacher.name} if soft else {}),
             tensors={"accuracy": torch.from_numpy(acc), "per_domain_accuracy": torch.from_numpy(per_domain)},
             seed=cfg.seed,
             fingerprint=dataset.fingerprint,

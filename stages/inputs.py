@@ -13,6 +13,7 @@ CREATED_BY = {
     "labels": "chddl label PATH",
     "condensed": "chddl condense",
     "experts": "chddl pretrain-experts",
+    "teacher": "chddl train-teacher",
     "evaluation": "chddl evaluate",
 }
 

@@ -108,7 +108,7 @@ def _train_one(
     net = create_model(cfg.arch, dataset.num_classes, dataset.size, seed=seed).to(device)
     snapshots: dict[str, torch.Tensor] = {}
 
-    def snapshot(epoch: int) -> None:
+    def snapshot(epoch: int, _optimizer: torch.optim.Optimizer | None = None) -> None:
         for name, p in net.named_parameters():
             snapshots[f"{epoch:03d}/{name}"] = p.detach().to("cpu", DTYPES[cfg.dtype]).clone()
 

@@ -57,6 +57,13 @@ def _fmt(m: dict | None) -> str:
     return "-" if not m or m.get("mean") is None else f"{m['mean']:.2f} ± {m['std']:.2f}"
 
 
+def label_protocol(e: Artifact) -> str:
+    """How an evaluation's networks were labelled: ``hard``, or ``soft`` with its teacher and temperature."""
+    if e.info.get("labels") != "soft":
+        return "hard"
+    return f"soft ({e.info.get('teacher')}, T {e.config.get('temperature')})"
+
+
 def _method(cond: Artifact) -> str:
     return f"{cond.config['base']}{'+chddl' if cond.config.get('domain_aware') else ''}"
 
@@ -225,7 +232,7 @@ def _mask_cell(masks: dict | None) -> str:
 def _evaluations(evals: list[Artifact], ws: Workspace) -> list[Section]:
     overall = Section(
         "Evaluation: top-1 % on the real test split (mean ± std over runs), ours vs the paper",
-        header=["training set", "method", "IPC", "arch", "ours", "paper", "runs x epochs", "target domain"],
+        header=["training set", "method", "IPC", "arch", "labels", "ours", "paper", "runs x epochs", "target domain"],
     )
     domain_rows: list[list[str]] = []
     domains: list[str] = []
@@ -246,6 +253,7 @@ def _evaluations(evals: list[Artifact], ws: Workspace) -> list[Section]:
                     method.upper(),
                     str(ipc or "all"),
                     arch,
+                    label_protocol(e),
                     _fmt(m),
                     f"{paper[0]:.1f} ± {paper[1]:.1f}" if paper else "-",
                     f"{e.config['runs']} x {e.config['epochs']}",
@@ -325,6 +333,7 @@ def _sweep_settings(e: Artifact, train: Artifact, ws: Workspace) -> dict[str, st
             out[k if k in SWEEP_FIELDS else f"labels.{k}"] = str(v)
     out |= {f"eval.{k}": str(v) for k, v in e.config.items() if k not in ("archs", "parallel")}
     out["eval.lr"] = eval_lr(e, train)
+    out["eval.labels"] = label_protocol(e)
     out["dataset"] = str(e.info["dataset"])
     return out
 
@@ -432,6 +441,62 @@ def chddl_delta(base_runs: list[float], chddl_runs: list[float]) -> tuple[float,
     return float(a.mean() - b.mean()), se
 
 
+def _over_random(evals: list[Artifact], ws: Workspace) -> Section | None:
+    """Each condensed set beside random real images of the same IPC under the
+    same protocol (labels hard or soft with the same teacher, same runs,
+    epochs and augmentation): soft labels lift random images too, so a score
+    means something only against its own protocol's baseline (DD-Ranking's
+    improvement over random, IOR)."""
+
+    def protocol(e: Artifact, arch: str) -> tuple:
+        return (
+            e.info["dataset"],
+            int(e.info.get("ipc", 0)),
+            arch,
+            label_protocol(e),
+            e.config.get("epochs"),
+            e.config.get("target_domain"),
+            *(e.config.get(k) for k in EVAL_PROTOCOL),
+        )
+
+    random: dict[tuple, list[float]] = {}
+    for e in evals:
+        if e.info.get("train_kind") == "random":
+            for arch, m in e.metrics.items():
+                random.setdefault(protocol(e, arch), []).extend(v for v in m.get("runs", []) if v == v)
+    rows = []
+    for e in evals:
+        train = ws.find(e.info["train_set"])
+        if train is None or train.stage != "condensed":
+            continue
+        for arch, m in e.metrics.items():
+            base = random.get(protocol(e, arch))
+            if not base or m.get("mean") is None:
+                continue
+            rows.append(
+                [
+                    e.info["train_set"],
+                    _method(train).upper(),
+                    str(e.info.get("ipc")),
+                    arch,
+                    label_protocol(e),
+                    _fmt(m),
+                    f"{np.mean(base):.2f} ± {np.std(base):.2f} ({len(base)} runs)",
+                    f"{m['mean'] - float(np.mean(base)):+.2f}",
+                ]
+            )
+    if not rows:
+        return None
+    return Section(
+        "Gain over random real images of the same protocol",
+        header=["training set", "method", "IPC", "arch", "labels", "set", "random real", "gain"],
+        rows=rows,
+        text="Random real: every random-baseline evaluation of this IPC under the same labels (hard, or soft from the "
+        "same teacher and temperature), runs, epochs and augmentation, pooled over their seeds. Soft labels raise "
+        "random images too; compare each set with its own row's baseline, not across protocols.",
+    )
+
+
 def _comparisons(evals: list[Artifact], ws: Workspace) -> Section | None:
     """Base vs base+CHDDL under otherwise identical condensation settings and
     evaluation protocol, pooled over condensation seeds (one evaluation per
@@ -444,7 +509,7 @@ def _comparisons(evals: list[Artifact], ws: Workspace) -> Section | None:
         c = train.config
         for arch, m in e.metrics.items():
             runs = [v for v in m.get("runs", []) if v == v]
-            protocol = (eval_lr(e, train), *(e.config.get(k) for k in EVAL_PROTOCOL))
+            protocol = (eval_lr(e, train), *(e.config.get(k) for k in EVAL_PROTOCOL), label_protocol(e))
             group = (
                 e.info["dataset"],
                 *(str(c.get(k)) for k in PAIRED_FIELDS),
@@ -714,6 +779,9 @@ def run(workspace: Workspace, out_dir: Path | None = None, progress: Progress = 
     paired = None
     if "evaluation" in stages:
         sections += _evaluations(stages["evaluation"], workspace)
+        over_random = _over_random(stages["evaluation"], workspace)
+        if over_random is not None:
+            sections.append(over_random)
         paired = _comparisons(stages["evaluation"], workspace)
         if paired is not None:
             sections.append(paired)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -9,6 +10,39 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.data.augment import DSA
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the temperature-softened outputs, times T^2
+    (Hinton et al.: keeps the gradient scale independent of T), mean over the batch."""
+    t = float(temperature)
+    return (
+        F.kl_div(
+            F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True, reduction="batchmean"
+        )
+        * t
+        * t
+    )
+
+
+@dataclass
+class SoftLabels:
+    """Train on a teacher's outputs for each augmented batch (SRe2L / FKD
+    relabelling, online) instead of the hard labels."""
+
+    teacher: nn.Module
+    temperature: float
+
+    def loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        self.teacher.eval()
+        with torch.no_grad():
+            target = self.teacher(x)
+        return distillation_loss(logits, target, self.temperature)
+
+
+def _epoch_lr(lr: float, epoch: int, epochs: int, decay: bool) -> float:
+    # lr x0.1 from half the epochs on (MultiStepLR's milestone epochs // 2)
+    return lr * 0.1 if decay and epoch >= epochs // 2 else lr
 
 
 def train_network(
@@ -24,17 +58,26 @@ def train_network(
     dsa: DSA | None,
     g: torch.Generator,
     decay: bool = True,
-    on_epoch: Callable[[int], None] | None = None,
+    on_epoch: Callable[[int, torch.optim.Optimizer], None] | None = None,
+    soft: SoftLabels | None = None,
+    start_epoch: int = 0,
+    optimizer_state: dict[int, dict] | None = None,
 ) -> float:
     """SGD with momentum, lr x0.1 at half the epochs (``decay``), DSA per sample
-    (one family per batch, as the reference). ``on_epoch(e)`` runs after each
-    epoch. Returns the last epoch's mean training loss."""
+    (one family per batch, as the reference). ``on_epoch(e, optimizer)`` runs
+    after each epoch. With ``soft`` the loss is the distillation loss against
+    the teacher's outputs on the same augmented batch. A run resumes at
+    ``start_epoch`` from the net, ``optimizer_state`` (``state_dict()["state"]``) and ``g`` as they were
+    after that epoch. Returns the last epoch's mean training loss."""
     net.train()
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[epochs // 2] if decay else [], gamma=0.1)
+    if optimizer_state is not None:  # the per-parameter state (momentum buffers); the settings are this call's
+        optimizer.load_state_dict(optimizer.state_dict() | {"state": optimizer_state})
     n, size = len(images), tuple(images.shape[-2:])
     last = images.new_zeros(())
-    for epoch in range(epochs):
+    for epoch in range(start_epoch, epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = _epoch_lr(lr, epoch, epochs, decay)
         order = torch.randperm(n, generator=g).to(images.device)
         total = images.new_zeros(())
         for start in range(0, n, batch_size):
@@ -42,15 +85,15 @@ def train_network(
             x = images[idx]
             if dsa is not None:
                 x = dsa.apply(x, dsa.sample(len(idx), size, g, one_family=True))
-            loss = F.cross_entropy(net(x), labels[idx])
+            logits = net(x)
+            loss = F.cross_entropy(logits, labels[idx]) if soft is None else soft.loss(logits, x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total = total + loss.detach() * len(idx)
-        scheduler.step()
         last = total / n
         if on_epoch is not None:
-            on_epoch(epoch + 1)
+            on_epoch(epoch + 1, optimizer)
     return float(last)
 
 
@@ -67,6 +110,7 @@ def train_networks(
     dsa: DSA | None,
     gens: list[torch.Generator],
     decay: bool = True,
+    soft: SoftLabels | None = None,
 ) -> None:
     """Train several networks of one architecture at once (torch.func.vmap
     over their stacked parameters). Network m draws its batches and
@@ -88,6 +132,7 @@ def train_networks(
             dsa=dsa,
             g=gens[0],
             decay=decay,
+            soft=soft,
         )
         return
     for net in nets:
@@ -100,9 +145,10 @@ def train_networks(
 
     batched = vmap(forward, randomness="different")
     optimizer = torch.optim.SGD(params.values(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[epochs // 2] if decay else [], gamma=0.1)
     n, size, m = len(images), tuple(images.shape[-2:]), len(nets)
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = _epoch_lr(lr, epoch, epochs, decay)
         orders = [torch.randperm(n, generator=g).to(images.device) for g in gens]
         for start in range(0, n, batch_size):
             xs, ys = [], []
@@ -113,13 +159,16 @@ def train_networks(
                     x = dsa.apply(x, dsa.sample(len(idx), size, g, one_family=True))
                 xs.append(x)
                 ys.append(labels[idx])
-            logits = batched(params, buffers, torch.stack(xs))
+            stacked = torch.stack(xs)
+            logits = batched(params, buffers, stacked)
             # the sum over networks of each one's mean loss: each slice gets its own gradient
-            loss = F.cross_entropy(logits.flatten(0, 1), torch.stack(ys).flatten()) * m
+            if soft is None:
+                loss = F.cross_entropy(logits.flatten(0, 1), torch.stack(ys).flatten()) * m
+            else:
+                loss = soft.loss(logits.flatten(0, 1), stacked.flatten(0, 1)) * m
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        scheduler.step()
     with torch.no_grad():
         for i, net in enumerate(nets):
             for name, p in net.named_parameters():

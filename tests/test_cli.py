@@ -22,7 +22,7 @@ def invoke(*args: str):
 def test_help_lists_every_command() -> None:
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("label", "pretrain-experts", "condense", "evaluate", "report", "demo"):
+    for command in ("label", "pretrain-experts", "train-teacher", "condense", "evaluate", "report", "demo"):
         assert re.search(rf"^\s+{command}\s", result.output, re.MULTILINE), command
 
 
@@ -346,3 +346,23 @@ def test_usage_errors_are_one_line_in_chddls_format(args, text) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and text in result.stderr and result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr and "Error:" not in result.stderr
+
+
+def test_sre2l_from_the_command_line_trains_a_teacher_condenses_and_scores_with_soft_labels(tmp_path) -> None:
+    ws = _labelled_workspace(tmp_path)
+    teacher = invoke("-w", ws, "train-teacher", "--epochs", "1", "--batch-size", "16")
+    assert teacher.exit_code == 0, teacher.output
+    path = next(line for line in teacher.output.splitlines() if line.startswith("teacher: ")).split(": ", 1)[1]
+    cond = invoke("-w", ws, "condense", "--base", "sre2l", "--ipc", "1", "--iterations", "2", "--teacher", path)
+    assert cond.exit_code == 0 and "SRE2L + CHDDL" in cond.output and "teacher teacher-convnet_bn" in cond.output
+    ev = invoke("-w", ws, "evaluate", "--runs", "1", "--epochs", "2", "--soft-labels", path)
+    assert ev.exit_code == 0 and "soft labels of" in ev.output and "eval-sre2l_chddl-ipc1-convnet-soft-" in ev.output
+
+
+def test_soft_labels_that_are_not_a_teacher_fail_in_one_line(tmp_path) -> None:
+    ws = _labelled_workspace(tmp_path)
+    dataset_dir = next((tmp_path / "ws" / "artifacts").glob("dataset-*"))
+    result = invoke("-w", ws, "evaluate", "--baseline", "random", "--ipc", "1", "--soft-labels", str(dataset_dir))
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and "needs a teacher artifact" in errors[0]
+    assert "train-teacher" in errors[0]

@@ -16,12 +16,14 @@ from stages.data.ingest import DatasetConfig
 from stages.evaluate import EvaluateConfig
 from stages.label import LabelConfig
 from stages.pretrain_experts import ExpertsConfig
+from stages.teacher import TeacherConfig
 
 COMMANDS = {
     "condense": [CondenseConfig],
     "evaluate": [EvaluateConfig],
     "label": [DatasetConfig, LabelConfig],
     "pretrain-experts": [ExpertsConfig],
+    "train-teacher": [TeacherConfig],
 }
 RENAMES = {"archs": "arch"}
 

@@ -3,6 +3,7 @@ NaN/Inf handling (stop, or roll back with halved learning rates)."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ class LoopSettings:
     checkpoint_every: int
     checkpoint_minutes: float
     first_checkpoint_minutes: float = 1.0  # the first timed checkpoint of a run comes sooner
+    image_betas: tuple[float, float] = (0.9, 0.999)  # Adam's betas for the images, when "images" is an Adam group
+    cosine_groups: tuple[str, ...] = ()  # groups whose lr follows lr * (1 + cos(pi * it / iterations)) / 2
+    clamp: tuple[torch.Tensor, torch.Tensor] | None = None  # (low, high) of the images after every step
 
 
 def iteration_generator(seed: int, iteration: int) -> torch.Generator:
@@ -60,6 +64,7 @@ class Loop:
         for group in base.extra_parameter_groups():
             self.groups[group["name"]] = group["params"]
         self.opts = {n: self._optimizer(n, p) for n, p in self.groups.items()}
+        self.base_lr = {n: s.lr[n] for n in s.cosine_groups if n in self.groups}
         self.history = torch.zeros(s.iterations, 2)
         self.rollbacks: list[dict] = []
         self.timings: list[float] = []
@@ -68,7 +73,8 @@ class Loop:
 
     def _optimizer(self, name: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
         if name in self.s.adam_groups:
-            return torch.optim.Adam(params, lr=self.s.lr[name])
+            betas = self.s.image_betas if name == "images" else (0.9, 0.999)
+            return torch.optim.Adam(params, lr=self.s.lr[name], betas=betas)
         return torch.optim.SGD(params, lr=self.s.lr[name], momentum=self.s.momentum)
 
     # -- state ---------------------------------------------------------------
@@ -78,6 +84,8 @@ class Loop:
         for name, params in self.groups.items():
             opt = self.opts[name]
             out[f"lr/{name}"] = torch.tensor(opt.param_groups[0]["lr"], dtype=torch.float64)
+            if name in self.base_lr:
+                out[f"base_lr/{name}"] = torch.tensor(self.base_lr[name], dtype=torch.float64)
             for i, p in enumerate(params):
                 out[f"param/{name}/{i}"] = p.detach().clone()
                 for k, v in opt.state.get(p, {}).items():  # SGD: momentum_buffer; Adam: step, exp_avg, exp_avg_sq
@@ -94,6 +102,8 @@ class Loop:
             for name, params in self.groups.items():
                 opt = self.opts[name]
                 opt.param_groups[0]["lr"] = float(saved[f"lr/{name}"])
+                if f"base_lr/{name}" in saved:
+                    self.base_lr[name] = float(saved[f"base_lr/{name}"])
                 for i, p in enumerate(params):
                     p.copy_(saved[f"param/{name}/{i}"].to(p.device))
                     prefix = f"opt/{name}/{i}/"
@@ -112,6 +122,10 @@ class Loop:
             torch.nn.utils.clip_grad_norm_([self.images], self.s.clip_grad)
         for n in names:
             self.opts[n].step()
+        if self.s.clamp is not None and "images" in names:
+            with torch.no_grad():
+                low, high = self.s.clamp
+                self.images.copy_(torch.maximum(torch.minimum(self.images, high), low))
         self.base.after_update()
 
     def _zero(self) -> None:
@@ -257,6 +271,8 @@ class Loop:
             while it < s.iterations:
                 t0 = time.perf_counter()
                 g = iteration_generator(s.seed, it)
+                for n, lr in self.base_lr.items():
+                    self.opts[n].param_groups[0]["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / s.iterations))
                 self.base.new_round(it, self.objective.roles, g)
                 cls_sum, dom_sum = self.images.new_zeros(()), self.images.new_zeros(())
                 for step in range(self.base.steps_per_round()):
@@ -286,6 +302,7 @@ class Loop:
                     self.restore(good)
                     for opt in self.opts.values():
                         opt.param_groups[0]["lr"] *= 0.5
+                    self.base_lr = {n: lr * 0.5 for n, lr in self.base_lr.items()}
                     self.rollbacks.append({"at_iteration": bad, "back_to": good_it, "lr": self.learning_rates()})
                     self.progress.note(
                         f"non-finite values at iteration {bad}: rolled back to {good_it} with halved learning rates"

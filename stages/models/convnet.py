@@ -109,3 +109,9 @@ class ConvNet(nn.Module):
 def convnet(num_classes: int, image_size: int, channels: int = 3, **kwargs) -> ConvNet:
     """ConvNet, width 128, instance norm, ReLU, average pooling; depth by image size."""
     return ConvNet(num_classes, image_size, channels, **kwargs)
+
+
+@ARCHITECTURES.register("convnet_bn")
+def convnet_bn(num_classes: int, image_size: int, channels: int = 3, **kwargs) -> ConvNet:
+    """ConvNet with batch norm (a teacher for SRe2L at CPU scale); depth by image size."""
+    return ConvNet(num_classes, image_size, channels, norm="batchnorm", **kwargs)

@@ -84,6 +84,17 @@ def resnet18(num_classes: int, image_size: int, channels: int = 3, **_: object) 
     return net
 
 
+@ARCHITECTURES.register("resnet18_bn")
+def resnet18_bn(num_classes: int, image_size: int, channels: int = 3, **_: object) -> nn.Module:
+    """torchvision's ResNet18 with batch norm, a 3x3 stride-1 stem and no max-pool (SRe2L's small-image teacher)."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+    net.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
 def _vit(num_classes: int, image_size: int, dim: int, heads: int) -> nn.Module:
     from torchvision.models.vision_transformer import VisionTransformer
 

@@ -1,0 +1,66 @@
+"""``chddl train-teacher``: SRe2L's squeeze, a teacher with batch norm trained on the real training split."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from chddl_cli.common import (
+    JSON_OPTION,
+    artifact_json,
+    console,
+    cost_line,
+    globals_of,
+    guarded,
+    print_json,
+    progress_for,
+    result_line,
+)
+from chddl_cli.options import config_options
+from stages import api
+from stages import teacher as teacher_stage
+
+
+@guarded
+@config_options(teacher_stage.TeacherConfig)
+def train_teacher(
+    ctx: typer.Context,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML preset (path or shipped name)")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="dataset artifact directory [the workspace's latest]")] = None,
+    force: Annotated[bool, typer.Option("--force", help="retrain even when a cached artifact exists")] = False,
+    as_json: Annotated[bool, JSON_OPTION] = False,
+    settings: dict | None = None,
+) -> None:
+    """Train a teacher with batch norm on the real training split (SRe2L's squeeze), for
+    `condense --base sre2l` and `evaluate --soft-labels`. Checkpoints after every epoch;
+    re-running the same command resumes."""
+    g = globals_of(ctx)
+    progress = progress_for(g)
+    res = api.train_teacher(
+        workspace=g.workspace(),
+        dataset=dataset,
+        preset=config,
+        device=g.device,
+        force=force,
+        default_seed=g.seed,
+        progress=progress,
+        **settings,
+    )
+    art, hit = res.artifact, res.cache_hit
+    progress.note(f"teacher {art.name}: " + ("cached - skipping (use --force to retrain)" if hit else "done"))
+    if as_json:
+        print_json(artifact_json(art, hit))
+        return
+    if not g.quiet:
+        table = Table(title=f"teacher {art.name}", show_header=False, title_justify="left")
+        table.add_row("network", f"{art.info['arch']}, {art.info['batch_norm_layers']} batch-norm layers")
+        c = art.config
+        table.add_row("training", f"{c['epochs']} epochs, lr {c['lr']}, batch {c['batch_size']}")
+        per = art.metrics.get("per_domain") or {}
+        domains = " (" + ", ".join(f"{d} {v:.1f}" for d, v in per.items()) + ")" if per else ""
+        table.add_row("test accuracy", f"{art.metrics['test_acc']:.2f}%{domains}")
+        table.add_row("cost", cost_line(art.meta.get("cost", {})))
+        console.print(table)
+    result_line("teacher", art.path)
