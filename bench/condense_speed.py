@@ -8,6 +8,14 @@ Each configuration runs in its own process so its peak RSS is its own.
     python bench/condense_speed.py                     # the whole matrix
     python bench/condense_speed.py --only dm:10:1      # base:ipc:chddl
     python bench/condense_speed.py --iterations 6 --compile on
+    python bench/condense_speed.py --reference .reference --only dm:10:0   # side by side
+
+With ``--reference DIR`` (VICO-UoE/DatasetCondensation fetched there, see
+bench/reference.py) every configuration the reference has (DM IPC 1 and
+10, DC IPC 1, no CHDDL) is also timed with the reference's own loop in this
+run, alternating ours and the reference ``--rounds`` times, and the ratio
+comes from these measurements. Without it the ratio uses the constants of
+REFERENCE.md, marked "(recorded)".
 
 Prints a Markdown table (median seconds per iteration after the first).
 """
@@ -35,35 +43,35 @@ MATRIX = [
     ("dc", 10, 0),
     ("dc", 10, 1),
 ]
-#: reference seconds per iteration on this machine type (REFERENCE.md)
+#: reference seconds per iteration recorded on another day (REFERENCE.md): the fallback without --reference
 REFERENCE = {("dm", 1): 4.34, ("dm", 10): 5.30, ("dc", 1): 11.2}
+
+
+def _child(args: list[str]) -> dict | None:
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        print(out.stderr[-2000:], file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median(values: list[float]) -> float:
+    return float(np.median(values))
 
 
 def one(base: str, ipc: int, aware: int, iterations: int, compile_mode: str, device: str) -> dict:
     """Run one configuration in this process and return its figures."""
     import torch
+    from synthetic import random_workspace
 
-    from stages.artifacts import Workspace
+    from stages.allocator import keep_freed_memory
     from stages.condense import CondenseConfig, run
     from stages.config import build
-    from stages.data.dataset import load_dataset
-    from stages.data.ingest import DatasetConfig, ingest
-    from stages.label import LabelConfig, load_labels
-    from stages.label import run as label_run
 
+    keep_freed_memory()  # as the CLI does
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     with tempfile.TemporaryDirectory() as tmp:
-        rng = np.random.default_rng(0)
-        path = Path(tmp) / "bench.npz"
-        np.savez(
-            path,
-            images=rng.integers(0, 256, (5000, 32, 32, 3), dtype=np.uint8),
-            labels=np.arange(5000) % 10,
-            split=np.zeros(5000, dtype=np.int64),
-        )
-        ws = Workspace(Path(tmp) / "ws")
-        ds = load_dataset(ingest(str(path), build(DatasetConfig), ws)[0])
-        labels = load_labels(label_run(ds, build(LabelConfig, {"labeler": "random"}), ws)[0], ds)
+        ws, ds, labels = random_workspace(Path(tmp))
         cfg = build(
             CondenseConfig,
             {
@@ -91,10 +99,17 @@ def one(base: str, ipc: int, aware: int, iterations: int, compile_mode: str, dev
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=5)
-    parser.add_argument("--compile", default="off", choices=["on", "off"])
+    parser.add_argument(
+        "--compile",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="auto: as `chddl condense` at the base's default length (DM 20,000 and DC 1,000 iterations compile)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", action="append", help="base:ipc:chddl, repeatable")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--reference", type=Path, help="folder with the reference repositories (bench/reference.py)")
+    parser.add_argument("--rounds", type=int, default=2, help="with --reference: ours / reference alternations")
     args = parser.parse_args()
     if args.child:
         base, ipc, aware = args.child.split(":")
@@ -103,45 +118,72 @@ def main() -> None:
     if any(len(o.split(":")) != 3 for o in args.only or []):
         parser.error("--only takes base:ipc:chddl, e.g. dm:10:1")
     todo = [tuple(int(x) if x.isdigit() else x for x in o.split(":")) for o in args.only] if args.only else MATRIX
-    rows = {}
+    import torch
+
+    from stages.condense import BASE_DEFAULTS, compiles_at
+
+    threads = int(os.environ.get("BENCH_THREADS", torch.get_num_threads()))
+    print(f"torch {torch.__version__}, {threads} threads, {args.iterations} iterations per run", file=sys.stderr)
+    rows, refs = {}, {}
     for base, ipc, aware in todo:
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--child",
-                f"{base}:{ipc}:{aware}",
-                "--iterations",
-                str(args.iterations),
-                "--compile",
-                args.compile,
-                "--device",
-                args.device,
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
+        ours_args = [__file__, "--child", f"{base}:{ipc}:{aware}", "--iterations", str(args.iterations)]
+        compiled = args.compile == "on" or (
+            args.compile == "auto" and compiles_at(base, BASE_DEFAULTS[base]["iterations"])
         )
-        if out.returncode != 0:
-            print(out.stderr[-2000:], file=sys.stderr)
+        ours_args += ["--compile", "on" if compiled else "off", "--device", args.device]
+        side_by_side = args.reference is not None and not aware and (base, ipc) in REFERENCE
+        ours, theirs = [], []
+        for _ in range(args.rounds if side_by_side else 1):
+            r = _child(ours_args)
+            if r is not None:
+                ours.append(r)
+            if side_by_side:
+                ref_args = [str(ROOT / "bench" / "reference.py"), "--reference", str(args.reference)]
+                ref_args += ["--method", base, "--ipc", str(ipc), "--iterations", str(args.iterations)]
+                ref_args += ["--threads", str(threads)]
+                t = _child(ref_args)
+                if t is not None:
+                    theirs.append(t)
+        if not ours:
             continue
-        rows[(base, ipc, aware)] = json.loads(out.stdout.strip().splitlines()[-1])
+        rows[(base, ipc, aware)] = {
+            "s_per_iteration": median([r["s_per_iteration"] for r in ours]),
+            "peak_rss_gb": max(r["peak_rss_gb"] for r in ours),
+            "peak_cuda_gb": max(r["peak_cuda_gb"] for r in ours),
+            "runs": [r["s_per_iteration"] for r in ours],
+            "compiled": compiled,
+        }
+        if theirs:
+            refs[(base, ipc)] = {
+                "s_per_iteration": median([t["s_per_iteration"] for t in theirs]),
+                "peak_rss_gb": max(t["peak_rss_gb"] for t in theirs),
+                "runs": [t["s_per_iteration"] for t in theirs],
+            }
         r = rows[(base, ipc, aware)]
-        print(
-            f"{base} ipc {ipc} chddl {aware}: {r['s_per_iteration']:.3f} s/it, peak RSS {r['peak_rss_gb']:.2f} GB",
-            file=sys.stderr,
-            flush=True,
-        )
-    print("\n| run | s / iteration | vs reference | peak RSS | peak CUDA | CHDDL / base |\n|---|---|---|---|---|---|")
+        line = f"{base} ipc {ipc} chddl {aware}: {r['runs']} s/it, peak RSS {r['peak_rss_gb']:.2f} GB"
+        if (base, ipc) in refs and not aware:
+            line += f"; reference {refs[(base, ipc)]['runs']} s/it, peak RSS {refs[(base, ipc)]['peak_rss_gb']:.2f} GB"
+        print(line, file=sys.stderr, flush=True)
+    print(
+        "\n| run | s / iteration | reference s / it | ours / reference | peak RSS | reference peak RSS | peak CUDA "
+        "| CHDDL / base |\n|---|---|---|---|---|---|---|---|"
+    )
     for (base, ipc, aware), r in rows.items():
-        ref = REFERENCE.get((base, ipc))
-        ratio = f"{r['s_per_iteration'] / ref:.2f}x of {ref}" if ref and not aware else "-"
+        measured = refs.get((base, ipc)) if not aware else None
+        recorded = REFERENCE.get((base, ipc)) if not aware else None
+        if measured:
+            ref_s, ref_rss = f"{measured['s_per_iteration']:.2f}", f"{measured['peak_rss_gb']:.2f} GB"
+            ratio = f"{r['s_per_iteration'] / measured['s_per_iteration']:.2f}x"
+        elif recorded:
+            ref_s, ref_rss, ratio = f"{recorded} (recorded)", "-", f"{r['s_per_iteration'] / recorded:.2f}x (recorded)"
+        else:
+            ref_s, ref_rss, ratio = "-", "-", "-"
         plain = rows.get((base, ipc, 0))
         over = f"{r['s_per_iteration'] / plain['s_per_iteration']:.2f}x" if aware and plain else "-"
-        name = f"{base.upper()}{'+CHDDL' if aware else ''} IPC {ipc}"
+        name = f"{base.upper()}{'+CHDDL' if aware else ''} IPC {ipc}{' (compiled)' if r['compiled'] else ''}"
         print(
-            f"| {name} | {r['s_per_iteration']:.2f} | {ratio} | {r['peak_rss_gb']:.2f} GB | {r['peak_cuda_gb']:.2f} "
-            f"GB | {over} |"
+            f"| {name} | {r['s_per_iteration']:.2f} | {ref_s} | {ratio} | {r['peak_rss_gb']:.2f} GB | {ref_rss} | "
+            f"{r['peak_cuda_gb']:.2f} GB | {over} |"
         )
 
 

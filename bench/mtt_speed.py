@@ -9,6 +9,13 @@ student's steps (0: syn_steps, as DESIGN.md).
 
     python bench/mtt_speed.py                   # everything
     python bench/mtt_speed.py --only 10:1:0:0   # ipc:chddl:checkpoint:domain_syn_steps
+    python bench/mtt_speed.py --reference .reference --only 10:0:1:0   # side by side with distill.py's loop
+
+With ``--reference DIR`` (GeorgeCazenavette/mtt-distillation fetched there,
+see bench/reference.py) each configuration without CHDDL is also timed with
+the reference's own iteration in the same run, alternating, and the ratio
+comes from these; without it the figures of REFERENCE.md (marked
+"recorded") stand in.
 """
 
 from __future__ import annotations
@@ -33,29 +40,18 @@ MATRIX = [
     (10, 0, 1, 0),
     (10, 1, 1, 0),
 ]
-REFERENCE = {1: (7.50, 3.8), 10: (73.6, 19.2)}  # s/it, peak GB (syn_steps 50, expert_epochs 2)
+#: recorded on another day (REFERENCE.md), the fallback without --reference:
+#: s/it, peak GB (syn_steps 50, expert_epochs 2)
+REFERENCE = {1: (7.50, 3.8), 10: (73.6, 19.2)}
 
 
 def _setup(tmp: Path):
-    from stages.artifacts import Workspace
-    from stages.config import build
-    from stages.data.dataset import load_dataset
-    from stages.data.ingest import DatasetConfig, ingest
-    from stages.label import LabelConfig, load_labels
-    from stages.label import run as label_run
+    from synthetic import random_workspace
 
-    rng = np.random.default_rng(0)
-    path = tmp / "bench.npz"
-    np.savez(
-        path,
-        images=rng.integers(0, 256, (5100, 32, 32, 3), dtype=np.uint8),
-        labels=np.arange(5100) % 10,
-        split=(np.arange(5100) >= 5000).astype(np.int64),
-    )
-    ws = Workspace(tmp / "ws")
-    ds = load_dataset(ingest(str(path), build(DatasetConfig), ws)[0])
-    labels = load_labels(label_run(ds, build(LabelConfig, {"labeler": "random"}), ws)[0], ds)
-    return ws, ds, labels
+    from stages.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the CLI does
+    return random_workspace(tmp, train=5000, test=100)
 
 
 def experts_child(tmp: Path) -> dict:
@@ -110,6 +106,8 @@ def main() -> None:
     parser.add_argument("--only", action="append")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
+    parser.add_argument("--reference", type=Path, help="folder with the reference repositories (bench/reference.py)")
+    parser.add_argument("--rounds", type=int, default=1, help="with --reference: ours / reference alternations")
     args = parser.parse_args()
     if args.child == "experts":
         print(json.dumps(experts_child(Path(args.tmp))))
@@ -140,20 +138,63 @@ def main() -> None:
             f"peak RSS {e['peak_rss_gb']:.2f} GB",
             flush=True,
         )
-        print("\n| run | s / iteration | peak RSS | reference s/it, peak | CHDDL / base |\n|---|---|---|---|---|")
+        import torch
+
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.iterations} iterations per run")
+        print(
+            "\n| run | s / iteration | peak RSS | reference s / it, peak | ours / reference (time, memory) "
+            "| CHDDL / base |\n|---|---|---|---|---|---|"
+        )
         rows = {}
         for ipc, aware, ck, dss in todo:
-            r = rows[(ipc, aware, ck, dss)] = child(f"{ipc}:{aware}:{ck}:{dss}")
+            side_by_side = args.reference is not None and not aware
+            ours, theirs = [], []
+            for _ in range(args.rounds if side_by_side else 1):
+                ours.append(child(f"{ipc}:{aware}:{ck}:{dss}"))
+                if side_by_side:
+                    out = subprocess.run(
+                        [
+                            sys.executable,
+                            str(ROOT / "bench" / "reference.py"),
+                            "--reference",
+                            str(args.reference),
+                            "--method",
+                            "mtt",
+                            "--ipc",
+                            str(ipc),
+                            "--iterations",
+                            str(args.iterations),
+                        ],
+                        capture_output=True,
+                        text=True,
+                        cwd=ROOT,
+                    )
+                    if out.returncode != 0:
+                        raise SystemExit(out.stderr[-3000:])
+                    theirs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            r = rows[(ipc, aware, ck, dss)] = {
+                "s_per_iteration": float(np.median([o["s_per_iteration"] for o in ours])),
+                "peak_rss_gb": max(o["peak_rss_gb"] for o in ours),
+            }
             base = rows.get((ipc, 0, ck, 0))
             over = f"{r['s_per_iteration'] / base['s_per_iteration']:.2f}x" if aware and base else "-"
-            ref = REFERENCE[ipc]
+            if theirs:
+                ref = (float(np.median([t["s_per_iteration"] for t in theirs])), max(t["peak_rss_gb"] for t in theirs))
+                ref_cell = f"{ref[0]:.2f} s, {ref[1]:.2f} GB"
+            else:
+                ref, ref_cell = REFERENCE[ipc], f"{REFERENCE[ipc][0]} s, {REFERENCE[ipc][1]} GB (recorded)"
+            ratio = (
+                f"{r['s_per_iteration'] / ref[0]:.2f}x, {r['peak_rss_gb'] / ref[1]:.2f}x"
+                + ("" if theirs else " (recorded)")
+                if not aware
+                else "-"
+            )
             name = (
                 f"MTT{'+CHDDL' if aware else ''} IPC {ipc}{' (checkpointed)' if ck else ''}"
                 f"{f' (domain student {dss} steps)' if dss else ''}"
             )
             print(
-                f"| {name} | {r['s_per_iteration']:.2f} | {r['peak_rss_gb']:.2f} GB | {ref[0]} s, {ref[1]} GB | "
-                f"{over} |",
+                f"| {name} | {r['s_per_iteration']:.2f} | {r['peak_rss_gb']:.2f} GB | {ref_cell} | {ratio} | {over} |",
                 flush=True,
             )
 

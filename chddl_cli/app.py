@@ -13,6 +13,7 @@ import typer
 from chddl_cli import condense, demo, evaluate, export, label, pretrain_experts, report, teacher
 from chddl_cli.common import Globals, error, show_library_notes
 from stages import __version__
+from stages.allocator import keep_freed_memory
 
 app = typer.Typer(
     name="chddl",
@@ -63,6 +64,7 @@ def global_options(
     ] = False,
 ) -> None:
     """Global options, given before the subcommand."""
+    keep_freed_memory()
     ctx.obj = Globals(workdir=workdir, device=device, seed=seed, verbose=verbose, quiet=quiet, wait=not no_wait)
     show_library_notes(verbose)
     if threads is not None:

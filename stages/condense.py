@@ -657,6 +657,15 @@ def _settings(cfg: CondenseConfig, base, clamp: tuple[torch.Tensor, torch.Tensor
     )
 
 
+#: --compile auto compiles the real-image forward from these iteration counts on (base methods not listed: never)
+COMPILE_FROM = {"dm": 2000, "dc": 200}
+
+
+def compiles_at(base: str, iterations: int) -> bool:
+    """Whether ``--compile auto`` compiles a run of ``iterations`` of ``base`` (its 15-30 s pay off)."""
+    return iterations >= COMPILE_FROM.get(base, 10**9)
+
+
 def _build(
     dataset: Dataset,
     labels: PseudoLabels | None,
@@ -672,9 +681,7 @@ def _build(
     factory = lambda: create_model(cfg.arch, dataset.num_classes, dataset.size)  # noqa: E731
     dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
     # Compiling costs 15-30 s once: worth it for DM's and DC's default lengths, not for short runs.
-    compile_embed = cfg.compile == "on" or (
-        cfg.compile == "auto" and cfg.iterations >= {"dm": 2000, "dc": 200}.get(cfg.base, 10**9)
-    )
+    compile_embed = cfg.compile == "on" or (cfg.compile == "auto" and compiles_at(cfg.base, cfg.iterations))
     base = METHODS.create(
         cfg.base,
         net_factory=factory,

@@ -51,6 +51,30 @@ def augmented_pair(
     return dsa.apply(real, params.index(batch.real_groups)), dsa.apply(batch.syn, params.index(batch.syn_groups.cpu()))
 
 
+#: real images per forward pass of a no-grad embedding: the activations of 256 images at a time instead of the
+#: whole draw (10 classes x 256 real: 1.3 GB per ConvNet layer at 32 px) cut peak memory ~3x at the same speed
+REAL_CHUNK = 128
+
+
+@torch.no_grad()
+def embed_in_chunks(embed: Callable, net: torch.nn.Module, x: torch.Tensor, chunk: int = REAL_CHUNK) -> torch.Tensor:
+    """``embed(net, x)`` computed ``chunk`` images at a time (per-sample networks: the same values)."""
+    if len(x) <= chunk:
+        return embed(net, x)
+    return torch.cat([embed(net, x[i : i + chunk]) for i in range(0, len(x), chunk)])
+
+
+def embed_with_recompute(net: torch.nn.Module, x: torch.Tensor, chunk: int = REAL_CHUNK) -> torch.Tensor:
+    """``net.embed(x)`` with gradients, keeping the activations of none of the chunks for the backward pass
+    (each chunk's forward is recomputed there, one chunk at a time): for the synthetic images and their
+    domain views (IPC x C x (1 + D) images), peak memory of one chunk for one more forward pass."""
+    if len(x) <= chunk:
+        return net.embed(x)
+    from torch.utils.checkpoint import checkpoint
+
+    return torch.cat([checkpoint(net.embed, x[i : i + chunk], use_reentrant=False) for i in range(0, len(x), chunk)])
+
+
 def real_images(pool: RealPool, batch: MatchBatch) -> torch.Tensor:
     return pool.images[batch.real_index.to(pool.images.device)]
 

@@ -15,7 +15,15 @@ import torch
 
 from stages.data.augment import DSA
 from stages.methods.base import METHODS, BaseMethod, MatchBatch, RealPool
-from stages.methods.common import NetFactory, RoleNets, augmented_pair, group_means, real_images
+from stages.methods.common import (
+    NetFactory,
+    RoleNets,
+    augmented_pair,
+    embed_in_chunks,
+    embed_with_recompute,
+    group_means,
+    real_images,
+)
 
 
 class DM(BaseMethod):
@@ -38,14 +46,15 @@ class DM(BaseMethod):
     def loss(self, role: str, batch: MatchBatch, pool: RealPool, g: torch.Generator) -> torch.Tensor:
         net = self.nets[role]
         real, syn = augmented_pair(self.dsa, batch, real_images(pool, batch), g)
-        with torch.no_grad():
-            real_mean, real_present = group_means(
-                self._embed(net, real.contiguous(memory_format=torch.channels_last)),
-                batch.real_groups,
-                batch.num_groups,
-            )
+        real_mean, real_present = group_means(
+            embed_in_chunks(self._embed, net, real.contiguous(memory_format=torch.channels_last)),
+            batch.real_groups,
+            batch.num_groups,
+        )
         syn_mean, syn_present = group_means(
-            net.embed(syn.contiguous(memory_format=torch.channels_last)), batch.syn_groups, batch.num_groups
+            embed_with_recompute(net, syn.contiguous(memory_format=torch.channels_last)),
+            batch.syn_groups,
+            batch.num_groups,
         )
         present = (real_present & syn_present).unsqueeze(1)
         return ((real_mean - syn_mean) ** 2 * present).sum()
@@ -70,9 +79,8 @@ class DM(BaseMethod):
             params = self.dsa.sample(class_batch.num_groups, tuple(real.shape[-2:]), g)
             real = self.dsa.apply(real, params.index(class_batch.real_groups))
             syn_all = self.dsa.apply(syn_all, params.index(syn_classes))
-        with torch.no_grad():
-            real_emb = self._embed(net, real.contiguous(memory_format=torch.channels_last))
-        syn_emb = net.embed(syn_all.contiguous(memory_format=torch.channels_last))
+        real_emb = embed_in_chunks(self._embed, net, real.contiguous(memory_format=torch.channels_last))
+        syn_emb = embed_with_recompute(net, syn_all.contiguous(memory_format=torch.channels_last))
         losses = []
         for batch, emb, weights in (
             (class_batch, syn_emb[:n_syn], None),

@@ -1,0 +1,66 @@
+"""The memory- and time-saving paths give the values of the plain ones, and the reference harness loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from stages.methods.common import embed_in_chunks, embed_with_recompute
+from stages.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _net_and_images(n: int = 40):
+    net = create_model("convnet", 4, 16, seed=0)
+    return net, torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+def test_a_chunked_real_embedding_equals_the_whole_batch_one() -> None:
+    net, x = _net_and_images()
+    whole = net.embed(x).detach()
+    chunked = embed_in_chunks(lambda n, v: n.embed(v), net, x, chunk=16)
+    assert chunked.shape == whole.shape and not chunked.requires_grad
+    assert torch.allclose(chunked, whole, atol=1e-5)
+
+
+def test_recomputed_synthetic_embeddings_give_the_plain_gradient() -> None:
+    net, x = _net_and_images()
+    target = torch.randn(40, net.embed_dim, generator=torch.Generator().manual_seed(2))
+    plain_x, chunked_x = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ((net.embed(plain_x) - target) ** 2).sum().backward()
+    ((embed_with_recompute(net, chunked_x, chunk=16) - target) ** 2).sum().backward()
+    assert torch.allclose(plain_x.grad, chunked_x.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize(("env", "applied"), [({}, "True"), ({"CHDDL_KEEP_MEMORY": "0"}, "False")])
+def test_the_allocator_keeps_freed_memory_unless_told_not_to(env: dict, applied: str, monkeypatch) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    code = "from stages.allocator import keep_freed_memory as k; print(k(), k())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [applied, applied]
+
+
+def test_the_reference_harness_loads_utils_with_the_in_place_copy_made_safe(tmp_path: Path) -> None:
+    repo = tmp_path / "DatasetCondensation"
+    repo.mkdir()
+    (repo / "utils.py").write_text(
+        "import torch\n\ndef siamese(n):\n    t = torch.arange(n)\n    t[:] = t[0]\n    return t\n"
+    )
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import reference
+
+        assert reference.repo_dir(tmp_path, "dm") == repo and reference.repo_dir(tmp_path, "mtt") is None
+        reference._load_utils(repo)
+        assert sys.modules["utils"].siamese(4).tolist() == [0, 0, 0, 0]
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+        sys.modules.pop("utils", None)
+        sys.modules.pop("reference", None)
