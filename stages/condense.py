@@ -81,10 +81,11 @@ class CondenseConfig:
     mask_init: float = option(0.01, "initial mask value (constant) or std (normal)")
     mask_init_mode: str = option("constant", "constant (uniform alpha, the paper) or normal (random alpha)")
     mask_lr: float | None = option(None, "learning rate of the masks [sgd: same as lr_img; adam: 0.01]")
-    mask_optimizer: str = option(
-        "sgd",
+    mask_optimizer: str | None = option(
+        None,
         "optimiser of the masks: sgd (the images' optimiser and momentum) or adam "
-        "(step size independent of the loss scale, which differs 10^4x between dm and mtt)",
+        "(step size independent of the loss scale, which differs 10^4x between dm and mtt) "
+        "[dm, dc, mtt sgd; sre2l adam, as its images: with sgd its masks stay uniform]",
     )
     theta_prime: str | None = option(
         None,
@@ -204,7 +205,7 @@ class CondenseConfig:
             f"--mask-channels must be one of {', '.join(MASK_CHANNELS)}, got {self.mask_channels}",
         )
         require(
-            self.mask_optimizer in MASK_OPTIMIZERS,
+            self.mask_optimizer is None or self.mask_optimizer in MASK_OPTIMIZERS,
             f"--mask-optimizer must be one of {', '.join(MASK_OPTIMIZERS)}, got {self.mask_optimizer}",
         )
         require(self.mask_lr is None or self.mask_lr > 0, f"--mask-lr must be positive, got {self.mask_lr}")
@@ -249,14 +250,14 @@ class CondenseConfig:
         outer, inner = default_loops(self.ipc)
         lr_img = self.lr_img if self.lr_img is not None else d["lr_img"]
         lam = self.lam if self.lam is not None else d["lam"]
+        mask_optimizer = self.mask_optimizer or ("adam" if self.base == "sre2l" else "sgd")
         return replace(
             self,
             iterations=self.iterations or d["iterations"],
             lr_img=lr_img,
             theta_prime=self.theta_prime or THETA_PRIME_DEFAULT[self.base],
-            mask_lr=self.mask_lr
-            if self.mask_lr is not None
-            else (lr_img if self.mask_optimizer == "sgd" else ADAM_MASK_LR),
+            mask_lr=self.mask_lr if self.mask_lr is not None else (lr_img if mask_optimizer == "sgd" else ADAM_MASK_LR),
+            mask_optimizer=mask_optimizer,
             lam=lam,
             dsa=d["dsa"] if self.dsa is None else self.dsa,
             outer_loop=self.outer_loop or outer,

@@ -235,3 +235,12 @@ def test_sre2l_refuses_a_teacher_without_batch_norm(data, workspace) -> None:
     cfg = build(CondenseConfig, {"base": "sre2l", "domain_aware": False, "iterations": 1})
     with pytest.raises(ChddlError, match="no batch norm.*convnet_bn"):
         condense_run(ds, None, cfg, workspace, teacher=fake)
+
+
+def test_sre2l_masks_default_to_adam_and_the_other_bases_to_sgd() -> None:
+    sre2l = build(CondenseConfig, {"base": "sre2l"}).resolved()
+    dm = build(CondenseConfig, {"base": "dm"}).resolved()
+    assert (sre2l.mask_optimizer, sre2l.mask_lr) == ("adam", 0.01)
+    assert (dm.mask_optimizer, dm.mask_lr) == ("sgd", 1.0)
+    explicit = build(CondenseConfig, {"base": "sre2l", "mask_optimizer": "adam"}).resolved()
+    assert explicit.key_fields() == sre2l.key_fields()
