@@ -37,8 +37,10 @@ for part in $parts; do
         for seed in $seeds; do
           score --baseline random --ipc "$ipc" --seed "$seed"
           for aware in --no-domain-aware --domain-aware; do
-            chddl condense --base sre2l --ipc "$ipc" --iterations "$sre2l_iters" --teacher "$teacher" $aware --seed "$seed"
-            score
+            # the set by path, not "the workspace's latest": runs of other seeds may share the workspace
+            set=$(chddl condense --base sre2l --ipc "$ipc" --iterations "$sre2l_iters" --teacher "$teacher" $aware \
+                    --seed "$seed" | sed -n 's/^condensed: //p')
+            score "$set"
           done
         done
       done ;;
