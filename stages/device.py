@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -28,15 +29,26 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def _leave_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    # Every rank reaches this point before any tears its group down: a gloo rank destroyed while its
+    # peer's threads still talk to it ended in "terminate called without an active exception" (SIGABRT).
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+        else:
+            dist.barrier()
+    except Exception:  # noqa: BLE001 - a peer already failed: nothing left to wait for
+        pass
+    dist.destroy_process_group()
 
 
 def init_distributed() -> None:
     """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on GPU).
 
-    The group is destroyed at exit: left to the interpreter's teardown, a gloo
-    rank could abort (SIGABRT) when its peer had already gone."""
+    The group is destroyed at exit, after a barrier: left to the interpreter's
+    teardown, or destroyed while a peer was still finishing, a gloo rank could
+    abort (SIGABRT)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         atexit.register(_leave_distributed)
