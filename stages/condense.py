@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import safetensors
 import safetensors.torch
@@ -437,13 +438,17 @@ def run(
             | ({"teacher": teacher.name} if teacher_net is not None else {})
         )
         with measure() as cost:
-            bn_stats = (
-                _domain_stats(teacher, teacher_net, dataset, labels, cfg, workspace, device)
-                if teacher_net is not None and cfg.domain_aware
-                else None
-            )
+            bn_stats: list[Artifact] = []  # the statistics artifact, once _build has asked for it
+
+            def statistics_of(images: torch.Tensor, domains: torch.Tensor) -> list:
+                selection = {"domains": list(cfg.domains), "exclude_domain": cfg.exclude_domain}
+                art, stats = domain_statistics(teacher, teacher_net, labels, images, domains, selection, workspace)
+                bn_stats.append(art)
+                return stats
+
+            wants_stats = teacher_net is not None and cfg.domain_aware
             base, objective, images, syn_labels, _ = _build(
-                dataset, labels, cfg, device, store, teacher_net, bn_stats[1] if bn_stats else None
+                dataset, labels, cfg, device, store, teacher_net, statistics_of if wants_stats else None
             )
             loop = Loop(
                 base,
@@ -609,21 +614,6 @@ def _teacher(
     return net
 
 
-def _domain_stats(
-    teacher: Artifact,
-    net: torch.nn.Module,
-    dataset: Dataset,
-    labels: PseudoLabels,
-    cfg: CondenseConfig,
-    workspace: Workspace,
-    device: torch.device,
-) -> tuple[Artifact, list]:
-    keep = selected_train(dataset, cfg)
-    images = _normalized(dataset, dataset.train_indices[keep], device)
-    selection = {"domains": list(cfg.domains), "exclude_domain": cfg.exclude_domain}
-    return domain_statistics(teacher, net, labels, images, labels.labels[keep], selection, workspace)
-
-
 def _image_range(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The normalised values of pixels 0 and 1 per channel (None under ZCA, where no box bounds them)."""
     if dataset.zca is not None:
@@ -674,11 +664,13 @@ def _build(
     device: torch.device,
     store: ExpertStore | None = None,
     teacher: torch.nn.Module | None = None,
-    domain_stats: list | None = None,
+    statistics_of: Callable[[torch.Tensor, torch.Tensor], list] | None = None,
 ):
     keep = selected_train(dataset, cfg)
     train = dataset.train_indices[keep]
     pool = RealPool(_normalized(dataset, train, device), dataset.labels[train].to(device))
+    # SRe2L + CHDDL's per-domain targets, from the pool's own normalised images (no second copy)
+    domain_stats = statistics_of(pool.images, labels.labels[keep]) if statistics_of is not None else None
     factory = lambda: create_model(cfg.arch, dataset.num_classes, dataset.size)  # noqa: E731
     dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
     # Compiling costs 15-30 s once: worth it for DM's and DC's default lengths, not for short runs.
