@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from stages.api import Workspace, open_workspace
+from stages.api import Result, Workspace, open_workspace
 from stages.errors import ChddlError
 
 console = Console(highlight=False)
@@ -219,6 +219,21 @@ class RichProgress:
 
 def progress_for(g: Globals) -> RichProgress:
     return RichProgress(enabled=not g.quiet, verbose=g.verbose)
+
+
+def run_stage(ctx: typer.Context, stage: Callable, *args: object, **kwargs: object) -> tuple[Result, RichProgress]:
+    """Call a library stage (``api.condense``, ...) with the global options filled in: the
+    workspace, device, default seed and a progress display. Returns its result and the display."""
+    g = globals_of(ctx)
+    progress = progress_for(g)
+    kwargs |= {"workspace": g.workspace(), "device": g.device, "default_seed": g.seed, "progress": progress}
+    return stage(*args, **kwargs), progress
+
+
+def note_done(progress: RichProgress, what: str, res: Result, redo: str = "recompute") -> None:
+    """``condensed NAME: done`` or ``...: cached - skipping (use --force to REDO)``."""
+    hit = "cached - skipping (use --force to " + redo + ")"
+    progress.note(f"{what} {res.artifact.name}: " + (hit if res.cache_hit else "done"))
 
 
 def plural(n: int, word: str) -> str:

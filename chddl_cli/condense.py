@@ -12,11 +12,11 @@ from chddl_cli.common import (
     artifact_json,
     console,
     cost_line,
-    globals_of,
     guarded,
+    note_done,
     print_json,
-    progress_for,
     result_line,
+    run_stage,
 )
 from chddl_cli.options import config_options
 from stages import api
@@ -93,26 +93,22 @@ def condense(
     A run with more --iterations than a finished run of the same settings
     continues from that run's final state (each rung stays its own artifact).
     """
-    g = globals_of(ctx)
-    progress = progress_for(g)
-    res = api.condense(
-        workspace=g.workspace(),
+    res, progress = run_stage(
+        ctx,
+        api.condense,
         dataset=dataset,
         labels=labels,
         experts=experts,
         teacher=teacher,
         preset=config,
-        device=g.device,
         force=force,
-        default_seed=g.seed,
-        progress=progress,
         **settings,
     )
     art, hit = res.artifact, res.cache_hit
-    progress.note(f"condensed {art.name}: " + ("cached - skipping (use --force to recompute)" if hit else "done"))
+    note_done(progress, "condensed", res)
     if as_json:
         print_json(artifact_json(art, hit) | {"info": art.info})
         return
-    if not g.quiet:
+    if progress.enabled:
         console.print(condensed_table(art))
     result_line("condensed", art.path)

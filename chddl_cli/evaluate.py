@@ -11,12 +11,12 @@ from chddl_cli.common import (
     JSON_OPTION,
     artifact_json,
     console,
-    globals_of,
     guarded,
+    note_done,
     plural,
     print_json,
-    progress_for,
     result_line,
+    run_stage,
 )
 from chddl_cli.options import config_options
 from stages import api
@@ -75,26 +75,22 @@ def evaluate(
     """Train networks from scratch on the condensed set only and report test top-1 (mean ± std over runs),
     overall and per true domain. Under `torchrun --nproc-per-node K` the runs are split across K processes."""
     init_distributed()
-    g = globals_of(ctx)
-    progress = progress_for(g)
-    res = api.evaluate(
+    res, progress = run_stage(
+        ctx,
+        api.evaluate,
         condensed,
-        workspace=g.workspace(),
         dataset=dataset,
         baseline=baseline,
         ipc=ipc,
         soft_labels=soft_labels,
         preset=config,
-        device=g.device,
         force=force,
-        default_seed=g.seed,
-        progress=progress,
         **settings,
     )
     art, hit = res.artifact, res.cache_hit
     if art is None:  # a non-zero torchrun rank: rank 0 reports
         return
-    progress.note(f"evaluation {art.name}: " + ("cached - skipping (use --force to recompute)" if hit else "done"))
+    note_done(progress, "evaluation", res)
     if as_json:
         print_json(artifact_json(art, hit) | {"train_set": art.info["train_set"]})
         return

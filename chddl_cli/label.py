@@ -12,11 +12,10 @@ from chddl_cli.common import (
     artifact_json,
     console,
     cost_line,
-    globals_of,
     guarded,
     print_json,
-    progress_for,
     result_line,
+    run_stage,
 )
 from chddl_cli.options import config_options
 from stages import api
@@ -99,18 +98,8 @@ def label(
     Prints the pseudo-domain sizes and, when the dataset has true domains,
     their agreement with them (NMI, ARI, purity).
     """
-    g = globals_of(ctx)
-    progress = progress_for(g)
-    res = api.label(
-        path,
-        workspace=g.workspace(),
-        preset=config,
-        dataset_config=dataset_settings,
-        device=g.device,
-        force=force,
-        default_seed=g.seed,
-        progress=progress,
-        **settings,
+    res, progress = run_stage(
+        ctx, api.label, path, preset=config, dataset_config=dataset_settings, force=force, **settings
     )
     lab_art, data_art, hit = res.artifact, res.inputs["dataset"], res.cache_hit
     if "dataset" in res.inputs_cached:
@@ -129,7 +118,7 @@ def label(
     if as_json:
         print_json(artifact_json(lab_art, hit) | {"dataset": artifact_json(data_art)})
         return
-    if not g.quiet:
+    if progress.enabled:
         console.print(dataset_table(data_art))
         console.print(labels_table(lab_art, data_art.info.get("domain_names")))
         agree = agreement_table(lab_art)

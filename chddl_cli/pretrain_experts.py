@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from chddl_cli.common import console, cost_line, globals_of, guarded, human_bytes, progress_for, result_line
+from chddl_cli.common import console, cost_line, guarded, human_bytes, note_done, result_line, run_stage
 from chddl_cli.options import config_options
 from stages import api
 from stages import pretrain_experts as experts_stage
@@ -28,23 +28,13 @@ def pretrain_experts(
     pseudo-domain for CHDDL. Resumes expert by expert; under `torchrun --nproc-per-node K` the
     experts are split across the K processes."""
     init_distributed()
-    g = globals_of(ctx)
-    progress = progress_for(g)
-    res = api.pretrain_experts(
-        workspace=g.workspace(),
-        dataset=dataset,
-        labels=labels,
-        preset=config,
-        device=g.device,
-        force=force,
-        default_seed=g.seed,
-        progress=progress,
-        **settings,
+    res, progress = run_stage(
+        ctx, api.pretrain_experts, dataset=dataset, labels=labels, preset=config, force=force, **settings
     )
-    art, hit = res.artifact, res.cache_hit
+    art = res.artifact
     if art is None:  # a non-zero torchrun rank: rank 0 reports
         return
-    progress.note(f"experts {art.name}: " + ("cached - skipping (use --force to retrain)" if hit else "done"))
+    note_done(progress, "experts", res, redo="retrain")
     table = Table(title=f"experts {art.name}", show_header=False, title_justify="left")
     info = art.info
     table.add_row("sets", ", ".join(info["sets"]))

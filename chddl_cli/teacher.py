@@ -12,11 +12,11 @@ from chddl_cli.common import (
     artifact_json,
     console,
     cost_line,
-    globals_of,
     guarded,
+    note_done,
     print_json,
-    progress_for,
     result_line,
+    run_stage,
 )
 from chddl_cli.options import config_options
 from stages import api
@@ -36,24 +36,13 @@ def train_teacher(
     """Train a teacher with batch norm on the real training split (SRe2L's squeeze), for
     `condense --base sre2l` and `evaluate --soft-labels`. Checkpoints after every epoch;
     re-running the same command resumes."""
-    g = globals_of(ctx)
-    progress = progress_for(g)
-    res = api.train_teacher(
-        workspace=g.workspace(),
-        dataset=dataset,
-        preset=config,
-        device=g.device,
-        force=force,
-        default_seed=g.seed,
-        progress=progress,
-        **settings,
-    )
+    res, progress = run_stage(ctx, api.train_teacher, dataset=dataset, preset=config, force=force, **settings)
     art, hit = res.artifact, res.cache_hit
-    progress.note(f"teacher {art.name}: " + ("cached - skipping (use --force to retrain)" if hit else "done"))
+    note_done(progress, "teacher", res, redo="retrain")
     if as_json:
         print_json(artifact_json(art, hit))
         return
-    if not g.quiet:
+    if progress.enabled:
         table = Table(title=f"teacher {art.name}", show_header=False, title_justify="left")
         table.add_row("network", f"{art.info['arch']}, {art.info['batch_norm_layers']} batch-norm layers")
         c = art.config
