@@ -33,12 +33,12 @@ from stages import report as report_stage
 from stages import teacher as teacher_stage
 from stages.artifacts import Artifact, Workspace, read_artifact
 from stages.config import build, load_preset, section
-from stages.data.dataset import load_dataset
+from stages.data.dataset import Dataset, load_dataset
 from stages.data.ingest import DatasetConfig, ingest
 from stages.device import resolve_device
 from stages.errors import ChddlError
 from stages.inputs import is_artifact_dir, resolve, upstream
-from stages.label import load_labels
+from stages.label import PseudoLabels, load_labels
 from stages.progress import NullProgress, Progress
 
 __all__ = [
@@ -138,6 +138,17 @@ def _dataset_of(ws: Workspace, explicit: str | Path | None, via: Artifact | None
     return (upstream(ws, via, "dataset", "dataset") if via is not None else None) or resolve(ws, "dataset")
 
 
+def _inputs_with_labels(
+    ws: Workspace, dataset: str | Path | None, labels: str | Path | None, with_labels: bool
+) -> tuple[Artifact, Dataset, Artifact | None, PseudoLabels | None]:
+    """The labels (when ``with_labels``) and the dataset they were made from (or the one named),
+    as artifacts and loaded."""
+    label_art = resolve(ws, "labels", labels) if with_labels else None
+    data_art = _dataset_of(ws, dataset, label_art)
+    ds = load_dataset(data_art)
+    return data_art, ds, label_art, load_labels(label_art, ds) if label_art is not None else None
+
+
 def pretrain_experts(
     *,
     workspace: Where = "chddl-runs",
@@ -154,10 +165,7 @@ def pretrain_experts(
     ``domain_experts=False``, one set per pseudo-domain of ``labels``."""
     ws = open_workspace(workspace)
     cfg = build(experts_stage.ExpertsConfig, *_values(preset, "experts", default_seed, overrides))
-    label_art = resolve(ws, "labels", labels) if cfg.domain_experts else None
-    data_art = _dataset_of(ws, dataset, label_art)
-    ds = load_dataset(data_art)
-    pseudo = load_labels(label_art, ds) if label_art is not None else None
+    data_art, ds, label_art, pseudo = _inputs_with_labels(ws, dataset, labels, cfg.domain_experts)
     art, hit = experts_stage.run(ds, pseudo, cfg, ws, device=_device(device), force=force, progress=progress)
     return Result(art, hit, {"dataset": data_art} | ({"labels": label_art} if label_art else {}))
 
@@ -215,10 +223,7 @@ def condense(
     (SRe2L) the teacher default to the workspace's latest."""
     ws = open_workspace(workspace)
     cfg = build(condense_stage.CondenseConfig, *_values(preset, "condense", default_seed, overrides))
-    label_art = resolve(ws, "labels", labels) if cfg.domain_aware else None
-    data_art = _dataset_of(ws, dataset, label_art)
-    ds = load_dataset(data_art)
-    pseudo = load_labels(label_art, ds) if label_art is not None else None
+    data_art, ds, label_art, pseudo = _inputs_with_labels(ws, dataset, labels, cfg.domain_aware)
     expert_art = resolve(ws, "experts", experts) if cfg.base == "mtt" and (experts or ws.latest("experts")) else None
     teacher_art = (
         _teacher_of(ws, teacher, "--base sre2l")
