@@ -466,7 +466,7 @@ def run(
                 progress.note(f"continuing {source.name} from its final iteration {start_from[0]}")
             start = loop.run(stop_after, start_from)
             stats = loop.stats(start)
-            if start_from is not None and start == start_from[0]:
+            if start_from is not None and loop.continued_at == start_from[0]:
                 stats["continued_from"] = source.name
             if cfg.domain_aware:
                 stats["masks"] = mask_diagnostics(objective.masks.alpha())

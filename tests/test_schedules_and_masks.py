@@ -65,6 +65,28 @@ def test_a_continued_run_counts_the_shorter_runs_time(data, workspace) -> None:
     assert cost["wall_s_total"] == pytest.approx(cost["wall_s"] + cost["earlier_wall_s"], abs=0.02)
 
 
+def test_a_continued_run_resumed_after_an_interruption_still_names_its_source(data, tmp_path) -> None:
+    ds, labels = data
+    ws = Workspace(tmp_path / "ladder")
+    short, _ = run(ds, labels, _cfg(iterations=2), ws)
+    with pytest.raises(KeyboardInterrupt):
+        run(ds, labels, _cfg(iterations=5), ws, stop_after=1)  # checkpointed at iteration 3
+    longer, _ = run(ds, labels, _cfg(iterations=5), ws)
+    straight, _ = run(ds, labels, _cfg(iterations=5), Workspace(tmp_path / "straight"))
+    assert longer.metrics["resumed_from"] == 3 and longer.metrics["continued_from"] == short.name
+    assert torch.equal(straight.tensor("images"), longer.tensor("images"))
+
+
+def test_a_checkpoint_of_a_straight_run_claims_no_source(data, tmp_path) -> None:
+    ds, labels = data
+    ws = Workspace(tmp_path / "ws")
+    with pytest.raises(KeyboardInterrupt):
+        run(ds, labels, _cfg(iterations=5), ws, stop_after=3)  # a straight run, checkpointed at iteration 3
+    run(ds, labels, _cfg(iterations=2), ws)
+    longer, _ = run(ds, labels, _cfg(iterations=5), ws)  # its own checkpoint is further along than the 2-run
+    assert longer.metrics["resumed_from"] == 3 and "continued_from" not in longer.metrics
+
+
 def test_the_longest_shorter_run_is_continued(data, workspace) -> None:
     ds, labels = data
     run(ds, labels, _cfg(iterations=2), workspace)

@@ -69,6 +69,7 @@ class Loop:
         self.rollbacks: list[dict] = []
         self.timings: list[float] = []
         self.earlier_s = 0.0  # wall time earlier (interrupted) runs spent reaching the resumed checkpoint
+        self.continued_at: int | None = None  # the finished shorter run's iteration this run started from
         self._clock = time.monotonic()
 
     def _optimizer(self, name: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
@@ -81,6 +82,8 @@ class Loop:
     def state(self) -> dict[str, torch.Tensor]:
         elapsed = self.earlier_s + time.monotonic() - self._clock
         out = {"history": self.history.clone(), "elapsed_s": torch.tensor(elapsed, dtype=torch.float64)}
+        if self.continued_at is not None:  # kept through checkpoints, so a resumed rung still names its source
+            out["continued_at"] = torch.tensor(self.continued_at)
         for name, params in self.groups.items():
             opt = self.opts[name]
             out[f"lr/{name}"] = torch.tensor(opt.param_groups[0]["lr"], dtype=torch.float64)
@@ -96,6 +99,7 @@ class Loop:
         """Load a :meth:`state`; its history may be shorter than this run's
         (the final state of a finished run with fewer iterations)."""
         done = saved["history"][: len(self.history)]
+        self.continued_at = int(saved["continued_at"]) if "continued_at" in saved else None
         self.history.zero_()
         self.history[: len(done)] = done
         with torch.no_grad():
@@ -235,6 +239,7 @@ class Loop:
         if start_from is not None and (resumed is None or resumed[0] < start_from[0]):
             start, saved = start_from
             self.restore(saved)
+            self.continued_at = start
             self.earlier_s = float(saved.get("elapsed_s", 0.0))
         elif resumed is not None:
             start, saved = resumed
