@@ -32,12 +32,18 @@ schedules=${SCHEDULES:-summed sequential algorithm1}
 if [ "$scale" = smoke ]; then ladder="2 4"; ks="1 2"; fi
 echo "   parts: $parts; 64 px ladder: $ladder; mask resolutions: $ks"
 
-# condense SEED IPC OPTIONS... then evaluate the set it made
+# condense OPTIONS... then evaluate the set it made, by its path (scripts sharing a workspace never
+# evaluate each other's 'latest')
+condense_eval() {
+  local set
+  set=$(chddl condense "$@" | sed -n 's/^condensed: //p')
+  chddl evaluate "$set" --arch convnet "${eval_opts[@]}"
+}
+# condense SEED IPC OPTIONS... with DM's scale settings, then evaluate
 set_of() {
   local seed=$1 ipc=$2; shift 2
   method_opts dm "$ipc" pacs
-  chddl condense "${opts[@]}" "$@" --seed "$seed"
-  chddl evaluate --arch convnet "${eval_opts[@]}"
+  condense_eval "${opts[@]}" "$@" --seed "$seed"
 }
 references() {  # DM and default DM+CHDDL at IPC
   local seed=$1 ipc=$2
@@ -53,8 +59,7 @@ for part in $parts; do
       for rung in $ladder; do
         for seed in $seeds; do
           for aware in --no-domain-aware --domain-aware; do
-            chddl condense --base dm --ipc 1 --init noise --batch-real "$batch_real" --iterations "$rung" $aware --seed "$seed"
-            chddl evaluate --arch convnet "${eval_opts[@]}"
+            condense_eval --base dm --ipc 1 --init noise --batch-real "$batch_real" --iterations "$rung" $aware --seed "$seed"
           done
         done
       done ;;
@@ -90,8 +95,7 @@ for part in $parts; do
         for seed in $seeds; do
           method_opts dm "$ipc" pacs
           # the later --iterations wins; the run continues the scale's finished DM set
-          chddl condense "${opts[@]}" --iterations "$control" --no-domain-aware --seed "$seed"
-          chddl evaluate --arch convnet "${eval_opts[@]}"
+          condense_eval "${opts[@]}" --iterations "$control" --no-domain-aware --seed "$seed"
         done
       done ;;
     e)
