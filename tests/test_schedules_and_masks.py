@@ -195,6 +195,19 @@ def test_summed_lambda_zero_is_plain_dm(data, tmp_path) -> None:
     assert torch.allclose(dm.tensor("images"), zero.tensor("images"), atol=1e-4)
 
 
+def test_sequential_at_lambda_zero_is_dm_with_a_larger_step_and_smaller_momentum(data, tmp_path) -> None:
+    # The zero-gradient domain step still applies SGD momentum m: per iteration the images move by
+    # lr (1 + m) u with u = m^2 u_prev + g, i.e. DM with lr (1 + m) and momentum m^2 (RESULTS.md, issue 17 b).
+    ds, labels = data
+    seq, _ = run(ds, labels, _cfg(iterations=4, schedule="sequential", lam=0.0), Workspace(tmp_path / "seq"))
+    dm_like, _ = run(
+        ds, labels, _cfg(iterations=4, domain_aware=False, lr_img=1.5, momentum_img=0.25), Workspace(tmp_path / "d")
+    )
+    plain, _ = run(ds, labels, _cfg(iterations=4, domain_aware=False), Workspace(tmp_path / "plain"))
+    assert torch.allclose(seq.tensor("images"), dm_like.tensor("images"), atol=1e-4)
+    assert not torch.allclose(seq.tensor("images"), plain.tensor("images"), atol=1e-2)
+
+
 # -- structured masks ----------------------------------------------------------
 def test_low_resolution_masks_are_smooth_and_sum_to_one() -> None:
     masks = DomainMasks(
