@@ -58,13 +58,23 @@ def _short(variant: str) -> str:
     return ", ".join(p for p in variant.split(", ") if p not in drop) or variant
 
 
+def _order(value: str) -> tuple:
+    """Numbers in numeric order (300 before 1000), before any text."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
 def tables(workdirs: list[str]) -> str:
     rows = [r for w in workdirs for r in _rows(Workspace(w))]
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         groups[(r["dataset"], r["group"], r["epochs"])][r["variant"]].append(r)
     lines = []
-    for (dataset, group, epochs), variants in sorted(groups.items()):
+    for (dataset, group, epochs), variants in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], tuple(_order(v) for v in kv[0][1]), kv[0][2])
+    ):
         if "DM" not in variants:
             continue
         ipc, init, iterations, batch_real = group[:4]
