@@ -22,7 +22,9 @@ from stages.artifacts import Workspace
 from stages.report import chddl_delta, chddl_settings
 
 #: condensation settings a variant must share with its DM line
-PAIRED = ("ipc", "init", "iterations", "batch_real", "lr_img", "arch", "dsa")
+PAIRED = ("ipc", "init", "iterations", "batch_real", "lr_img", "momentum_img", "arch", "dsa")
+#: the image optimiser's defaults (DM's); other values are named in the table's heading
+OPTIMISER_DEFAULTS = {"lr_img": "1.0", "momentum_img": "0.5"}
 
 
 def _rows(ws: Workspace) -> list[dict]:
@@ -79,9 +81,12 @@ def tables(workdirs: list[str]) -> str:
             continue
         ipc, init, iterations, batch_real = group[:4]
         domains = variants["DM"][0]["domains"]
+        optimiser = "".join(
+            f", {k} {v}" for k, v in zip(PAIRED, group) if k in OPTIMISER_DEFAULTS and v != OPTIMISER_DEFAULTS[k]
+        )
         lines += [
-            f"\n{dataset}, IPC {ipc}, init {init}, {iterations} iterations, {batch_real} real per group, "
-            f"evaluation {epochs} epochs\n",
+            f"\n{dataset}, IPC {ipc}, init {init}, {iterations} iterations, {batch_real} real per group"
+            f"{optimiser}, evaluation {epochs} epochs\n",
             "| set | seeds x runs | accuracy | delta vs DM | per seed | "
             + " | ".join(f"delta {d}" for d in domains)
             + " | masks: max alpha / neighbours (chance) |",
