@@ -22,9 +22,9 @@ from stages.artifacts import Workspace
 from stages.report import chddl_delta, chddl_settings
 
 #: condensation settings a variant must share with its DM line
-PAIRED = ("ipc", "init", "iterations", "batch_real", "lr_img", "momentum_img", "arch", "dsa")
-#: the image optimiser's defaults (DM's); other values are named in the table's heading
-OPTIMISER_DEFAULTS = {"lr_img": "1.0", "momentum_img": "0.5"}
+PAIRED = ("ipc", "init", "iterations", "batch_real", "arch", "dsa")
+#: DM's image optimiser; a set with other values is a variant of its group, named by them
+OPTIMISER_DEFAULTS = {"lr_img": 1.0, "momentum_img": 0.5}
 
 
 def _rows(ws: Workspace) -> list[dict]:
@@ -42,7 +42,7 @@ def _rows(ws: Workspace) -> list[dict]:
             {
                 "dataset": e.info["dataset"],
                 "group": tuple(str(train.config.get(k)) for k in PAIRED),
-                "variant": "DM" if not train.config.get("domain_aware") else chddl_settings(train, ws),
+                "variant": _variant(train, ws),
                 "seed": train.config.get("seed"),
                 "runs": np.asarray(e.metrics["convnet"]["runs"], dtype=float),
                 "per_domain": per_domain,
@@ -52,6 +52,15 @@ def _rows(ws: Workspace) -> list[dict]:
             }
         )
     return out
+
+
+def _variant(train, ws: Workspace) -> str:
+    """``DM`` or the CHDDL settings, then any image-optimiser setting other than DM's."""
+    name = "DM" if not train.config.get("domain_aware") else chddl_settings(train, ws)
+    for k, default in OPTIMISER_DEFAULTS.items():
+        if train.config.get(k, default) != default:
+            name += f", {k} {train.config[k]}"
+    return name
 
 
 def _short(variant: str) -> str:
@@ -81,12 +90,9 @@ def tables(workdirs: list[str]) -> str:
             continue
         ipc, init, iterations, batch_real = group[:4]
         domains = variants["DM"][0]["domains"]
-        optimiser = "".join(
-            f", {k} {v}" for k, v in zip(PAIRED, group) if k in OPTIMISER_DEFAULTS and v != OPTIMISER_DEFAULTS[k]
-        )
         lines += [
-            f"\n{dataset}, IPC {ipc}, init {init}, {iterations} iterations, {batch_real} real per group"
-            f"{optimiser}, evaluation {epochs} epochs\n",
+            f"\n{dataset}, IPC {ipc}, init {init}, {iterations} iterations, {batch_real} real per group, "
+            f"evaluation {epochs} epochs\n",
             "| set | seeds x runs | accuracy | delta vs DM | per seed | "
             + " | ".join(f"delta {d}" for d in domains)
             + " | masks: max alpha / neighbours (chance) |",
