@@ -16,6 +16,8 @@
 #   d  structured masks: K x K masks shared by the colour channels, K in
 #      KS (env, default "1 4 8"), 32 px IPC 1 and 10
 #   e  the paper's Table B (real init) at IPC 1: DM and DM+CHDDL from real images
+#   o  DM with other image-optimiser settings, LR:MOMENTUM pairs of OPTIMISERS (env, default
+#      "1.5:0.25 2:0.5"; 1.5:0.25 is what the sequential schedule at lambda 0 computes), at IPCS
 #   w  the whole-dataset baseline at 32 and 64 px (WHOLE_EPOCHS env, default 30)
 # The reference lines (DM, default DM+CHDDL) of each IPC run with every part
 # that needs them; cached sets are reused, so parts can run in any order.
@@ -104,6 +106,15 @@ for part in $parts; do
         set_of "$seed" 1 --no-domain-aware --init real
         set_of "$seed" 1 --domain-aware --init real
       done ;;
+    o)
+      chddl label "$pacs_source" --config "$pacs_preset"
+      for ipc in $ipcs; do
+        for seed in $seeds; do
+          for pair in ${OPTIMISERS:-1.5:0.25 2:0.5}; do
+            set_of "$seed" "$ipc" --no-domain-aware --lr-img "${pair%%:*}" --momentum-img "${pair#*:}"
+          done
+        done
+      done ;;
     w)
       epochs=${WHOLE_EPOCHS:-30}; if [ "$scale" = smoke ]; then epochs=1; fi
       for src_preset in "$pacs_source:$pacs_preset" "${data:-}/pacs_64.npz:pacs_64"; do
@@ -111,7 +122,7 @@ for part in $parts; do
         chddl label "${src_preset%%:*}" --config "${src_preset#*:}"
         chddl evaluate --baseline whole --arch convnet --runs 1 --epochs "$epochs"
       done ;;
-    *) echo "unknown part $part (valid: a b c d e g w)" >&2; exit 2 ;;
+    *) echo "unknown part $part (valid: a b c d e g o w)" >&2; exit 2 ;;
   esac
 done
 command chddl report
