@@ -221,6 +221,9 @@ class CondenseConfig:
         require(self.init in ("noise", "real"), f"--init must be noise or real, got {self.init}")
         require(self.iterations is None or self.iterations >= 1, "--iterations must be at least 1")
         require(self.lr_img is None or self.lr_img > 0, "--lr-img must be positive")
+        require(
+            0.0 <= self.momentum_img < 1.0, f"--momentum-img must lie in [0, 1) (SGD momentum), got {self.momentum_img}"
+        )
         require(self.batch_real >= 1 and self.batch_train >= 1, "batch sizes must be at least 1")
         require(self.compile in ("auto", "on", "off"), "--compile must be auto, on or off")
         require(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1")

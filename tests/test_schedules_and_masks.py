@@ -208,6 +208,12 @@ def test_sequential_at_lambda_zero_is_dm_with_a_larger_step_and_smaller_momentum
     assert not torch.allclose(seq.tensor("images"), plain.tensor("images"), atol=1e-2)
 
 
+@pytest.mark.parametrize("momentum", [1.0, -0.1, 2.0])
+def test_a_momentum_outside_zero_to_one_is_refused(momentum) -> None:
+    with pytest.raises(ChddlError, match=r"--momentum-img must lie in \[0, 1\)"):
+        _cfg(momentum_img=momentum).validate()
+
+
 # -- structured masks ----------------------------------------------------------
 def test_low_resolution_masks_are_smooth_and_sum_to_one() -> None:
     masks = DomainMasks(
