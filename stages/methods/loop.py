@@ -275,6 +275,8 @@ class Loop:
             task.advance(start)
             while it < s.iterations:
                 t0 = time.perf_counter()
+                if not pending:
+                    batch_t0 = t0
                 g = iteration_generator(s.seed, it)
                 for n, lr in self.base_lr.items():
                     self.opts[n].param_groups[0]["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / s.iterations))
@@ -290,6 +292,10 @@ class Loop:
                 if it % s.log_every and it % s.checkpoint_every and it < s.iterations and it - start != stop_after:
                     continue
                 values = torch.stack([torch.stack([c, d]) for _, c, d in pending]).cpu()  # the only host sync
+                if self.images.is_cuda:
+                    # Kernels run asynchronously: an iteration's host time is only its launches. The batch's
+                    # wall time up to this sync, shared equally, is what the device actually spent.
+                    self.timings[-len(pending) :] = [(time.perf_counter() - batch_t0) / len(pending)] * len(pending)
                 if not self._finite(values):
                     bad = (
                         next(i for (i, _, _), row in zip(pending, values) if not torch.isfinite(row).all()) + 1
