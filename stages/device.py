@@ -28,6 +28,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise ChddlError(f"unknown device '{name}'; valid: {', '.join(DEVICE_CHOICES)}")
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``. A host tensor bound for a GPU is copied from pinned memory without blocking:
+    a copy from pageable memory makes the host wait for the GPU to drain, so the Python loop could no longer
+    queue the next kernels while the GPU runs (tests/test_cuda.py checks the hot loop for such waits)."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _leave_distributed() -> None:
     if not dist.is_initialized():
         return

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from stages.data.augment import DSA
+from stages.device import to_device
 from stages.methods.base import MatchBatch, RealPool
 from stages.models import reinitialize
 
@@ -76,7 +77,7 @@ def embed_with_recompute(net: torch.nn.Module, x: torch.Tensor, chunk: int = REA
 
 
 def real_images(pool: RealPool, batch: MatchBatch) -> torch.Tensor:
-    return pool.images[batch.real_index.to(pool.images.device)]
+    return pool.images[to_device(batch.real_index, pool.images.device)]
 
 
 def group_means(

@@ -12,6 +12,7 @@ import safetensors
 import torch
 
 from stages.artifacts import Artifact
+from stages.device import to_device
 from stages.errors import ChddlError
 
 
@@ -84,7 +85,7 @@ class ExpertStore:
             flat = [
                 torch.cat([fh.get_tensor(f"{e:03d}/{n}").float().flatten() for n in self.names]) for e in (start, end)
             ]
-        return flat[0].to(device), flat[1].to(device)
+        return to_device(flat[0], device), to_device(flat[1], device)
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Parameter dict (for torch.func.functional_call) from a flat vector."""
