@@ -5,14 +5,20 @@ from it): it imports the reference repository's modules from a folder the
 user fetched (VICO-UoE/DatasetCondensation for DM and DC,
 GeorgeCazenavette/mtt-distillation for MTT) and runs the body of their
 training loops (main_DM.py's ConvNet branch, main.py's DC outer loop,
-distill.py's student unroll) on random data of the benchmark's shape: 10
-classes x 500 images of 32x32x3, 256 real images per class, DSA for DM and
-MTT. Modules the timed code never calls (scipy's rotate, kornia, tqdm,
-wandb) are stubbed when missing, so no extra install is needed.
+distill.py's student unroll) on random data of the benchmark's shape (by
+default 10 classes x 500 images of 32x32x3 and ConvNet; ``--classes 7 --size
+64`` is PACS at 64 px with ConvNetD4, as the reference names depth 4), 256
+real images per class, DSA for DM and MTT, on ``--device`` (cpu or cuda: data,
+synthetic images and networks live there, as in the reference scripts).
+Modules the timed code never calls (scipy's rotate, kornia, tqdm, wandb) are
+stubbed when missing, so no extra install is needed.
 
     python bench/reference.py --reference .reference --method dm --ipc 10 --iterations 5
+    python bench/reference.py --reference .reference --method mtt --ipc 10 --classes 7 --size 64 --syn-steps 20 \
+        --device cuda
 
-prints one JSON line: seconds per iteration (median after the first), peak RSS.
+prints one JSON line: seconds per iteration (median after the first; on CUDA
+each iteration ends with a synchronize), peak RSS and, on CUDA, peak CUDA memory.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import resource
 import sys
 import time
 import types
+from dataclasses import dataclass
 from pathlib import Path
 
 #: folder names of the reference repositories under --reference (as `fetch` + clone lay them out), or plain names
@@ -83,31 +90,61 @@ def _median_after_first(times: list[float]) -> float:
     return steady[len(steady) // 2]
 
 
-def _real_data(torch, n_per_class: int = 500, classes: int = 10):
-    images = torch.randn(n_per_class * classes, 3, 32, 32)
-    labels = torch.arange(n_per_class * classes) % classes
-    return images, [torch.nonzero(labels == c).flatten().tolist() for c in range(classes)]
+@dataclass
+class Shape:
+    """What the timed loop works on: class count, image side, the reference's network name and device."""
+
+    classes: int = 10
+    size: int = 32
+    device: str = "cpu"
+
+    @property
+    def net(self) -> str:
+        # the reference scripts name ConvNet's depth by resolution: ConvNet (3) at 32 px, ConvNetD4 at 64 px
+        return {32: "ConvNet", 64: "ConvNetD4"}.get(self.size, "ConvNet")
+
+    def network(self, **kw):
+        from utils import get_network
+
+        # the reference moves networks to cuda whenever one exists; --device decides here
+        return get_network(self.net, 3, self.classes, (self.size, self.size), **kw).to(self.device)
+
+    def sync(self) -> None:
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
 
 
-def time_dm(ipc: int, iterations: int) -> list[float]:
+def _real_data(torch, shape: Shape, n_per_class: int = 500):
+    images = torch.randn(n_per_class * shape.classes, 3, shape.size, shape.size, device=shape.device)
+    labels = torch.arange(n_per_class * shape.classes) % shape.classes
+    return images, [torch.nonzero(labels == c).flatten().tolist() for c in range(shape.classes)]
+
+
+def _syn(torch, shape: Shape, ipc: int):
+    return torch.randn(shape.classes * ipc, 3, shape.size, shape.size, device=shape.device, requires_grad=True)
+
+
+def time_dm(shape: Shape, ipc: int, iterations: int) -> list[float]:
     """main_DM.py's ConvNet branch: per class, embed real and synthetic, squared distance of the means."""
     import numpy as np
     import torch
-    from utils import DiffAugment, ParamDiffAug, get_network
+    from utils import DiffAugment, ParamDiffAug
 
-    images_all, indices_class = _real_data(torch)
-    image_syn = torch.randn(10 * ipc, 3, 32, 32, requires_grad=True)
+    images_all, indices_class = _real_data(torch, shape)
+    image_syn = _syn(torch, shape, ipc)
     optimizer_img = torch.optim.SGD([image_syn], lr=1.0, momentum=0.5)
     param, strategy = ParamDiffAug(), "color_crop_cutout_flip_scale_rotate"
     times = []
     for _ in range(iterations):
         t0 = time.perf_counter()
-        net = get_network("ConvNet", 3, 10, (32, 32))
+        net = shape.network()
         net.train()
         for p in net.parameters():
             p.requires_grad = False
-        loss = torch.tensor(0.0)
-        for c in range(10):
+        loss = torch.tensor(0.0, device=shape.device)
+        for c in range(shape.classes):
             img_real = images_all[np.random.permutation(indices_class[c])[:256]]
             img_syn = image_syn[c * ipc : (c + 1) * ipc]
             seed = int(time.time() * 1000) % 100000
@@ -118,40 +155,41 @@ def time_dm(ipc: int, iterations: int) -> list[float]:
         loss.backward()
         optimizer_img.step()
         loss.item()
+        shape.sync()
         times.append(time.perf_counter() - t0)
     return times
 
 
-def time_dc(ipc: int, iterations: int) -> list[float]:
+def time_dc(shape: Shape, ipc: int, iterations: int) -> list[float]:
     """main.py's DC loop (no DSA, as for --method DC), IPC 1: one gradient-matching step per iteration."""
     import numpy as np
     import torch
     from torch import nn
-    from utils import TensorDataset, epoch, get_loops, get_network, match_loss
+    from utils import TensorDataset, epoch, get_loops, match_loss
 
-    images_all, indices_class = _real_data(torch)
-    image_syn = torch.randn(10 * ipc, 3, 32, 32, requires_grad=True)
-    label_syn = torch.arange(10).repeat_interleave(ipc)
+    images_all, indices_class = _real_data(torch, shape)
+    image_syn = _syn(torch, shape, ipc)
+    label_syn = torch.arange(shape.classes, device=shape.device).repeat_interleave(ipc)
     optimizer_img = torch.optim.SGD([image_syn], lr=0.1, momentum=0.5)
     outer_loop, inner_loop = get_loops(ipc)
     args = types.SimpleNamespace(
-        device="cpu", dis_metric="ours", dsa=False, dc_aug_param=None, batch_train=256, lr_net=0.01
+        device=shape.device, dis_metric="ours", dsa=False, dc_aug_param=None, batch_train=256, lr_net=0.01
     )
     criterion = nn.CrossEntropyLoss()
     times = []
     for _ in range(iterations):
         t0 = time.perf_counter()
-        net = get_network("ConvNet", 3, 10, (32, 32))
+        net = shape.network()
         net.train()
         params = list(net.parameters())
         optimizer_net = torch.optim.SGD(net.parameters(), lr=args.lr_net)
         for ol in range(outer_loop):
-            loss = torch.tensor(0.0)
-            for c in range(10):
+            loss = torch.tensor(0.0, device=shape.device)
+            for c in range(shape.classes):
                 img_real = images_all[np.random.permutation(indices_class[c])[:256]]
-                lab_real = torch.full((len(img_real),), c, dtype=torch.long)
+                lab_real = torch.full((len(img_real),), c, dtype=torch.long, device=shape.device)
                 img_syn = image_syn[c * ipc : (c + 1) * ipc]
-                lab_syn = torch.full((ipc,), c, dtype=torch.long)
+                lab_syn = torch.full((ipc,), c, dtype=torch.long, device=shape.device)
                 gw_real = [g.detach().clone() for g in torch.autograd.grad(criterion(net(img_real), lab_real), params)]
                 gw_syn = torch.autograd.grad(criterion(net(img_syn), lab_syn), params, create_graph=True)
                 loss += match_loss(gw_syn, gw_real, args)
@@ -165,37 +203,38 @@ def time_dc(ipc: int, iterations: int) -> list[float]:
             loader = torch.utils.data.DataLoader(dst, batch_size=args.batch_train, shuffle=True, num_workers=0)
             for _ in range(inner_loop):
                 epoch("train", loader, net, optimizer_net, criterion, args, aug=False)
+        shape.sync()
         times.append(time.perf_counter() - t0)
     return times
 
 
-def time_mtt(ipc: int, iterations: int, syn_steps: int = 50, expert_epochs: int = 2) -> list[float]:
+def time_mtt(shape: Shape, ipc: int, iterations: int, syn_steps: int = 50, expert_epochs: int = 2) -> list[float]:
     """distill.py's iteration: unroll ``syn_steps`` student steps on the whole synthetic set (DSA on each),
     then the normalised distance to the expert's parameters ``expert_epochs`` later; random expert weights."""
     import torch
     from reparam_module import ReparamModule
-    from utils import DiffAugment, ParamDiffAug, get_network
+    from utils import DiffAugment, ParamDiffAug
 
-    image_syn = torch.randn(10 * ipc, 3, 32, 32, requires_grad=True)
-    label_syn = torch.arange(10).repeat_interleave(ipc)
-    syn_lr = torch.tensor(0.01, requires_grad=True)
+    image_syn = _syn(torch, shape, ipc)
+    label_syn = torch.arange(shape.classes, device=shape.device).repeat_interleave(ipc)
+    syn_lr = torch.tensor(0.01, device=shape.device, requires_grad=True)
     optimizer_img = torch.optim.SGD([image_syn], lr=1000, momentum=0.5)
     optimizer_lr = torch.optim.SGD([syn_lr], lr=1e-5, momentum=0.5)
     param, strategy = ParamDiffAug(), "color_crop_cutout_flip_scale_rotate"
-    template = get_network("ConvNet", 3, 10, (32, 32), dist=False)
+    template = shape.network(dist=False)
     flat = torch.cat([p.detach().reshape(-1) for p in template.parameters()])
     trajectory = [flat + 0.01 * torch.randn_like(flat) * e for e in range(expert_epochs + 1)]
     criterion = torch.nn.CrossEntropyLoss()
     times = []
     for _ in range(iterations):
         t0 = time.perf_counter()
-        student_net = ReparamModule(get_network("ConvNet", 3, 10, (32, 32), dist=False))
+        student_net = ReparamModule(shape.network(dist=False))
         student_net.train()
         num_params = sum(p.numel() for p in student_net.parameters())
         starting, target = trajectory[0], trajectory[expert_epochs]
         student_params = [starting.clone().requires_grad_(True)]
         for _ in range(syn_steps):
-            idx = torch.randperm(len(image_syn))
+            idx = torch.randperm(len(image_syn), device=shape.device)
             x = DiffAugment(image_syn[idx], strategy, param=param)
             out = student_net(x, flat_param=student_params[-1])
             grad = torch.autograd.grad(criterion(out, label_syn[idx]), student_params[-1], create_graph=True)[0]
@@ -210,6 +249,7 @@ def time_mtt(ipc: int, iterations: int, syn_steps: int = 50, expert_epochs: int 
         optimizer_lr.step()
         grand_loss.item()
         del student_params
+        shape.sync()
         times.append(time.perf_counter() - t0)
     return times
 
@@ -221,6 +261,11 @@ def main() -> None:
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--classes", type=int, default=10, help="classes of the random data (PACS: 7)")
+    parser.add_argument("--size", type=int, default=32, help="image side of the random data (32 or 64)")
+    parser.add_argument("--syn-steps", type=int, default=50, help="mtt: student steps per iteration")
+    parser.add_argument("--expert-epochs", type=int, default=2, help="mtt: expert epochs the student must cover")
     args = parser.parse_args()
     repo = repo_dir(args.reference, args.method)
     if repo is None:
@@ -232,12 +277,20 @@ def main() -> None:
     _stub_missing()
     sys.path.insert(0, str(repo))
     _load_utils(repo)
-    times = {"dm": time_dm, "dc": time_dc, "mtt": time_mtt}[args.method](args.ipc, args.iterations)
+    shape = Shape(args.classes, args.size, args.device)
+    if args.method == "mtt":
+        times = time_mtt(shape, args.ipc, args.iterations, args.syn_steps, args.expert_epochs)
+    else:
+        times = {"dm": time_dm, "dc": time_dc}[args.method](shape, args.ipc, args.iterations)
+    cuda = args.device.startswith("cuda")
     print(
         json.dumps(
             {
                 "s_per_iteration": round(_median_after_first(times), 4),
                 "peak_rss_gb": round(_peak_rss_gb(), 3),
+                "peak_cuda_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
+                "device": torch.cuda.get_device_name() if cuda else "cpu",
+                "shape": {"classes": shape.classes, "size": shape.size, "net": shape.net},
                 "times": [round(t, 3) for t in times],
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),

@@ -16,7 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_the_device_check_smoke_run_passes_on_cpu(tmp_path) -> None:
-    env = os.environ | {"OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    env = os.environ | {
+        "OUT": str(tmp_path),
+        "PYTHON": sys.executable,
+        "OMP_NUM_THREADS": "1",
+        "REFERENCE": str(tmp_path / "no-reference"),
+    }
     out = subprocess.run(
         ["bash", "bench/gpu/check.sh", "--smoke"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )

@@ -109,14 +109,29 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def _write(out: Path, rows: dict, failed: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed.json").write_text(
+        json.dumps({"rows": {f"{b}:{i}:{a}": r for (b, i, a), r in rows.items()}, "failed": failed}, indent=1)
+    )
+    (out / "speed.md").write_text(table(rows) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="dataset source (.npz, folder or builtin:demo)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--dc-iterations", type=int, help="iterations of the DC rows [--iterations]; DC IPC 10 is slow")
     parser.add_argument("--out", type=Path, required=True, help="folder for speed.json and speed.md")
     parser.add_argument("--smoke", action="store_true", help="tiny settings (CPU, demo data): proves the script runs")
     parser.add_argument("--only", action="append", help="base:ipc:chddl, repeatable (e.g. dm:10:1)")
+    parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="every configuration in this process, one workspace (dataset, labels, experts made once; peak CUDA "
+        "memory is still per configuration, peak RSS is not)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -132,40 +147,38 @@ def main() -> None:
     if args.smoke and not args.only:
         todo = [("dm", 1, 1), ("mtt", 1, 1)]
     rows, failed = {}, {}
-    for base, ipc, aware in todo:
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--child",
-                f"{base}:{ipc}:{aware}",
-                "--tmp",
-                tmp,
-                "--data",
-                args.data,
-                "--device",
-                args.device,
-                "--iterations",
-                str(args.iterations),
-                "--out",
-                str(args.out),
-            ]
-            out = subprocess.run(cmd + (["--smoke"] if args.smoke else []), capture_output=True, text=True, cwd=ROOT)
-        if out.returncode != 0:
-            failed[f"{base}:{ipc}:{aware}"] = out.stderr[-1500:]
-            print(f"{base} ipc {ipc} chddl {aware}: FAILED\n{out.stderr[-1500:]}", file=sys.stderr, flush=True)
-            continue
-        rows[(base, ipc, aware)] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(
-            f"{base} ipc {ipc} chddl {aware}: {rows[(base, ipc, aware)]['s_per_iteration']:.3f} s/it",
-            file=sys.stderr,
-            flush=True,
-        )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(
-        json.dumps({"rows": {f"{b}:{i}:{a}": r for (b, i, a), r in rows.items()}, "failed": failed}, indent=1)
-    )
-    (args.out / "speed.md").write_text(table(rows) + "\n")
+    with tempfile.TemporaryDirectory() as shared:
+        for base, ipc, aware in todo:
+            its = args.dc_iterations if base == "dc" and args.dc_iterations else args.iterations
+            name = f"{base}:{ipc}:{aware}"
+            if args.one_process:
+                try:
+                    rows[(base, ipc, aware)] = one(
+                        args.data, base, ipc, aware, its, args.device, args.smoke, Path(shared)
+                    )
+                except Exception as err:  # noqa: BLE001 - a failed row is recorded and the others still run
+                    failed[name] = f"{type(err).__name__}: {err}"[-1500:]
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    cmd = [sys.executable, __file__, "--child", name, "--tmp", tmp, "--data", args.data]
+                    cmd += ["--device", args.device, "--iterations", str(its), "--out", str(args.out)]
+                    out = subprocess.run(
+                        cmd + (["--smoke"] if args.smoke else []), capture_output=True, text=True, cwd=ROOT
+                    )
+                if out.returncode != 0:
+                    failed[name] = out.stderr[-1500:]
+                else:
+                    rows[(base, ipc, aware)] = json.loads(out.stdout.strip().splitlines()[-1])
+            if name in failed:
+                print(f"{base} ipc {ipc} chddl {aware}: FAILED\n{failed[name]}", file=sys.stderr, flush=True)
+            else:
+                r = rows[(base, ipc, aware)]
+                print(
+                    f"{base} ipc {ipc} chddl {aware}: {r['s_per_iteration']:.4f} s/it, {r['peak_cuda_gib']:.2f} GiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            _write(args.out, rows, failed)  # after every row: a killed run keeps what finished
     print(table(rows))
     sys.exit(1 if failed else 0)
 
