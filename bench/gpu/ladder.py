@@ -10,7 +10,9 @@ this script with the same workspace.
 
 After every step each chain's artifacts are packed into ``OUT/<chain>.tar.gz``
 (meta.yaml and tensors of its sets and evaluations; ``final_state`` of its
-top rung only, or the checkpoint of an interrupted rung), so a killed lease
+top rung only, or the checkpoint of an interrupted rung; in 15 MiB parts
+``<chain>.tar.gz.partNN`` when larger: DM + CHDDL IPC 10's final state
+alone is 33 MiB, its masks being per image), so a killed lease
 still returns what finished, and a later session can continue the ladder
 from the committed files.
 
@@ -35,6 +37,10 @@ ROOT = Path(__file__).resolve().parents[2]
 #: what a smoke run on CPU changes (proves the script runs; numbers mean nothing)
 SMOKE = ["--batch-real", "16"]
 SMOKE_EVAL = ["--runs", "2", "--epochs", "3"]
+#: files of a set left out of the pack: pictures, and the learned masks (also inside final_state)
+BULK = {"grid.png", "extra_domain_views.png", "extra_domain_masks.safetensors"}
+#: the largest file the device returns is 16 MiB
+PART_BYTES = 15 * 2**20
 
 
 class Deadline:
@@ -84,13 +90,22 @@ def _pack(args: argparse.Namespace, chain: str, artifacts: list[Path], partial_p
     with tarfile.open(tmp, "w:gz") as tar:
         for art in artifacts:
             for f in sorted(art.iterdir()):
-                if f.name == "final_state.safetensors" and art != keep_state:
+                if f.name in BULK or (f.name == "final_state.safetensors" and art != keep_state):
                     continue
                 tar.add(f, arcname=f"artifacts/{art.name}/{f.name}")
         for p in partials:
             for f in sorted(p.iterdir()):
                 tar.add(f, arcname=f"partial/{p.name}/{f.name}")
-    os.replace(tmp, Path(args.out) / f"{chain}.tar.gz")
+    for old in Path(args.out).glob(f"{chain}.tar.gz*"):
+        old.unlink()
+    data = tmp.read_bytes()
+    if len(data) <= PART_BYTES:
+        os.replace(tmp, Path(args.out) / f"{chain}.tar.gz")
+        return
+    # a file over 16 MiB does not come back from the device: parts, joined here with `cat CHAIN.tar.gz.part* | tar xz`
+    for i in range(0, len(data), PART_BYTES):
+        (Path(args.out) / f"{chain}.tar.gz.part{i // PART_BYTES:02d}").write_bytes(data[i : i + PART_BYTES])
+    tmp.unlink()
 
 
 def chain(args: argparse.Namespace, ipc: int, aware: bool, labels: str, deadline: Deadline, summary: dict) -> None:
