@@ -25,11 +25,15 @@ def export(
             help="imagefolder (class folders of PNGs) | npz | ddranking (images.pt, labels.pt, lr.pt for MTT)",
         ),
     ] = "imagefolder",
-    out: Annotated[Path, typer.Option("--out", "-o", help="folder to write (must be new or empty)")] = Path("export"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder to write: new, empty, or an earlier export")] = Path(
+        "export"
+    ),
     dataset: Annotated[
         Optional[str], typer.Option(help="dataset artifact, to un-whiten a ZCA set [the set's own]")
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="replace a non-empty --out")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="replace an earlier export in --out (never other files)")
+    ] = False,
     as_json: Annotated[bool, JSON_OPTION] = False,
 ) -> None:
     """Export a condensed set for other tools: PNGs un-normalised (and un-whitened), an npz with both pixel and

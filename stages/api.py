@@ -313,4 +313,6 @@ def export(
     ws = open_workspace(workspace)
     art = resolve(ws, "condensed", condensed)
     data_art = resolve(ws, "dataset", dataset) if dataset else upstream(ws, art, "dataset", "dataset")
-    return export_stage.run(art, Path(out), format, load_dataset(data_art) if data_art else None, force)
+    return export_stage.run(
+        art, Path(out), format, load_dataset(data_art) if data_art else None, force, workspace=ws.root
+    )

@@ -13,7 +13,13 @@
   is what DD-Ranking loads; chddl itself never loads them.
 
 Every format also gets ``chddl_export.yaml``: which set, which
-normalisation, and the evaluation learning rate.
+normalisation, the evaluation learning rate, and the files the export wrote.
+
+An export only ever replaces an earlier export: a folder holding
+``chddl_export.yaml`` and nothing but the files it lists. It refuses the
+current directory and its ancestors, the home directory, ``/``, the
+workspace (and anything inside or above it), and any other non-empty
+folder, touching nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from stages.data.dataset import Dataset
 from stages.errors import ChddlError
 
 FORMATS = ("imagefolder", "npz", "ddranking")
+EXPORT_META = "chddl_export.yaml"
 
 
 def _pixels(art: Artifact, dataset: Dataset | None) -> np.ndarray:
@@ -77,6 +84,7 @@ def _write(art: Artifact, dataset: Dataset | None, fmt: str, folder: Path) -> No
         torch.save(labels.clone(), folder / "labels.pt")
         if art.config.get("base") == "mtt":
             torch.save(torch.tensor(float(art.info["eval_lr"])), folder / "lr.pt")
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     meta = {
         "set": art.name,
         "format": fmt,
@@ -85,16 +93,74 @@ def _write(art: Artifact, dataset: Dataset | None, fmt: str, folder: Path) -> No
         "class_names": names,
         "eval_lr": art.info.get("eval_lr"),
         "normalization": art.info.get("normalization"),
+        "files": files,
     }
-    (folder / "chddl_export.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    (folder / EXPORT_META).write_text(yaml.safe_dump(meta, sort_keys=False))
 
 
-def run(art: Artifact, out: Path, fmt: str, dataset: Dataset | None = None, force: bool = False) -> Path:
+def _legacy_files(meta: dict) -> set[str] | None:
+    """What an export written before ``files`` was recorded may hold, from its format (None: unknown format)."""
+    names = [str(n) for n in meta.get("class_names") or []]
+    return {
+        "npz": {"condensed.npz"},
+        "ddranking": {"images.pt", "labels.pt", "lr.pt"},
+        "imagefolder": {f"{n}/{n}_" for n in names},  # prefixes: <class>/<class>_<k>.png
+    }.get(meta.get("format"))
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` holds an earlier chddl export and nothing else (what a replacement may delete)."""
+    try:
+        meta = yaml.safe_load((folder / EXPORT_META).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    if not isinstance(meta, dict):
+        return False
+    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()} - {EXPORT_META}
+    dirs = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()}
+    listed = meta.get("files")
+    if isinstance(listed, list):
+        allowed = {str(f) for f in listed}
+        ok = present <= allowed
+    else:
+        allowed = _legacy_files(meta)
+        if allowed is None:
+            return False
+        ok = all(f in allowed or (f.endswith(".png") and any(f.startswith(a) for a in allowed)) for f in present)
+    parents = {str(Path(f).parent) for f in allowed} | {"."}
+    return ok and dirs <= parents
+
+
+def _refuse_unsafe(out: Path, workspace: Path | None) -> None:
+    """One-line refusal of a target an export must never replace."""
+    target = out.resolve()
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise ChddlError(f"--out {out} is the current folder or one above it; pass a new folder, e.g. --out export")
+    if target == Path.home().resolve() or target == Path(target.anchor):
+        raise ChddlError(f"--out {out} is your home folder or the root; pass a new folder, e.g. --out export")
+    if workspace is not None:
+        ws = workspace.resolve()
+        if target == ws or ws in target.parents or target in ws.parents:
+            raise ChddlError(
+                f"--out {out} is the workspace {workspace}, inside it or above it; pass a folder outside it"
+            )
+
+
+def run(
+    art: Artifact,
+    out: Path,
+    fmt: str,
+    dataset: Dataset | None = None,
+    force: bool = False,
+    workspace: Path | None = None,
+) -> Path:
     """Write condensed set ``art`` to folder ``out`` in format ``fmt``; returns ``out``.
 
-    ``out`` must not exist or be empty (``force`` replaces it). The files are
-    written beside it and renamed into place, so a failed export leaves
-    whatever was there untouched."""
+    ``out`` must not exist, be empty, or (with ``force``) hold an earlier
+    export and nothing else; unsafe targets are refused (module docstring).
+    The files are written beside ``out`` and swapped in, so a failed export
+    leaves whatever was there untouched."""
     if fmt not in FORMATS:
         raise ChddlError(f"unknown export format '{fmt}'; valid: {', '.join(FORMATS)}")
     if art.stage != "condensed":
@@ -102,19 +168,35 @@ def run(art: Artifact, out: Path, fmt: str, dataset: Dataset | None = None, forc
             f"{art.path} is a '{art.stage}' artifact; export takes a condensed set (from `chddl condense`)"
         )
     out = Path(out)
-    if out.exists() and not out.is_dir():
+    _refuse_unsafe(out, workspace)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ChddlError(f"{out} exists and is not a folder; pass another --out")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ChddlError(f"{out} exists and is not empty; pass --force to replace it, or another --out")
-    tmp = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:8]}"
+    replace_old = out.is_dir() and any(out.iterdir())
+    if replace_old and not is_export(out):
+        raise ChddlError(
+            f"{out} holds files that are not a chddl export; export only replaces an earlier export: pass a new "
+            "or empty --out"
+        )
+    if replace_old and not force:
+        raise ChddlError(
+            f"{out} holds an earlier export and is not empty; pass --force to replace it, or another --out"
+        )
+    tag = uuid.uuid4().hex[:8]
+    tmp, old = out.parent / f".{out.name}.export-{tag}", out.parent / f".{out.name}.replaced-{tag}"
     try:
         tmp.mkdir(parents=True)
         _write(art, dataset, fmt, tmp)
         if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if old.exists():
+                os.replace(old, out)
+            raise
     except OSError as exc:
         raise ChddlError(f"cannot write {out} ({exc.strerror}); pass a writable --out") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return out

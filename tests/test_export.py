@@ -118,3 +118,84 @@ def test_force_replaces_an_earlier_export(sets, tmp_path) -> None:
         export.run(dm, tmp_path / "out", "imagefolder", ds)
     out = export.run(dm, tmp_path / "out", "imagefolder", ds, force=True)
     assert not (out / "condensed.npz").exists() and (out / "chddl_export.yaml").is_file()
+
+
+def _tree(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _export_cli(workspace, *args):
+    return runner.invoke(app, ["-w", str(workspace.root), "export", *args])
+
+
+def _refused_in_one_line(result) -> bool:
+    return result.exit_code == 1 and result.output.count("\n") == 1 and result.output.startswith("error: ")
+
+
+def test_force_into_the_current_folder_is_refused_and_deletes_nothing(sets, workspace, tmp_path, monkeypatch) -> None:
+    _, dm, _ = sets
+    here = tmp_path / "project"
+    here.mkdir()
+    (here / "notes.txt").write_text("mine")
+    monkeypatch.chdir(here)
+    for out in (".", str(here), str(tmp_path)):
+        result = _export_cli(workspace, str(dm.path), "-o", out, "--force")
+        assert _refused_in_one_line(result), result.output
+        assert "current folder" in result.output
+    assert _tree(here) == {"notes.txt": b"mine"}
+
+
+def test_force_into_the_workspace_is_refused_and_leaves_it_intact(sets, workspace, tmp_path) -> None:
+    _, dm, _ = sets
+    before = _tree(workspace.root)
+    for out in (workspace.root, workspace.root / "artifacts", workspace.root / "new-inside"):
+        result = _export_cli(workspace, str(dm.path), "-o", str(out), "--force")
+        assert _refused_in_one_line(result) and "workspace" in result.output, result.output
+    assert _tree(workspace.root) == before and not (workspace.root / "new-inside").exists()
+
+
+def test_force_onto_a_folder_of_other_files_is_refused(sets, workspace, tmp_path) -> None:
+    _, dm, _ = sets
+    docs = tmp_path / "mydocs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "thesis.tex").write_text("chapter 1")
+    (docs / "sub" / "fig.png").write_bytes(b"png")
+    result = _export_cli(workspace, str(dm.path), "-o", str(docs), "--force")
+    assert _refused_in_one_line(result) and "not a chddl export" in result.output
+    assert _tree(docs) == {"sub/fig.png": b"png", "thesis.tex": b"chapter 1"}
+
+
+def test_an_earlier_export_with_a_users_file_added_is_not_replaced(sets, tmp_path) -> None:
+    ds, dm, _ = sets
+    out = export.run(dm, tmp_path / "out", "imagefolder", ds)
+    (out / "my_notes.txt").write_text("keep")
+    with pytest.raises(ChddlError, match="not a chddl export"):
+        export.run(dm, out, "npz", ds, force=True)
+    assert (out / "my_notes.txt").read_text() == "keep" and not (out / "condensed.npz").exists()
+
+
+def test_an_export_written_before_files_were_listed_is_still_replaceable(sets, tmp_path) -> None:
+    import yaml
+
+    ds, dm, _ = sets
+    out = export.run(dm, tmp_path / "out", "imagefolder", ds)
+    meta = yaml.safe_load((out / "chddl_export.yaml").read_text())
+    del meta["files"]
+    (out / "chddl_export.yaml").write_text(yaml.safe_dump(meta))
+    assert export.is_export(out)
+    assert (export.run(dm, out, "npz", ds, force=True) / "condensed.npz").is_file()
+
+
+def test_a_failed_replacement_leaves_the_earlier_export_intact(sets, tmp_path, monkeypatch) -> None:
+    ds, dm, _ = sets
+    out = export.run(dm, tmp_path / "out", "npz", ds)
+    before = _tree(out)
+
+    def broken(*_args) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "_write", broken)
+    with pytest.raises(ChddlError, match="cannot write"):
+        export.run(dm, out, "imagefolder", ds, force=True)
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
