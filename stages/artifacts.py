@@ -49,6 +49,9 @@ KEY_LENGTH = 12
 log = logging.getLogger("chddl")
 
 
+#: the stages an index (latest.yaml) may name; any other key marks the index as damaged
+INDEX_STAGES = ("dataset", "labels", "experts", "teacher", "bn-statistics", "condensed", "evaluation")
+
 def artifact_key(stage: str, config: Mapping[str, Any], inputs: Mapping[str, str], schema_version: int) -> str:
     """Short stable hash of what determines an artifact's content."""
     payload = json.dumps(
@@ -335,15 +338,23 @@ class Workspace:
             return None
 
     def latest(self, stage: str) -> Artifact | None:
-        """The most recently written or used artifact of ``stage``; when the
-        index names one that is gone or damaged, the newest valid one."""
+        """The most recently written or used artifact of ``stage``; a stage the
+        index does not name falls back to its newest valid artifact. When the
+        one it names is damaged, a ChddlError naming it: a command never
+        silently works on another set than the one the user made last."""
         name = self._deferred.get(stage) or self._read_latest().get(stage)
-        art = self.find(name) if name else None
-        if name and art is None:
-            art = self._newest(stage)
-            log.warning(
-                f"the workspace's latest {stage} {name} is missing or damaged; "
-                + (f"using the newest valid one, {art.name}" if art else "no other is valid")
+        if name is None:
+            return self._newest(stage)
+        art = self.find(name)
+        if art is None:
+            try:
+                read_artifact(self.artifacts_dir / name).tensors()
+                problem = "could not be read"
+            except ChddlError as exc:
+                problem = str(exc).split(";")[0]
+            raise ChddlError(
+                f"the workspace's latest {stage}, {name}, is damaged ({problem}); recompute it (the command that "
+                f"made it, with --force) or name the artifact to use explicitly"
             )
         return art
 
@@ -378,7 +389,7 @@ class Workspace:
     def _read_latest(self, note: bool = True) -> dict[str, str]:
         try:
             data = yaml.safe_load(self.latest_file.read_text())
-            problem = None if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()) else "damaged"
+            problem = None if self._index_is_sound(data) else "damaged"
         except FileNotFoundError:
             data, problem = {}, "missing"
         except (OSError, yaml.YAMLError, UnicodeDecodeError):
@@ -388,6 +399,18 @@ class Workspace:
         if problem == "missing" and not (self.artifacts_dir.is_dir() and any(self.artifacts_dir.iterdir())):
             return {}  # a new (or empty) workspace
         return self._rebuild_index(problem, note)
+
+    def _index_is_sound(self, data: object) -> bool:
+        """An index maps known stages to names of that stage's artifact folders that exist (a folder that exists
+        but is damaged is reported where it is used, never silently replaced by another)."""
+        return isinstance(data, dict) and all(
+            stage in INDEX_STAGES
+            and isinstance(name, str)
+            and name not in ("", ".", "..")
+            and "/" not in name
+            and (self.artifacts_dir / name).is_dir()
+            for stage, name in data.items()
+        )
 
     def _rebuild_index(self, problem: str, note: bool) -> dict[str, str]:
         data: dict[str, str] = {}

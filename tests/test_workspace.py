@@ -44,7 +44,17 @@ CONDENSE = ("condense", "--ipc", "1", "--iterations", "1", "--batch-real", "8", 
 
 
 # -- the index is a cache ------------------------------------------------------------
-@pytest.mark.parametrize("content", ["garbage: [", "- a list\n- not a mapping\n", "dataset: 3\n", None])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "garbage: [",
+        "- a list\n- not a mapping\n",
+        "dataset: 3\n",
+        "::: not yaml {{\n",  # parses, as {"::": "not yaml {{"}: a stage nobody knows
+        "labels: labels-gone-000000000000\n",  # an artifact that does not exist
+        None,
+    ],
+)
 def test_a_damaged_or_missing_index_is_rebuilt_and_the_stage_runs(labelled, content, caplog) -> None:
     index = Path(labelled) / "latest.yaml"
     before = yaml.safe_load(index.read_text())
@@ -67,7 +77,27 @@ def test_an_index_naming_a_deleted_artifact_falls_back_to_the_newest_valid_one(l
     (Path(labelled) / "latest.yaml").write_text(yaml.safe_dump({"labels": "labels-gone-000000000000"}))
     with caplog.at_level(logging.INFO, logger="chddl"):
         assert ws.latest("labels").name == labels.name
-    assert "missing or damaged" in caplog.text
+    assert "was damaged; rebuilt it" in caplog.text
+
+
+def test_a_stage_missing_from_the_index_falls_back_to_its_newest_valid_artifact(labelled) -> None:
+    ws = Workspace(labelled)
+    labels = ws.latest("labels")
+    (Path(labelled) / "latest.yaml").write_text(yaml.safe_dump({"dataset": ws.latest("dataset").name}))
+    assert ws.latest("labels").name == labels.name
+
+
+def test_a_damaged_latest_set_stops_evaluate_in_one_line_instead_of_using_an_older_one(labelled) -> None:
+    assert invoke("-w", labelled, *CONDENSE).exit_code == 0
+    assert invoke("-w", labelled, *CONDENSE[:3], "--iterations", "2", *CONDENSE[5:]).exit_code == 0
+    latest = Path(labelled) / "artifacts" / yaml.safe_load((Path(labelled) / "latest.yaml").read_text())["condensed"]
+    tensors = latest / "tensors.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:-64] + bytes(64))
+    before = _snapshot(labelled)
+    result = invoke("-w", labelled, "evaluate", "--runs", "1", "--epochs", "1")
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("error: ") and latest.name in result.output and "damaged" in result.output
+    assert _snapshot(labelled) == before
 
 
 def test_a_new_workspace_reads_an_empty_index_without_a_note(tmp_path, caplog) -> None:
