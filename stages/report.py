@@ -758,16 +758,35 @@ def _summary(stages: dict[str, list[Artifact]], ws: Workspace, forest: Section |
     return s
 
 
+#: the command that writes each kind of artifact, by the prefix of its folder name
+_MADE_BY = {
+    "dataset": "chddl label",
+    "labels": "chddl label",
+    "experts": "chddl pretrain-experts",
+    "teacher": "chddl train-teacher",
+    "bnstats": "chddl condense --base sre2l",
+    "condensed": "chddl condense",
+    "eval": "chddl evaluate",
+}
+
+
+def _recompute_hint(path: Path) -> str:
+    command = _MADE_BY.get(path.name.split("-")[0])
+    return f"`{command} ... --force`" if command else "unknown (not a chddl artifact name)"
+
+
 def run(workspace: Workspace, out_dir: Path | None = None, progress: Progress = NullProgress()) -> tuple[Path, Path]:
     """Write ``report.md`` (+ its figures as SVG files) and a self-contained
     ``report.html`` (figures as inline SVG); returns their paths."""
     workspace.check_exists()
-    arts = workspace.all()
-    if not arts:
+    damaged = workspace.damaged()
+    broken = {path for path, _ in damaged}
+    # an artifact whose meta.yaml reads but whose tensors are corrupt is listed as damaged, not drawn from
+    arts = [a for a in workspace.all() if a.path not in broken]
+    if not arts and not damaged:
         raise ChddlError(
             f"workspace {workspace.root} holds no artifacts yet; run `chddl demo` or `chddl label PATH` first"
         )
-    damaged = workspace.damaged()
     stages = _by_stage(arts)
     sections: list[Section] = []
     if "dataset" in stages:
@@ -792,16 +811,16 @@ def run(workspace: Workspace, out_dir: Path | None = None, progress: Progress = 
     sections.append(_costs(arts))
     if damaged:
         log.warning(
-            f"the report skips {len(damaged)} damaged artifact(s) (listed in its last section): "
-            f"delete each and re-run the command that made it"
+            f"the report skips {len(damaged)} damaged artifact(s), listed in its last section with the command "
+            "that recomputes each"
         )
         sections.append(
             Section(
                 "Skipped artifacts",
-                header=["folder", "problem"],
-                rows=[[str(path), reason] for path, reason in damaged],
-                text="Not in the tables above: each folder is damaged. Delete it and re-run the command "
-                "that made it (with --force if its settings are otherwise cached).",
+                header=["folder", "problem", "recompute with"],
+                rows=[[str(path), reason.split(";")[0], _recompute_hint(path)] for path, reason in damaged],
+                text="Not in the tables above: each folder is damaged. The command that made it, run again with "
+                "the same options and --force, replaces it.",
             )
         )
     out_dir = Path(out_dir) if out_dir is not None else workspace.root / "report"

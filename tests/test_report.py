@@ -91,6 +91,17 @@ def test_html_is_well_formed_and_self_contained(full_workspace) -> None:
     assert "http://" not in page.read_text() and "https://" not in page.read_text()
 
 
+def test_a_set_with_corrupt_tensors_is_listed_as_skipped_and_the_report_still_written(full_workspace) -> None:
+    (condensed,) = [a for a in full_workspace.all() if a.stage == "condensed"][:1]
+    tensors = condensed.path / "tensors.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:-64] + bytes(64))
+    md, page = report.run(full_workspace)
+    text = md.read_text()
+    skipped = text[text.index("## Skipped artifacts") :]
+    assert condensed.name in skipped and "checksum" in skipped and "`chddl condense ... --force`" in skipped
+    assert page.is_file() and "--force to re-run" not in text
+
+
 def test_empty_workspace_gives_a_clear_message(workspace) -> None:
     with pytest.raises(ChddlError, match="holds no artifacts yet; run `chddl demo`"):
         report.run(workspace)
