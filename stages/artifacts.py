@@ -52,6 +52,7 @@ log = logging.getLogger("chddl")
 #: the stages an index (latest.yaml) may name; any other key marks the index as damaged
 INDEX_STAGES = ("dataset", "labels", "experts", "teacher", "bn-statistics", "condensed", "evaluation")
 
+
 def artifact_key(stage: str, config: Mapping[str, Any], inputs: Mapping[str, str], schema_version: int) -> str:
     """Short stable hash of what determines an artifact's content."""
     payload = json.dumps(
