@@ -292,7 +292,7 @@ def test_the_report_lists_damaged_artifacts_with_the_fix(labelled, caplog) -> No
     assert result.exit_code == 0, result.output
     assert "skips 1 damaged artifact" in caplog.text
     md = (Path(labelled) / "report" / "report.md").read_text()
-    assert "Skipped artifacts" in md and "labels-fft" in md and "Delete it and re-run" in md
+    assert "Skipped artifacts" in md and "labels-fft" in md and "`chddl label ... --force`" in md
 
 
 def test_float_npz_images_in_the_unit_range_are_scaled(tmp_path, workspace) -> None:
