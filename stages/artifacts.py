@@ -167,6 +167,15 @@ def _read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise ChddlError(f"artifact {path} is corrupt ({exc}); delete it and re-run with --force") from None
 
 
+def problem_of(path: Path) -> str | None:
+    """Why the artifact folder ``path`` is not a valid artifact (checksums included), or None when it is."""
+    try:
+        read_artifact(path).tensors()
+    except ChddlError as exc:
+        return str(exc)
+    return None
+
+
 def read_artifact(path: Path, stage: str | None = None) -> Artifact:
     """Open and validate an artifact directory (tensors are checked on load).
 
@@ -348,11 +357,7 @@ class Workspace:
             return self._newest(stage)
         art = self.find(name)
         if art is None:
-            try:
-                read_artifact(self.artifacts_dir / name).tensors()
-                problem = "could not be read"
-            except ChddlError as exc:
-                problem = str(exc).split(";")[0]
+            problem = (problem_of(self.artifacts_dir / name) or "could not be read").split(";")[0]
             raise ChddlError(
                 f"the workspace's latest {stage}, {name}, is damaged ({problem}); recompute it (the command that "
                 f"made it, with --force) or name the artifact to use explicitly"
@@ -378,14 +383,10 @@ class Workspace:
 
     def damaged(self) -> list[tuple[Path, str]]:
         """Folders under artifacts/ that are not valid artifacts, with why."""
-        out = []
-        if self.artifacts_dir.is_dir():
-            for path in sorted(self.artifacts_dir.iterdir()):
-                try:
-                    read_artifact(path).tensors()  # checksums too
-                except ChddlError as exc:
-                    out.append((path, str(exc)))
-        return out
+        if not self.artifacts_dir.is_dir():
+            return []
+        problems = ((path, problem_of(path)) for path in sorted(self.artifacts_dir.iterdir()))
+        return [(path, problem) for path, problem in problems if problem is not None]
 
     def _read_latest(self, note: bool = True) -> dict[str, str]:
         try:
