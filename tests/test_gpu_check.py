@@ -52,3 +52,28 @@ def test_the_carried_pacs_subset_keeps_classes_domains_and_split(tmp_path) -> No
     assert out["images"] == len(data["labels"]) == 4 * 13
     assert all(((data["labels"] == c) & (data["split"] == 0)).sum() == 10 for c in range(4))
     assert list(data["class_names"]) == list("abcd") and data["images"].dtype == np.uint8
+
+
+def test_the_ladder_pack_replaces_only_its_own_earlier_pack(tmp_path) -> None:
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "bench" / "gpu"))
+    from ladder import PART_BYTES, _pack
+
+    art = tmp_path / "ws" / "artifacts" / "condensed-dm-ipc1-abc"
+    art.mkdir(parents=True)
+    (art / "meta.yaml").write_text("stage: condensed")
+    (art / "final_state.safetensors").write_bytes(np.random.default_rng(0).bytes(PART_BYTES + 1000))
+    (art / "grid.png").write_bytes(b"png")
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = {"dm-ipc1.tar.gz.mine": b"user", "dm-ipc1.tar.gz.part7x": b"user", "notes.txt": b"user"}
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    args = argparse.Namespace(workspace=tmp_path / "ws", out=out)
+    _pack(args, "dm-ipc1", [art], "condensed-dm-ipc1-")  # over one part: split
+    assert {p.name for p in out.iterdir()} - set(mine) == {"dm-ipc1.tar.gz.part00", "dm-ipc1.tar.gz.part01"}
+    (art / "final_state.safetensors").unlink()
+    _pack(args, "dm-ipc1", [art], "condensed-dm-ipc1-")  # small again: one file, the parts gone
+    assert {p.name for p in out.iterdir()} - set(mine) == {"dm-ipc1.tar.gz"}
+    assert all((out / name).read_bytes() == data for name, data in mine.items())

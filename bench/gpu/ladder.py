@@ -96,8 +96,9 @@ def _pack(args: argparse.Namespace, chain: str, artifacts: list[Path], partial_p
         for p in partials:
             for f in sorted(p.iterdir()):
                 tar.add(f, arcname=f"partial/{p.name}/{f.name}")
-    for old in Path(args.out).glob(f"{chain}.tar.gz*"):
-        old.unlink()
+    # only this script's own earlier pack of the chain is replaced, never other files in OUT
+    for old in [Path(args.out) / f"{chain}.tar.gz", *Path(args.out).glob(f"{chain}.tar.gz.part[0-9][0-9]")]:
+        old.unlink(missing_ok=True)
     data = tmp.read_bytes()
     if len(data) <= PART_BYTES:
         os.replace(tmp, Path(args.out) / f"{chain}.tar.gz")
@@ -154,13 +155,25 @@ def chain(args: argparse.Namespace, ipc: int, aware: bool, labels: str, deadline
         _pack(args, name, artifacts, prefix)
 
 
+def _rungs(text: str) -> list[int]:
+    try:
+        rungs = [int(r) for r in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated iteration counts: {text!r}") from None
+    if not rungs or any(r < 1 for r in rungs) or rungs != sorted(set(rungs)):
+        raise argparse.ArgumentTypeError(f"rungs must be increasing positive iteration counts, got {text!r}")
+    return rungs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="dataset (.npz, folder, builtin:demo)")
     parser.add_argument("--workspace", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="folder for the chains' tar.gz files")
     parser.add_argument("--minutes", type=float, default=5.0, help="stop (checkpointing) after this long")
-    parser.add_argument("--rungs", default="2000,5000,20000", help="iteration counts, comma-separated")
+    parser.add_argument(
+        "--rungs", type=_rungs, default=[2000, 5000, 20000], help="increasing iteration counts, comma-separated"
+    )
     parser.add_argument("--ipc", type=int, action="append", help="IPC of the chains, repeatable [10 and 1]")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of each process")
@@ -168,7 +181,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=10, help="evaluation runs trained at once (vmap)")
     parser.add_argument("--smoke", action="store_true", help="tiny settings: proves the script runs (CPU)")
     args = parser.parse_args()
-    args.rungs = [int(r) for r in args.rungs.split(",")]
+    if args.minutes <= 0:
+        parser.error(f"--minutes must be positive, got {args.minutes}")
     args.out.mkdir(parents=True, exist_ok=True)
     deadline = Deadline(args.minutes)
     label_cmd = [sys.executable, "-m", "chddl_cli", "-q", "-w", str(args.workspace), "--device", args.device]
