@@ -101,7 +101,7 @@ class Shape:
     @property
     def net(self) -> str:
         # the reference scripts name ConvNet's depth by resolution: ConvNet (3) at 32 px, ConvNetD4 at 64 px
-        return {32: "ConvNet", 64: "ConvNetD4"}.get(self.size, "ConvNet")
+        return {32: "ConvNet", 64: "ConvNetD4"}[self.size]
 
     def network(self, **kw):
         from utils import get_network
@@ -263,7 +263,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--classes", type=int, default=10, help="classes of the random data (PACS: 7)")
-    parser.add_argument("--size", type=int, default=32, help="image side of the random data (32 or 64)")
+    parser.add_argument(
+        "--size", type=int, choices=(32, 64), default=32, help="image side of the random data (ConvNet / ConvNetD4)"
+    )
     parser.add_argument("--syn-steps", type=int, default=50, help="mtt: student steps per iteration")
     parser.add_argument("--expert-epochs", type=int, default=2, help="mtt: expert epochs the student must cover")
     args = parser.parse_args()
