@@ -32,7 +32,7 @@ from stages.methods.dc import default_loops
 from stages.methods.loop import Loop, LoopSettings, iteration_generator
 from stages.methods.sre2l import batch_norms
 from stages.methods.trajectories import ExpertStore
-from stages.models import ARCHITECTURES, create_model
+from stages.models import ARCHITECTURES, create_model, embeds, list_models
 from stages.progress import NullProgress, Progress
 from stages.teacher import domain_statistics, load_teacher
 from stages.visual import grid_png, winner_map
@@ -352,6 +352,12 @@ def selected_train(dataset: Dataset, cfg: CondenseConfig) -> torch.Tensor:
 
 
 def _check_inputs(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig) -> None:
+    if getattr(METHODS.get(cfg.base), "needs_embedding", False) and not embeds(cfg.arch):
+        able = [name for name in list_models() if embeds(name)]
+        raise ChddlError(
+            f"--base {cfg.base} matches penultimate features, which --arch {cfg.arch} does not provide; "
+            f"pick one of: {', '.join(able)}"
+        )
     train = dataset.train_indices[selected_train(dataset, cfg)]
     counts = torch.bincount(dataset.labels[train], minlength=dataset.num_classes)
     smallest = int(counts.min())
@@ -593,10 +599,17 @@ def _expert_store(
             f"the domain experts of {experts.name} were trained on other pseudo-domain labels than "
             f"{labels.artifact.name}"
         )
-    if cfg.max_start_epoch + cfg.expert_epochs > store.epochs:
+    last = cfg.max_start_epoch - 1 + cfg.expert_epochs  # the latest target epoch a student may be matched to
+    if last > store.epochs:
+        fix = (
+            f"--max-start-epoch at most {store.epochs - cfg.expert_epochs + 1}"
+            if cfg.expert_epochs <= store.epochs
+            else f"--expert-epochs at most {store.epochs} with --max-start-epoch 1"
+        )
         raise ChddlError(
-            f"--max-start-epoch {cfg.max_start_epoch} + --expert-epochs {cfg.expert_epochs} exceeds the "
-            f"{store.epochs} epochs stored in {experts.name}; lower them or train longer experts"
+            f"--max-start-epoch {cfg.max_start_epoch} with --expert-epochs {cfg.expert_epochs} reaches epoch {last}, "
+            f"beyond the {store.epochs} stored in {experts.name}; use {fix}, or train longer experts "
+            f"(`chddl pretrain-experts --epochs {last}`)"
         )
     return store
 

@@ -450,3 +450,20 @@ def test_timed_checkpoints_cost_at_most_about_one_percent(data, workspace, monke
     )
     # first after 60 s of work (iteration 2), then every 200 s = 100 x the 2 s write, not every 60 s
     assert saves[0] == 2 and all(b - a >= 200 / 30 - 1 for a, b in zip(saves, saves[1:])) and len(saves) <= 5
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vit_tiny"])
+def test_dm_condenses_with_the_zoo_architectures(data, workspace, arch) -> None:
+    art = _run(data, workspace, base="dm", domain_aware=True, arch=arch, iterations=1)
+    assert art.tensor("images").shape == (6, 3, 16, 16)
+    assert torch.isfinite(art.tensor("images")).all()
+
+
+def test_dm_with_an_architecture_without_features_is_refused_before_any_work(data, workspace, monkeypatch) -> None:
+    from stages.models import ARCHITECTURES
+
+    monkeypatch.setitem(ARCHITECTURES._entries, "plain", lambda num_classes, **_: torch.nn.LazyLinear(num_classes))
+    with pytest.raises(ChddlError, match="--arch plain does not provide; pick one of: alexnet, convnet"):
+        _run(data, workspace, base="dm", arch="plain")
+    assert not any(p.name.startswith("condensed") for p in (workspace.root / "artifacts").iterdir())
+    assert not any((workspace.root / "partial").glob("*"))

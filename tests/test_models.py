@@ -44,3 +44,24 @@ def test_seeded_models_are_identical() -> None:
 def test_unknown_architecture_lists_valid_ones() -> None:
     with pytest.raises(ChddlError, match="valid: alexnet, convnet"):
         create_model("lenet9", 10, 32)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_architecture_embeds_into_the_input_of_its_last_linear_layer(name: str) -> None:
+    net = create_model(name, num_classes=7, image_size=32, seed=0).eval()
+    head = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    x = torch.randn(3, 3, 32, 32)
+    features = net.embed(x)
+    assert features.shape == (3, head.in_features)
+    torch.testing.assert_close(head(features), net(x))
+
+
+def test_the_small_resnet_keeps_torchvisions_parameter_names_and_initialisation() -> None:
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    torch.manual_seed(3)
+    plain = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=5)
+    plain.conv1 = torch.nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+    ours = create_model("resnet18_bn", num_classes=5, image_size=32, seed=3)
+    assert list(ours.state_dict()) == list(plain.state_dict())
+    assert all(torch.equal(p, q) for p, q in zip(ours.parameters(), plain.parameters()))

@@ -265,8 +265,21 @@ def test_experts_with_another_normalisation_are_refused(data, experts) -> None:
 
 def test_start_epoch_beyond_the_stored_epochs_is_refused(data, workspace, experts) -> None:
     ds, labels = data
-    with pytest.raises(ChddlError, match="exceeds the 3 epochs stored"):
-        condense_run(ds, labels, build(CondenseConfig, TINY_MTT, {"max_start_epoch": 3}), workspace, experts=experts)
+    with pytest.raises(ChddlError, match=r"reaches epoch 4, beyond the 3 stored in .*--max-start-epoch at most 3"):
+        condense_run(ds, labels, build(CondenseConfig, TINY_MTT, {"max_start_epoch": 4}), workspace, experts=experts)
+
+
+def test_the_last_stored_epoch_can_be_a_target(data, workspace, experts) -> None:
+    ds, labels = data
+    cfg = build(CondenseConfig, TINY_MTT, {"max_start_epoch": 3, "expert_epochs": 1, "iterations": 1})
+    art, _ = condense_run(ds, labels, cfg, workspace, experts=experts)
+    assert torch.isfinite(art.tensor("images")).all()
+
+
+def test_expert_epochs_longer_than_the_experts_say_which_setting_fits(data, workspace, experts) -> None:
+    ds, labels = data
+    with pytest.raises(ChddlError, match="--expert-epochs at most 3 with --max-start-epoch 1, or train longer"):
+        condense_run(ds, labels, build(CondenseConfig, TINY_MTT, {"expert_epochs": 5}), workspace, experts=experts)
 
 
 def test_truncated_expert_file_is_detected(experts) -> None:
@@ -370,3 +383,18 @@ def test_mtt_condenses_with_algorithm1(data, workspace, experts) -> None:
         ds, labels, build(CondenseConfig, TINY_MTT, {"schedule": "algorithm1"}), workspace, experts=experts
     )
     assert torch.isfinite(art.tensor("images")).all() and art.info["eval_lr"] > 0
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_mtt_differentiates_through_a_vision_transformer_student(data, workspace, checkpointed) -> None:
+    ds, labels = data
+    vit = build(ExpertsConfig, TINY_EXPERTS, {"arch": "vit_tiny", "num_experts": 1, "epochs": 2, "domain_experts": False})
+    store = experts_run(ds, labels, vit, workspace)[0]
+    cfg = build(
+        CondenseConfig,
+        TINY_MTT,
+        {"arch": "vit_tiny", "iterations": 1, "max_start_epoch": 1, "domain_aware": False},
+        {"checkpoint_student": checkpointed},
+    )
+    art, _ = condense_run(ds, labels, cfg, workspace, experts=store)
+    assert torch.isfinite(art.tensor("images")).all()

@@ -96,3 +96,7 @@ class DM(BaseMethod):
 def dm(net_factory: NetFactory, device: torch.device, dsa: DSA | None, compile_embed: bool = False, **_: object) -> DM:
     """Distribution matching on fresh random networks."""
     return DM(net_factory, device, dsa, compile_embed)
+
+
+#: DM matches penultimate features, so its networks need ``embed`` (checked before any work)
+dm.needs_embedding = True  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from stages.data.augment import DSA
@@ -87,7 +88,11 @@ class MTT(BaseMethod):
         return self.unroll(syn, labels, theta0, target, g, steps)
 
     def _student_step(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        out = functional_call(self.net, self.store.unflatten(theta), (x,))
+        # The loss is differentiated twice (create_graph); of the attention kernels only the math one has a
+        # second derivative (flash and memory-efficient attention have none, on CPU or CUDA). Inside the step,
+        # so that checkpoint's recomputation uses it too.
+        with sdpa_kernel(SDPBackend.MATH):
+            out = functional_call(self.net, self.store.unflatten(theta), (x,))
         grad = torch.autograd.grad(F.cross_entropy(out, y), theta, create_graph=True)[0]
         return theta - lr * grad
 

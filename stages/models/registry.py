@@ -25,6 +25,13 @@ def create_model(
         return factory(num_classes=num_classes, image_size=image_size, channels=channels, **kwargs)
 
 
+def embeds(name: str) -> bool:
+    """Whether architecture ``name`` has ``embed(x)`` (penultimate features); built on the meta device, no memory."""
+    with torch.device("meta"):
+        net = create_model(name, num_classes=2, image_size=32)
+    return callable(getattr(net, "embed", None))
+
+
 def list_models() -> list[str]:
     """Names of all registered architectures."""
     return ARCHITECTURES.names()
