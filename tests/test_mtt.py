@@ -388,7 +388,9 @@ def test_mtt_condenses_with_algorithm1(data, workspace, experts) -> None:
 @pytest.mark.parametrize("checkpointed", [False, True])
 def test_mtt_differentiates_through_a_vision_transformer_student(data, workspace, checkpointed) -> None:
     ds, labels = data
-    vit = build(ExpertsConfig, TINY_EXPERTS, {"arch": "vit_tiny", "num_experts": 1, "epochs": 2, "domain_experts": False})
+    vit = build(
+        ExpertsConfig, TINY_EXPERTS, {"arch": "vit_tiny", "num_experts": 1, "epochs": 2, "domain_experts": False}
+    )
     store = experts_run(ds, labels, vit, workspace)[0]
     cfg = build(
         CondenseConfig,
