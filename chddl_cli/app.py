@@ -11,7 +11,7 @@ import torch
 import typer
 
 from chddl_cli import condense, demo, evaluate, export, label, pretrain_experts, report, teacher
-from chddl_cli.common import Globals, error, show_library_notes
+from chddl_cli.common import Globals, Terminated, error, show_library_notes
 from stages import __version__
 from stages.allocator import keep_freed_memory
 
@@ -82,8 +82,8 @@ app.command("demo")(demo.demo)
 
 
 def _terminate(signum: int, frame: object) -> None:
-    # Schedulers stop jobs with SIGTERM: treat it as Ctrl-C so long stages checkpoint and exit cleanly.
-    raise KeyboardInterrupt
+    # Schedulers stop jobs with SIGTERM: treat it as Ctrl-C so long stages checkpoint and exit cleanly (with 143).
+    raise Terminated
 
 
 def main() -> None:

@@ -107,8 +107,12 @@ def show_library_notes(verbose: int) -> None:
     logger.propagate = False
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an interruption so long stages checkpoint on the way out."""
+
+
 def guarded(fn: Callable) -> Callable:
-    """Turn ChddlError into a one-line message and exit code 1; Ctrl-C into 130."""
+    """Turn ChddlError into a one-line message and exit code 1; Ctrl-C into 130, SIGTERM into 143 (128 + signal)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -121,9 +125,10 @@ def guarded(fn: Callable) -> Callable:
         except ChddlError as exc:
             error(str(exc))
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            error("interrupted; nothing complete was lost, re-run the same command to resume")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            error(f"{stopped}; nothing complete was lost, re-run the same command to resume")
+            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
 
     return wrapper
 
@@ -143,9 +148,10 @@ class _PlainLog:
     """Progress for logs (stderr not a terminal, where bars do not draw): a
     plain line every ``every`` seconds and at the end, with rate and ETA."""
 
-    def __init__(self, description: str, total: int | None, every: float = 30.0) -> None:
+    def __init__(self, description: str, total: int | None, done: int = 0, every: float = 30.0) -> None:
         self.description, self.total, self.every = description, total, every
-        self.done, self.info = 0, ""
+        self.done, self.info = done, ""
+        self.resumed = done  # finished before this process: not part of its rate
         self.start = self.last = time.monotonic()
 
     def advance(self, steps: int, info: str) -> None:
@@ -155,7 +161,7 @@ class _PlainLog:
 
     def line(self, final: bool = False) -> None:
         self.last = now = time.monotonic()
-        rate = self.done / max(now - self.start, 1e-9)
+        rate = (self.done - self.resumed) / max(now - self.start, 1e-9)
         of = f"/{self.total}" if self.total else ""
         eta = f", ETA {_duration((self.total - self.done) / rate)}" if self.total and rate > 0 and not final else ""
         state = "done" if final else f"{rate:.3g}/s{eta}"
@@ -183,7 +189,7 @@ class RichProgress:
         self._open = 0
 
     @contextmanager
-    def task(self, description: str, total: int | None = None) -> Iterator[_RichTask]:
+    def task(self, description: str, total: int | None = None, done: int = 0) -> Iterator[_RichTask]:
         if self._bar is None:
             self._bar = Progress(
                 SpinnerColumn(),
@@ -199,8 +205,9 @@ class RichProgress:
             )
             self._bar.start()
         self._open += 1
-        task_id = self._bar.add_task(description, total=total, info="")
-        log = _PlainLog(description, total) if self.enabled and not err_console.is_terminal else None
+        # rich estimates speed from advances only: the resumed steps are a starting point, not a burst of speed
+        task_id = self._bar.add_task(description, total=total, completed=done, info="")
+        log = _PlainLog(description, total, done) if self.enabled and not err_console.is_terminal else None
         try:
             yield _RichTask(self._bar, task_id, log)
             if log is not None:
@@ -237,8 +244,8 @@ def note_done(progress: RichProgress, what: str, res: Result, redo: str = "recom
 
 
 def plural(n: int, word: str) -> str:
-    """``1 run``, ``3 runs``."""
-    return f"{n} {word}{'' if n == 1 else 's'}"
+    """``1 run``, ``3 runs``, ``2 processes``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('s') else 's'}"
 
 
 def human_bytes(n: float | None) -> str:

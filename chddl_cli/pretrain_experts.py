@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from chddl_cli.common import console, cost_line, guarded, human_bytes, note_done, result_line, run_stage
+from chddl_cli.common import console, cost_line, guarded, human_bytes, note_done, plural, result_line, run_stage
 from chddl_cli.options import config_options
 from stages import api
 from stages import pretrain_experts as experts_stage
@@ -40,7 +40,8 @@ def pretrain_experts(
     table.add_row("sets", ", ".join(info["sets"]))
     table.add_row(
         "experts",
-        f"{info['num_experts']} per set x {info['epochs']} epochs ({info['dtype']}), {info['world_size']} process(es)",
+        f"{info['num_experts']} per set x {plural(info['epochs'], 'epoch')} ({info['dtype']}), "
+        f"{plural(info['world_size'], 'process')}",
     )
     table.add_row("test accuracy", ", ".join(f"{k} {v['mean_test_acc']:.1f}%" for k, v in art.metrics.items()))
     size = sum(f["bytes"] for f in info["files"].values())

@@ -14,6 +14,7 @@ from chddl_cli.common import (
     cost_line,
     guarded,
     note_done,
+    plural,
     print_json,
     result_line,
     run_stage,
@@ -46,7 +47,7 @@ def train_teacher(
         table = Table(title=f"teacher {art.name}", show_header=False, title_justify="left")
         table.add_row("network", f"{art.info['arch']}, {art.info['batch_norm_layers']} batch-norm layers")
         c = art.config
-        table.add_row("training", f"{c['epochs']} epochs, lr {c['lr']}, batch {c['batch_size']}")
+        table.add_row("training", f"{plural(c['epochs'], 'epoch')}, lr {c['lr']}, batch {c['batch_size']}")
         per = art.metrics.get("per_domain") or {}
         domains = " (" + ", ".join(f"{d} {v:.1f}" for d, v in per.items()) + ")" if per else ""
         table.add_row("test accuracy", f"{art.metrics['test_acc']:.2f}%{domains}")

@@ -278,7 +278,12 @@ def run(
         jobs = [(a, r) for a in range(len(cfg.archs)) for r in range(cfg.runs) if np.isnan(acc[a, r])]
         mine = [job for i, job in enumerate(jobs) if i % world == rank]
         finished = 0
-        with measure() as cost, progress.task(f"evaluate {train_set.name}", total=len(mine)) as task:
+        with (
+            measure() as cost,
+            progress.task(
+                f"evaluate {train_set.name}", total=len(mine) + resumed * (world == 1), done=resumed * (world == 1)
+            ) as task,
+        ):
             for chunk in _chunks(mine, cfg.parallel):
                 if stop_after is not None and finished >= stop_after:
                     raise KeyboardInterrupt

@@ -193,7 +193,11 @@ def run(
         mine = [job for i, job in enumerate(jobs) if i % world == rank]
         with (
             measure() as cost,
-            progress.task(f"experts (rank {rank}/{world})" if world > 1 else "experts", total=len(mine)) as task,
+            progress.task(
+                f"experts (rank {rank}/{world})" if world > 1 else "experts",
+                total=len(mine),
+                done=sum(expert_file(role, k) in earlier for role, _, k in mine),
+            ) as task,
         ):
             for role, d, k in mine:
                 path = partial / expert_file(role, k)
@@ -203,7 +207,7 @@ def run(
                         raise ChddlError(f"pseudo-domain {d} has no training images")
                     offset = 0 if d is None else 7919 * (d + 1)
                     _train_one(dataset, idx, test_x, cfg, cfg.seed * 100003 + k + offset, path, device)
-                task.advance(1, expert=f"{role}/{k}")
+                    task.advance(1, expert=f"{role}/{k}")
         if world > 1:
             dist.barrier()
         if rank != 0:

@@ -20,8 +20,9 @@ class Task(Protocol):
 class Progress(Protocol):
     """Receiver of progress events from a stage."""
 
-    def task(self, description: str, total: int | None = None) -> AbstractContextManager[Task]:
-        """Context manager for a task; the bar closes when the block ends."""
+    def task(self, description: str, total: int | None = None, done: int = 0) -> AbstractContextManager[Task]:
+        """Context manager for a task; the bar closes when the block ends. ``done`` steps were finished before
+        this process started (a resumed run): they count towards the total, not towards the rate or ETA."""
 
     def note(self, message: str) -> None:
         """A one-line informational message (cache hits, skipped files, ...)."""
@@ -36,7 +37,7 @@ class NullProgress:
     """A Progress that reports nothing."""
 
     @contextmanager
-    def task(self, description: str, total: int | None = None) -> Iterator[Task]:
+    def task(self, description: str, total: int | None = None, done: int = 0) -> Iterator[Task]:
         yield _NullTask()
 
     def note(self, message: str) -> None:

@@ -538,7 +538,7 @@ def _comparisons(evals: list[Artifact], ws: Workspace) -> Section | None:
             delta, se = chddl_delta(b, a)
             dataset, base, ipc, init, protocol = group[0], group[1], group[2], group[3], group[-4]
             evaluation = (
-                f"{group[-2]} epochs"
+                f"{group[-2]} epoch{'' if group[-2] == 1 else 's'}"
                 + ("" if protocol[0] == "own" else f", lr {protocol[0]}")
                 + ("" if protocol[1] else ", no DSA")
             )

@@ -126,8 +126,7 @@ def run(
             opt_state = _optimizer_state({k: v.to(device) for k, v in tensors.items()})
             earlier_s = float(tensors["elapsed_s"])
             progress.note(f"resuming the teacher at epoch {start} ({partial})")
-        with measure() as cost, progress.task(f"teacher {cfg.arch}", total=cfg.epochs) as task:
-            task.advance(start)
+        with measure() as cost, progress.task(f"teacher {cfg.arch}", total=cfg.epochs, done=start) as task:
             t0 = time.monotonic()
 
             def on_epoch(epoch: int, optimizer: torch.optim.Optimizer) -> None:

@@ -302,6 +302,33 @@ def test_sigterm_stops_the_cli_like_ctrl_c(monkeypatch) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_sigterm_exits_with_143_after_checkpointing(tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    npz = make_npz(tmp_path / "d.npz", n=60)
+    base = [sys.executable, "-m", "chddl_cli", "-w", str(tmp_path / "ws")]
+    subprocess.run([*base, "-q", "label", str(npz), "--size", "16", "-D", "2"], check=True, capture_output=True)
+    proc = subprocess.Popen(
+        [*base, "condense", "--ipc", "1", "--iterations", "100000", "--batch-real", "8", "--compile", "off"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "ws" / "partial").glob("*")):
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside the iteration loop
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert err.strip().splitlines()[-1].startswith("error: terminated; nothing complete was lost")
+    assert list((tmp_path / "ws" / "partial").glob("*/checkpoint.yaml"))
+
+
 def test_condense_help_lists_algorithm1_and_the_mask_options() -> None:
     result = runner.invoke(app, ["condense", "--help"], catch_exceptions=False, terminal_width=200)
     assert result.exit_code == 0
@@ -352,6 +379,7 @@ def test_sre2l_from_the_command_line_trains_a_teacher_condenses_and_scores_with_
     ws = _labelled_workspace(tmp_path)
     teacher = invoke("-w", ws, "train-teacher", "--epochs", "1", "--batch-size", "16")
     assert teacher.exit_code == 0, teacher.output
+    assert "1 epoch, lr" in teacher.output
     path = next(line for line in teacher.output.splitlines() if line.startswith("teacher: ")).split(": ", 1)[1]
     cond = invoke("-w", ws, "condense", "--base", "sre2l", "--ipc", "1", "--iterations", "2", "--teacher", path)
     assert cond.exit_code == 0 and "SRE2L + CHDDL" in cond.output and "teacher teacher-convnet_bn" in cond.output
@@ -366,3 +394,14 @@ def test_soft_labels_that_are_not_a_teacher_fail_in_one_line(tmp_path) -> None:
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code == 1 and len(errors) == 1 and "needs a teacher artifact" in errors[0]
     assert "train-teacher" in errors[0]
+
+
+def test_counts_read_in_the_singular_and_plural() -> None:
+    from chddl_cli.common import plural
+
+    assert [plural(1, "epoch"), plural(2, "epoch"), plural(1, "process"), plural(4, "process")] == [
+        "1 epoch",
+        "2 epochs",
+        "1 process",
+        "4 processes",
+    ]

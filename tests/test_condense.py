@@ -467,3 +467,32 @@ def test_dm_with_an_architecture_without_features_is_refused_before_any_work(dat
         _run(data, workspace, base="dm", arch="plain")
     assert not any(p.name.startswith("condensed") for p in (workspace.root / "artifacts").iterdir())
     assert not any((workspace.root / "partial").glob("*"))
+
+
+class _Recorder:
+    """A Progress that keeps the fields of every advance."""
+
+    def __init__(self) -> None:
+        self.fields: list[dict] = []
+
+    def task(self, description, total=None, done=0):
+        from contextlib import nullcontext
+
+        recorder = self
+
+        class _Task:
+            def advance(self, steps=1, **fields):
+                recorder.fields.append(fields)
+
+        return nullcontext(_Task())
+
+    def note(self, message) -> None:
+        pass
+
+
+@pytest.mark.parametrize("aware, shown", [(False, {"loss"}), (True, {"loss", "dom"})])
+def test_progress_shows_the_domain_loss_only_when_there_is_one(data, workspace, aware, shown) -> None:
+    ds, labels = data
+    recorder = _Recorder()
+    run(ds, labels, build(CondenseConfig, TINY, {"domain_aware": aware}), workspace, progress=recorder)
+    assert recorder.fields and all(set(f) == shown for f in recorder.fields if f)

@@ -79,6 +79,26 @@ def test_a_plain_progress_line_gives_rate_and_eta() -> None:
     assert text.startswith("condense x: 4/10 (") and "/s, ETA " in text and "loss 3.2" in text
 
 
+def test_after_a_resume_the_rate_and_eta_count_only_this_processes_steps(monkeypatch) -> None:
+    from chddl_cli import common
+
+    clock = iter([100.0, 110.0, 110.0])
+    monkeypatch.setattr(common.time, "monotonic", lambda: next(clock))
+    log = common._PlainLog("condense x", total=100, done=90, every=0.0)
+    with common.err_console.capture() as captured:
+        log.advance(1, "")  # one step in 10 s after resuming at 90: 0.1/s, 9 steps left take 90 s
+    assert captured.get() == "condense x: 91/100 (0.1/s, ETA 1m30s, 0m10s elapsed)\n"
+
+
+def test_a_resumed_bar_starts_at_the_resumed_step_without_a_speed_sample() -> None:
+    from chddl_cli.common import RichProgress
+
+    progress = RichProgress(enabled=False)
+    with progress.task("condense x", total=100, done=90):
+        task = progress._bar.tasks[0]
+        assert task.completed == 90 and task.speed is None
+
+
 def test_quiet_silences_the_progress_lines(deep) -> None:
     ws, _ = deep
     out = _chddl(ws, "condense", "--ipc", "1", "--iterations", "3", "--batch-real", "8", "--seed", "5", quiet=True)

@@ -271,8 +271,7 @@ class Loop:
         pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         retries = s.nan_retries
         it = start
-        with self.progress.task(self.description, total=s.iterations) as task:
-            task.advance(start)
+        with self.progress.task(self.description, total=s.iterations, done=start) as task:
             while it < s.iterations:
                 t0 = time.perf_counter()
                 if not pending:
@@ -323,7 +322,10 @@ class Loop:
                     continue
                 for (i, _, _), row in zip(pending, values):
                     self.history[i] = row
-                task.advance(len(pending), loss=float(self.history[it - 1, 0]), dom=float(self.history[it - 1, 1]))
+                shown = {"loss": float(self.history[it - 1, 0])}
+                if "domain" in self.objective.roles:  # the base method alone has no domain loss to show
+                    shown["dom"] = float(self.history[it - 1, 1])
+                task.advance(len(pending), **shown)
                 pending = []
                 self._good = (it, self.state())
                 stop = stop_after is not None and it - start >= stop_after
