@@ -86,6 +86,11 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _global_options() -> set[str]:
+    """The option names of ``chddl`` itself (``--workdir``, ``-w``, ...)."""
+    return {name for param in typer.main.get_command(app).params for name in param.opts}
+
+
 def main() -> None:
     """Console-script entry point."""
     signal.signal(signal.SIGTERM, _terminate)
@@ -100,6 +105,12 @@ def main() -> None:
             raise
         context = getattr(exc, "ctx", None)
         hint = f"; see `{context.command_path} --help`" if context is not None else ""
+        option = getattr(exc, "option_name", None)
+        if type(exc).__name__ == "NoSuchOption" and option in _global_options() and context is not None:
+            hint = (
+                f"; {option} is a global option and goes before the subcommand: "
+                f"`chddl {option} ... {context.info_name} ...`"
+            )
         error(exc.format_message() + hint)
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)

@@ -22,6 +22,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
 from stages.api import Result, Workspace, open_workspace
@@ -35,6 +36,14 @@ if not console.is_terminal:  # a pipe or a file: no folding at 80 columns (table
 JSON_OPTION = typer.Option(
     "--json", help="print one JSON object (artifact paths, metrics, cost) on stdout and nothing else"
 )
+
+
+def print_table(table: Table) -> None:
+    """A table with its title on a line of its own, so a title wider than the table never wraps mid-phrase."""
+    title, table.title = table.title, None
+    if title:
+        console.print(str(title), soft_wrap=True, markup=False, style="italic")
+    console.print(table)
 
 
 def result_line(label: str, path: object) -> None:

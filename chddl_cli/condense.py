@@ -10,11 +10,11 @@ from rich.table import Table
 from chddl_cli.common import (
     JSON_OPTION,
     artifact_json,
-    console,
     cost_line,
     guarded,
     note_done,
     print_json,
+    print_table,
     result_line,
     run_stage,
 )
@@ -110,5 +110,5 @@ def condense(
         print_json(artifact_json(art, hit) | {"info": art.info})
         return
     if progress.enabled:
-        console.print(condensed_table(art))
+        print_table(condensed_table(art))
     result_line("condensed", art.path)

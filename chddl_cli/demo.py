@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from chddl_cli.common import console, globals_of, guarded, progress_for
+from chddl_cli.common import console, globals_of, guarded, print_table, progress_for
 from chddl_cli.label import agreement_table, dataset_table, labels_table
 from stages import api
 from stages.config import load_preset
+from stages.errors import ChddlError
+from stages.outputs import NotWritable
 
 
 @guarded
@@ -31,9 +34,9 @@ def demo(
     labelled = api.label("builtin:demo", **common)
     lab_art, data_art = labelled.artifact, labelled.inputs["dataset"]
     domains = data_art.info["domain_names"]
-    console.print(dataset_table(data_art))
-    console.print(labels_table(lab_art, domains))
-    console.print(agreement_table(lab_art))
+    print_table(dataset_table(data_art))
+    print_table(labels_table(lab_art, domains))
+    print_table(agreement_table(lab_art))
     ipc = int(load_preset("condense/demo")["condense"]["ipc"])
     summary = Table(title="demo: ConvNet top-1 % on the test split (mean ± std over runs)", title_justify="left")
     for column in ("training set", "overall", *domains, "condense s"):
@@ -60,12 +63,22 @@ def demo(
         m = ev.artifact.metrics["convnet"]
         cells = [f"{m['mean']:.1f} ± {m['std']:.1f}"] + [f"{m['per_domain'][d]['mean']:.1f}" for d in domains]
         summary.add_row(title, *cells, f"{cond.meta['cost']['wall_s']:.0f}" if cond else "-")
-    console.print(summary)
+    print_table(summary)
     console.print(
         "How to read it: each row trains fresh ConvNets on that set alone and tests them on the real test split; "
         "condensation works when DM beats random real images of the same size, and DM + CHDDL minus DM is what "
         "CHDDL adds.",
         soft_wrap=False,
     )
-    _, page = api.report(workspace=ws)
+    page = write_report(ws)
     console.print(f"[bold]demo done[/]: report {page} (workspace {ws.root})", soft_wrap=True)
+
+
+def write_report(ws: api.Workspace) -> Path:
+    """The demo's report in its workspace; the demo has no --out, so an unwritable one names -w as the fix."""
+    try:
+        return api.report(workspace=ws)[1]
+    except NotWritable as exc:
+        raise ChddlError(
+            f"cannot write {exc.path} ({exc.reason}); run the demo in a writable workspace: `chddl -w DIR demo`"
+        ) from None

@@ -10,11 +10,11 @@ from rich.table import Table
 from chddl_cli.common import (
     JSON_OPTION,
     artifact_json,
-    console,
     guarded,
     note_done,
     plural,
     print_json,
+    print_table,
     result_line,
     run_stage,
 )
@@ -94,5 +94,5 @@ def evaluate(
     if as_json:
         print_json(artifact_json(art, hit) | {"train_set": art.info["train_set"]})
         return
-    console.print(results_table(art))
+    print_table(results_table(art))
     result_line("evaluation", art.path)

@@ -10,10 +10,10 @@ from rich.table import Table
 from chddl_cli.common import (
     JSON_OPTION,
     artifact_json,
-    console,
     cost_line,
     guarded,
     print_json,
+    print_table,
     result_line,
     run_stage,
 )
@@ -119,9 +119,9 @@ def label(
         print_json(artifact_json(lab_art, hit) | {"dataset": artifact_json(data_art)})
         return
     if progress.enabled:
-        console.print(dataset_table(data_art))
-        console.print(labels_table(lab_art, data_art.info.get("domain_names")))
+        print_table(dataset_table(data_art))
+        print_table(labels_table(lab_art, data_art.info.get("domain_names")))
         agree = agreement_table(lab_art)
         if agree is not None:
-            console.print(agree)
+            print_table(agree)
     result_line("labels", lab_art.path)

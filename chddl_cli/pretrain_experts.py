@@ -7,7 +7,16 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from chddl_cli.common import console, cost_line, guarded, human_bytes, note_done, plural, result_line, run_stage
+from chddl_cli.common import (
+    cost_line,
+    guarded,
+    human_bytes,
+    note_done,
+    plural,
+    print_table,
+    result_line,
+    run_stage,
+)
 from chddl_cli.options import config_options
 from stages import api
 from stages import pretrain_experts as experts_stage
@@ -48,5 +57,5 @@ def pretrain_experts(
     cost = art.meta.get("cost", {})
     table.add_row("storage", human_bytes(size))
     table.add_row("cost", cost_line(cost))
-    console.print(table)
+    print_table(table)
     result_line("experts", art.path)

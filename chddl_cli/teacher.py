@@ -10,12 +10,12 @@ from rich.table import Table
 from chddl_cli.common import (
     JSON_OPTION,
     artifact_json,
-    console,
     cost_line,
     guarded,
     note_done,
     plural,
     print_json,
+    print_table,
     result_line,
     run_stage,
 )
@@ -52,5 +52,5 @@ def train_teacher(
         domains = " (" + ", ".join(f"{d} {v:.1f}" for d, v in per.items()) + ")" if per else ""
         table.add_row("test accuracy", f"{art.metrics['test_acc']:.2f}%{domains}")
         table.add_row("cost", cost_line(art.meta.get("cost", {})))
-        console.print(table)
+        print_table(table)
     result_line("teacher", art.path)

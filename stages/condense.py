@@ -119,7 +119,7 @@ class CondenseConfig:
         "(class-stratified draw re-weighted per domain; augmentation siamese per class)",
     )
     init: str = option("noise", "synthetic image init: noise (Gaussian, the paper) or real (random real images)")
-    arch: str = option("convnet", "network architecture used for matching")
+    arch: str = option("convnet", "network architecture used for matching: " + ", ".join(ARCHITECTURES.names()))
     lr_img: float | None = option(
         None, "learning rate of the synthetic images [dm 1.0, dc 0.1, mtt 1000, sre2l 0.25 (Adam, cosine)]"
     )

@@ -140,7 +140,17 @@ def load_preset(name_or_path: str | Path | None, folder: str | None = None) -> d
     if len(matches) > 1 and folder is not None:
         matches = [p for p in matches if p.parent == root / folder] or matches
     if len(matches) != 1:
-        raise ChddlError(f"no config file or preset '{name_or_path}'; presets: {', '.join(list_presets())}")
+        if path.suffix in (".yaml", ".yml"):
+            raise ChddlError(f"config file {path} does not exist; pass an existing YAML file or a preset name")
+        shown = list_presets()
+        if folder is not None:
+            shown = [p.removeprefix(f"{folder}/") for p in shown if p.startswith(f"{folder}/")]
+        if not shown:
+            raise ChddlError(
+                f"no config file or preset '{name_or_path}'; no preset ships for {folder}: pass a YAML file"
+            )
+        where = f"{folder} presets" if folder is not None else "presets"
+        raise ChddlError(f"no config file or preset '{name_or_path}'; {where}: {', '.join(shown)}")
     return load_yaml(matches[0])
 
 

@@ -24,9 +24,6 @@ folder, touching nothing.
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +33,7 @@ import yaml
 from stages.artifacts import Artifact
 from stages.data.dataset import Dataset
 from stages.errors import ChddlError
+from stages.outputs import refuse_unsafe, write_swapped
 
 FORMATS = ("imagefolder", "npz", "ddranking")
 EXPORT_META = "chddl_export.yaml"
@@ -131,22 +129,6 @@ def is_export(folder: Path) -> bool:
     return ok and dirs <= parents
 
 
-def _refuse_unsafe(out: Path, workspace: Path | None) -> None:
-    """One-line refusal of a target an export must never replace."""
-    target = out.resolve()
-    cwd = Path.cwd().resolve()
-    if target == cwd or target in cwd.parents:
-        raise ChddlError(f"--out {out} is the current folder or one above it; pass a new folder, e.g. --out export")
-    if target == Path.home().resolve() or target == Path(target.anchor):
-        raise ChddlError(f"--out {out} is your home folder or the root; pass a new folder, e.g. --out export")
-    if workspace is not None:
-        ws = workspace.resolve()
-        if target == ws or ws in target.parents or target in ws.parents:
-            raise ChddlError(
-                f"--out {out} is the workspace {workspace}, inside it or above it; pass a folder outside it"
-            )
-
-
 def run(
     art: Artifact,
     out: Path,
@@ -168,7 +150,7 @@ def run(
             f"{art.path} is a '{art.stage}' artifact; export takes a condensed set (from `chddl condense`)"
         )
     out = Path(out)
-    _refuse_unsafe(out, workspace)
+    refuse_unsafe(out, workspace)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ChddlError(f"{out} exists and is not a folder; pass another --out")
     replace_old = out.is_dir() and any(out.iterdir())
@@ -181,22 +163,5 @@ def run(
         raise ChddlError(
             f"{out} holds an earlier export and is not empty; pass --force to replace it, or another --out"
         )
-    tag = uuid.uuid4().hex[:8]
-    tmp, old = out.parent / f".{out.name}.export-{tag}", out.parent / f".{out.name}.replaced-{tag}"
-    try:
-        tmp.mkdir(parents=True)
-        _write(art, dataset, fmt, tmp)
-        if out.exists():
-            os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if old.exists():
-                os.replace(old, out)
-            raise
-    except OSError as exc:
-        raise ChddlError(f"cannot write {out} ({exc.strerror}); pass a writable --out") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+    write_swapped(out, lambda tmp: _write(art, dataset, fmt, tmp), "export")
     return out

@@ -51,7 +51,9 @@ class ExpertsConfig:
     batch_size: int = option(256, "training batch size")
     dsa: bool = option(True, "DSA augmentation while training")
     dsa_strategy: str = option(DEFAULT_STRATEGY, "DSA families, joined by _")
-    arch: str = option("convnet", "expert architecture (must match condensation's)")
+    arch: str = option(
+        "convnet", "expert architecture (must match condensation's): " + ", ".join(ARCHITECTURES.names())
+    )
     domain_experts: bool = option(True, "also train one set per pseudo-domain (needed by MTT + CHDDL)")
     dtype: str = option("float32", "storage precision of the snapshots: float32, bfloat16 or float16")
     seed: int = option(0, "seed of expert k is seed * 100003 + k (+ an offset per set)")

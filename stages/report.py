@@ -8,8 +8,6 @@ import html
 import io
 import math
 import re
-import shutil
-import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from stages.artifacts import Artifact, Workspace, log
 from stages.condense import EXECUTION_ONLY, THETA_PRIME_DEFAULT, CondenseConfig
 from stages.config import to_dict
 from stages.errors import ChddlError
+from stages.outputs import refuse_unsafe, write_swapped
 from stages.paper import paper_figure
 from stages.progress import NullProgress, Progress
 
@@ -775,6 +774,30 @@ def _recompute_hint(path: Path) -> str:
     return f"`{command} ... --force`" if command else "unknown (not a chddl artifact name)"
 
 
+#: what a report folder holds: these two pages, and the figures they show under images/
+REPORT_PAGES = ("report.md", "report.html")
+FIGURE_SUFFIXES = (".png", ".svg")
+
+
+def is_report(folder: Path) -> bool:
+    """Whether ``folder`` holds a chddl report and nothing else (so replacing it loses no other file)."""
+    if not (folder / "report.html").is_file():
+        return False
+    for path in folder.rglob("*"):
+        name = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            return False
+        if path.is_dir():
+            if name != "images":
+                return False
+        elif not (
+            name in REPORT_PAGES
+            or (name.startswith("images/") and name.count("/") == 1 and path.suffix in FIGURE_SUFFIXES)
+        ):
+            return False
+    return True
+
+
 def run(workspace: Workspace, out_dir: Path | None = None, progress: Progress = NullProgress()) -> tuple[Path, Path]:
     """Write ``report.md`` (+ its figures as SVG files) and a self-contained
     ``report.html`` (figures as inline SVG); returns their paths."""
@@ -823,21 +846,22 @@ def run(workspace: Workspace, out_dir: Path | None = None, progress: Progress = 
                 "the same options and --force, replaces it.",
             )
         )
+    if out_dir is not None:
+        refuse_unsafe(Path(out_dir), example="--out report")
     out_dir = Path(out_dir) if out_dir is not None else workspace.root / "report"
-    # Written beside its destination and renamed into place: a read-only workspace can report elsewhere.
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        (tmp / "images").mkdir(parents=True)
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise ChddlError(f"{out_dir} exists and is not a folder; pass another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_report(out_dir):
+        raise ChddlError(
+            f"{out_dir} holds files that are not a chddl report; a report only replaces an earlier report: pass a "
+            "new or empty --out"
+        )
+
+    def write(tmp: Path) -> None:
+        (tmp / "images").mkdir()
         (tmp / "report.md").write_text(_markdown(sections, tmp / "images"))
         (tmp / "report.html").write_text(_html(sections))
-        if out_dir.exists():
-            if not (out_dir / "report.html").exists():
-                raise ChddlError(f"{out_dir} exists and is not a chddl report folder; pass another --out")
-            shutil.rmtree(out_dir)
-        shutil.move(str(tmp), str(out_dir))
-    except OSError as exc:
-        raise ChddlError(f"cannot write the report to {out_dir} ({exc.strerror}); pass a writable --out") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    # Written beside its destination and swapped in: a failure leaves the earlier report as it was.
+    write_swapped(out_dir, write, "report")
     return out_dir / "report.md", out_dir / "report.html"

@@ -332,7 +332,7 @@ def test_sigterm_exits_with_143_after_checkpointing(tmp_path) -> None:
 def test_condense_help_lists_algorithm1_and_the_mask_options() -> None:
     result = runner.invoke(app, ["condense", "--help"], catch_exceptions=False, terminal_width=200)
     assert result.exit_code == 0
-    for text in ("algorithm1", "--no-domain-lambda", "--mask-resolution", "--mask-channels"):
+    for text in ("algorithm1", "--no-domain-lambda", "--mask-resolution", "--mask-channels", "resnet18, resnet18_bn"):
         assert text in result.output
 
 
@@ -363,7 +363,12 @@ def test_threads_sets_torchs_cpu_threads(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     "args, text",
-    [(["condense", "--bogus"], "No such option: --bogus"), (["condense", "--ipc", "x"], "Invalid value for '--ipc'")],
+    [
+        (["condense", "--bogus"], "No such option: --bogus"),
+        (["condense", "--ipc", "x"], "Invalid value for '--ipc'"),
+        (["condense", "--workdir", "ws"], "--workdir is a global option and goes before the subcommand"),
+        (["evaluate", "-q"], "-q is a global option and goes before the subcommand: `chddl -q ... evaluate ...`"),
+    ],
 )
 def test_usage_errors_are_one_line_in_chddls_format(args, text) -> None:
     import subprocess
@@ -405,3 +410,17 @@ def test_counts_read_in_the_singular_and_plural() -> None:
         "1 process",
         "4 processes",
     ]
+
+
+def test_an_unwritable_demo_report_names_the_workspace_option_not_out(monkeypatch, tmp_path) -> None:
+    from chddl_cli import demo
+    from stages.errors import ChddlError
+    from stages.outputs import NotWritable
+
+    def unwritable(workspace):
+        raise NotWritable(tmp_path / "ws" / "report", "Read-only file system")
+
+    monkeypatch.setattr(demo.api, "report", unwritable)
+    with pytest.raises(ChddlError) as info:
+        demo.write_report(tmp_path / "ws")
+    assert "`chddl -w DIR demo`" in str(info.value) and "--out" not in str(info.value)

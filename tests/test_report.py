@@ -117,14 +117,41 @@ def test_paper_figures_match_by_dataset_method_ipc_and_arch() -> None:
 def test_unwritable_or_foreign_output_folder_is_refused(full_workspace, tmp_path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(ChddlError, match="cannot write the report"):
+    with pytest.raises(ChddlError, match="cannot write .*out .*; pass a writable --out"):
         report.run(full_workspace, blocker / "out")
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(ChddlError, match="not a chddl report folder"):
+    with pytest.raises(ChddlError, match="holds files that are not a chddl report"):
         report.run(full_workspace, foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_a_report_folder_holding_the_users_files_too_is_not_replaced(full_workspace, tmp_path) -> None:
+    out = tmp_path / "docs"
+    report.run(full_workspace, out)
+    (out / "thesis.tex").write_text("keep me")
+    (out / "images" / "photo.jpg").write_text("mine")
+    with pytest.raises(ChddlError, match="holds files that are not a chddl report"):
+        report.run(full_workspace, out)
+    assert (out / "thesis.tex").read_text() == "keep me" and (out / "images" / "photo.jpg").read_text() == "mine"
+
+
+def test_an_earlier_report_is_replaced_whole(full_workspace, tmp_path) -> None:
+    out = tmp_path / "r"
+    report.run(full_workspace, out)
+    (out / "images" / "figure_999.svg").write_text("<svg/>")  # a figure of an earlier, longer report
+    _, page = report.run(full_workspace, out)
+    assert page.is_file() and not (out / "images" / "figure_999.svg").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".r.")]
+
+
+def test_report_refuses_the_current_folder(full_workspace, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "report.html").write_text("")
+    with pytest.raises(ChddlError, match="is the current folder or one above it"):
+        report.run(full_workspace, tmp_path)
+    assert (tmp_path / "report.html").exists()
 
 
 def test_chddl_delta_is_the_difference_of_means_with_welch_standard_error() -> None:
@@ -218,8 +245,8 @@ def test_evaluations_at_another_learning_rate_are_compared_only_with_each_other(
     text = report.run(workspace)[0].read_text()
     rows = [line for line in text.splitlines() if line.startswith(f"| {ds.artifact.name} | DM | 1 |")]
     assert len(rows) == 2
-    own = next(r for r in rows if "| 1 epochs |" in r)
-    other = next(r for r in rows if "| 1 epochs, lr 0.05 |" in r)
+    own = next(r for r in rows if "| 1 epoch |" in r)
+    other = next(r for r in rows if "| 1 epoch, lr 0.05 |" in r)
     for row, lr in ((own, None), (other, 0.05)):
         delta, se = report.chddl_delta(runs[(False, lr)], runs[(True, lr)])
         assert f"{delta:+.2f} ± {se:.2f}" in row

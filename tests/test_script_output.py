@@ -62,6 +62,17 @@ def test_the_final_path_line_is_never_broken_on_a_pipe(deep) -> None:
     assert Path(line.removeprefix("labels: ")).is_dir()
 
 
+def test_table_titles_stay_on_one_line_on_a_pipe(deep) -> None:
+    ws, npz = deep
+    out = _chddl(ws, "label", str(npz), "--size", "16", "-D", "2")
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    assert "agreement with the true domains (train split)" in lines
+    assert any(
+        line.startswith("pseudo-domains labels-fft-D2-") and line.endswith("(fft, D=2, beta=0.1)") for line in lines
+    )
+
+
 def test_long_stages_log_plain_progress_lines_when_not_on_a_terminal(deep) -> None:
     ws, _ = deep
     out = _chddl(ws, "condense", "--ipc", "1", "--iterations", "3", "--batch-real", "8", "--seed", "4")

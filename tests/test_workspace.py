@@ -327,6 +327,17 @@ def test_a_bare_preset_name_resolves_in_the_commands_own_folder() -> None:
         load_preset("demo")  # ambiguous without a folder
 
 
+def test_an_unknown_preset_lists_only_the_commands_own_presets() -> None:
+    with pytest.raises(ChddlError, match="no config file or preset 'dmm'; condense presets: dc, demo, dm,") as info:
+        load_preset("dmm", "condense")
+    assert "datasets/" not in str(info.value) and "evaluate" not in str(info.value)
+
+
+def test_a_missing_config_file_is_named_as_a_file() -> None:
+    with pytest.raises(ChddlError, match="config file mine.yaml does not exist"):
+        load_preset("mine.yaml", "condense")
+
+
 def test_every_preset_named_in_help_or_the_readme_exists() -> None:
     presets = set(list_presets()) | {p.split("/")[-1] for p in list_presets()}
     texts = [(ROOT / "README.md").read_text()]
