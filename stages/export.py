@@ -41,6 +41,12 @@ EXPORT_META = "chddl_export.yaml"
 
 def _pixels(art: Artifact, dataset: Dataset | None) -> np.ndarray:
     """(N, H, W, 3) uint8 of the set's images, back in pixel space."""
+    rgb = displayable(art, dataset)
+    return (rgb.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def displayable(art: Artifact, dataset: Dataset | None = None) -> torch.Tensor:
+    """The condensed set's images as (N, 3, H, W) RGB in [0, 1]; a ZCA-whitened set needs its ``dataset``."""
     images = art.tensor("images").float()
     if art.info.get("normalization", {}).get("zca"):
         if dataset is None:
@@ -48,11 +54,9 @@ def _pixels(art: Artifact, dataset: Dataset | None) -> np.ndarray:
                 f"{art.name} lives in ZCA-whitened space and its dataset is not in this workspace; "
                 f"pass --dataset to un-whiten it"
             )
-        rgb = dataset.displayable(images)
-    else:
-        mean, std = art.tensor("mean").view(1, 3, 1, 1), art.tensor("std").view(1, 3, 1, 1)
-        rgb = (images * std + mean).clamp(0, 1)
-    return (rgb.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        return dataset.displayable(images)
+    mean, std = art.tensor("mean").view(1, 3, 1, 1), art.tensor("std").view(1, 3, 1, 1)
+    return (images * std + mean).clamp(0, 1)
 
 
 def _write(art: Artifact, dataset: Dataset | None, fmt: str, folder: Path) -> None:

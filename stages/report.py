@@ -13,14 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import figures
+from stages import export, figures
 from stages.artifacts import Artifact, Workspace, log
 from stages.condense import EXECUTION_ONLY, THETA_PRIME_DEFAULT, CondenseConfig
 from stages.config import to_dict
+from stages.data.dataset import load_dataset
 from stages.errors import ChddlError
 from stages.outputs import refuse_unsafe, write_swapped
 from stages.paper import paper_figure
 from stages.progress import NullProgress, Progress
+from stages.visual import grid_png
 
 SWEEP_FIELDS = (
     "num_domains",
@@ -180,9 +182,7 @@ def _condensed(arts: list[Artifact], ws: Workspace) -> Section:
         s.figures.append(
             (
                 f"{a.name}: synthetic images, one row per class",
-                figures.labelled_grid(
-                    _png_array((a.path / "grid.png").read_bytes()), classes, [], f"{_method(a).upper()}, IPC {c['ipc']}"
-                ),
+                figures.labelled_grid(_grid(a, ws), classes, [], f"{_method(a).upper()}, IPC {c['ipc']}"),
             )
         )
         if (a.path / "extra_domain_views.png").is_file():
@@ -199,6 +199,23 @@ def _condensed(arts: list[Artifact], ws: Workspace) -> Section:
             )
         )
     return s
+
+
+def _grid(a: Artifact, ws: Workspace) -> np.ndarray:
+    """The set's image grid: its grid.png, or drawn anew from its tensors when that preview is missing."""
+    if (a.path / "grid.png").is_file():
+        return _png_array((a.path / "grid.png").read_bytes())
+    dataset = None
+    if a.info.get("normalization", {}).get("zca"):  # un-whitening needs the dataset's ZCA matrices
+        found = ws.find(str(a.info.get("dataset") or ""))
+        dataset = load_dataset(found) if found is not None else None
+    if dataset is None and a.info.get("normalization", {}).get("zca"):
+        x = a.tensor("images").float()  # still whitened: each image stretched to [0, 1] shows its layout
+        low, high = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+        rgb = (x - low) / (high - low).clamp(min=1e-12)
+    else:
+        rgb = export.displayable(a, dataset)
+    return _png_array(grid_png(rgb, nrow=int(a.config["ipc"])))
 
 
 def _png_array(png: bytes) -> np.ndarray:

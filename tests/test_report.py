@@ -102,6 +102,17 @@ def test_a_set_with_corrupt_tensors_is_listed_as_skipped_and_the_report_still_wr
     assert page.is_file() and "--force to re-run" not in text
 
 
+def test_a_set_without_its_grid_preview_is_drawn_from_its_tensors(full_workspace) -> None:
+    condensed = sorted((full_workspace.root / "artifacts").glob("condensed-*"))
+    with_grid = report.run(full_workspace)[0].read_text()
+    for c in condensed:
+        (c / "grid.png").unlink()  # results committed without their previews
+    text = report.run(full_workspace)[0].read_text()
+    caption = "synthetic images, one row per class"
+    assert text.count(caption) == with_grid.count(caption) == 2 * len(condensed)  # alt text and caption
+    assert "Skipped artifacts" not in text
+
+
 def test_empty_workspace_gives_a_clear_message(workspace) -> None:
     with pytest.raises(ChddlError, match="holds no artifacts yet; run `chddl demo`"):
         report.run(workspace)
