@@ -59,6 +59,24 @@ def _svg(fig) -> str:
     return text[text.index("<svg") :]  # inline: without the XML prolog and doctype
 
 
+def _plain_log_ticks(axis) -> None:
+    """Tick labels of a log axis as plain numbers (200, 0.05), not mathtext powers (2x10^2)."""
+    from matplotlib.ticker import LogFormatter
+
+    axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
+
+
+def tick_labels(svg: str) -> list[str]:
+    """The tick and text labels of an SVG figure, as drawn (mathtext tspans joined)."""
+    import re
+
+    labels = []
+    for block in re.findall(r"<text\b[^>]*>(.*?)</text>", svg, flags=re.S):
+        labels.append("".join(re.findall(r">([^<]*)<", f">{block}<")).strip())
+    return labels
+
+
 def loss_curves(history: np.ndarray, with_domain: bool, title: str) -> str:
     """Class (and domain) loss per iteration, log scale."""
     fig, ax = plt.subplots(figsize=(5.5, 2.6))
@@ -68,6 +86,7 @@ def loss_curves(history: np.ndarray, with_domain: bool, title: str) -> str:
     if with_domain:
         series.tag(ax.plot(it, np.maximum(history[:, 1], 1e-12), lw=0.9, label="L_dom"))
     ax.set(xlabel="iteration", ylabel="loss", yscale="log", title=title)
+    _plain_log_ticks(ax.yaxis)
     ax.legend(frameon=False)
     return _svg(fig)
 
@@ -161,13 +180,21 @@ def sweep_lines(name: str, lines: dict[str, list[tuple[float, float, float]]], t
     values = sorted({p[0] for pts in lines.values() for p in pts})
     if len(values) > 2 and values[0] > 0 and values[-1] / values[0] >= 100:
         ax.set_xscale("log")
+        _plain_log_ticks(ax.xaxis)
     ax.set(xlabel=name, ylabel="top-1 %", title=title)
     ax.legend(frameon=False, fontsize=7)
     return _svg(fig)
 
 
-def labelled_grid(image: np.ndarray, rows: list[str], cols: list[str], title: str) -> str:
-    """An image grid (H, W, 3 uint8, equal cells) with a label per row and per column."""
+def labelled_grid(
+    image: np.ndarray,
+    rows: list[str],
+    cols: list[str],
+    title: str,
+    legend: list[tuple[str, tuple[float, float, float]]] | None = None,
+) -> str:
+    """An image grid (H, W, 3 uint8, equal cells) with a label per row and per column, and an optional
+    ``legend`` of (name, RGB in [0, 1]) swatches (e.g. which colour is which domain in a winner map)."""
     height, width = image.shape[:2]
     fig, ax = plt.subplots(figsize=(min(10, 1.2 + width / 60), min(12, 0.4 + height / 60)))
     ax.imshow(image, interpolation="nearest")
@@ -181,4 +208,16 @@ def labelled_grid(image: np.ndarray, rows: list[str], cols: list[str], title: st
     for side in ax.spines.values():
         side.set_visible(False)
     ax.set_title(title, fontsize=9, pad=4 if not cols else 30)
+    if legend:
+        from matplotlib.patches import Patch
+
+        ax.legend(
+            handles=[Patch(facecolor=rgb, edgecolor="0.5", label=name) for name, rgb in legend],
+            title="winner colours",
+            frameon=False,
+            fontsize=7,
+            title_fontsize=7,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+        )
     return _svg(fig)

@@ -22,7 +22,7 @@ from stages.errors import ChddlError
 from stages.outputs import refuse_unsafe, write_swapped
 from stages.paper import paper_figure
 from stages.progress import NullProgress, Progress
-from stages.visual import grid_png
+from stages.visual import DOMAIN_COLOURS, grid_png
 
 SWEEP_FIELDS = (
     "num_domains",
@@ -172,7 +172,7 @@ def _condensed(arts: list[Artifact], ws: Workspace) -> Section:
                 str(c["iterations"]),
                 str(c.get("seed")),
                 chddl_settings(a, ws),
-                str(m.get("s_per_iteration")),
+                f"{m['s_per_iteration']:.3g}" if m.get("s_per_iteration") is not None else "-",
                 f"{m.get('final_loss_cls', 0):.4g}",
                 f"{m.get('final_loss_dom', 0):.4g}" if c.get("domain_aware") else "-",
                 _mask_cell(m.get("masks")),
@@ -236,7 +236,13 @@ def _views_grid(a: Artifact) -> str:
     rows_shown = max(1, round(image.shape[0] / cell))
     labels = a.tensor("labels").tolist()[:rows_shown]
     names = a.info.get("class_names") or []
-    return figures.labelled_grid(image, [names[k] if k < len(names) else str(k) for k in labels], cols, "")
+    legend = (
+        [(f"pseudo-domain {i}", tuple(DOMAIN_COLOURS[i % len(DOMAIN_COLOURS)].tolist())) for i in range(d)]
+        if "winner" in cols
+        else None
+    )
+    rows = [names[k] if k < len(names) else str(k) for k in labels]
+    return figures.labelled_grid(image, rows, cols, "", legend=legend)
 
 
 def _mask_cell(masks: dict | None) -> str:
@@ -255,6 +261,7 @@ def _evaluations(evals: list[Artifact], ws: Workspace) -> list[Section]:
     charts: dict[tuple[str, int], list] = {}  # (dataset, IPC) -> ConvNet points of every set and baseline
     paper_points: dict[tuple[str, int], list] = {}
     bars: dict[str, dict[str, list[tuple[float, float]]]] = {}  # dataset -> set -> per-domain (mean, std)
+    set_labels = _set_labels(evals, ws)
     for e in evals:
         train = ws.find(e.info["train_set"])
         data = ws.find(e.info["dataset"])
@@ -281,7 +288,7 @@ def _evaluations(evals: list[Artifact], ws: Workspace) -> list[Section]:
                 domain_rows.append([e.info["train_set"], arch, *(_fmt(v) for v in m["per_domain"].values())])
             if arch != "convnet" or e.config.get("target_domain") or m.get("mean") is None:
                 continue
-            label = _set_label(e, train, method)
+            label = set_labels[e.name]
             charts.setdefault((e.info["dataset"], ipc), []).append(figures.Point(label, m["mean"], m["std"]))
             if paper:
                 paper_points.setdefault((e.info["dataset"], ipc), []).append(figures.Point(label, *paper))
@@ -318,11 +325,26 @@ def _evaluations(evals: list[Artifact], ws: Workspace) -> list[Section]:
     return out
 
 
-def _set_label(e: Artifact, train: Artifact | None, method: str) -> str:
-    """A short name for a training set in plots: method, key and seed, or the baseline."""
-    if train is not None and train.stage == "condensed":
-        return f"{method.upper()} {train.name.rsplit('-', 1)[-1][:6]} s{train.config.get('seed')}"
-    return str(e.info["train_set"]).removeprefix("baseline-")
+def _set_labels(evals: list[Artifact], ws: Workspace) -> dict[str, str]:
+    """A short name per evaluation for plots: the method and IPC, then the settings in which it differs from
+    the other evaluations of that method and IPC on its dataset (seed last); baselines by their own name."""
+    groups: dict[tuple, list[tuple[str, dict[str, str]]]] = {}
+    names: dict[str, str] = {}
+    for e in evals:
+        train = ws.find(e.info["train_set"])
+        if train is None or train.stage != "condensed":
+            names[e.name] = str(e.info["train_set"]).removeprefix("baseline-")
+            continue
+        settings = _sweep_settings(e, train, ws) | {"seed": str(train.config.get("seed"))}
+        key = (e.info["dataset"], _method(train), int(e.info.get("ipc", 0)))
+        groups.setdefault(key, []).append((e.name, settings))
+    for (_, method, ipc), members in groups.items():
+        differ = [k for k in members[0][1] if len({m[1].get(k) for m in members}) > 1]
+        differ = [k for k in differ if k != "seed"] + (["seed"] if "seed" in differ else [])
+        for name, settings in members:
+            shown = ", ".join(f"{k.removeprefix('labels.')} {settings.get(k, '-')}" for k in differ)
+            names[name] = f"{method.upper()} IPC {ipc}" + (f", {shown}" if shown else "")
+    return names
 
 
 def eval_lr(e: Artifact, train: Artifact) -> str:
@@ -620,13 +642,12 @@ def _comparisons(evals: list[Artifact], ws: Workspace) -> Section | None:
         text="mean ± std over every evaluation run of every condensation seed; the delta's standard error is "
         "Welch's over runs, so it understates the spread between condensation seeds when there are few.",
     )
-    section.figures.append(
-        (
-            "CHDDL minus base, one row per comparison: ours (delta ± s.e.) and the paper's at the same "
-            "dataset, method and IPC (its full protocol)",
-            forest_plot(points, paper),
-        )
+    caption = "CHDDL minus base, one row per comparison: ours (delta ± s.e.)" + (
+        ", and the paper's at the same dataset, method and IPC (its full protocol)"
+        if paper
+        else "; the paper publishes no figure for these datasets and settings"
     )
+    section.figures.append((caption, forest_plot(points, paper)))
     return section
 
 
@@ -764,13 +785,13 @@ def _summary(stages: dict[str, list[Artifact]], ws: Workspace, forest: Section |
         f"{len(stages.get('dataset', []))} dataset(s), {len(stages.get('labels', []))} labelling(s), "
         f"{n_sets} condensed set(s), {len(stages.get('evaluation', []))} evaluation(s). "
         + (
-            "Below: every CHDDL-minus-base comparison (detailed in its own section)."
+            "Below: every CHDDL-minus-base comparison (its numbers are in the section 'CHDDL minus base')."
             if forest
             else "No base set has a CHDDL twin under the same settings yet, so there is no CHDDL-minus-base comparison."
         )
     )
-    if forest is not None:
-        s.figures = forest.figures[:1]
+    if forest is not None:  # drawn once, here at the top; the section keeps the table
+        s.figures, forest.figures = forest.figures, []
     return s
 
 

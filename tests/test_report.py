@@ -326,6 +326,24 @@ def test_the_forest_plot_has_a_row_per_comparison_and_a_zero_line(compared_works
     assert "## Summary" in md.read_text().split("## Datasets")[0]  # the summary opens the page
 
 
+def test_the_forest_plot_is_drawn_once_and_promises_no_paper_figure_it_lacks(compared_workspace) -> None:
+    text = report.run(compared_workspace)[0].read_text()
+    forests = re.findall(r"!\[(CHDDL minus base[^\]]*)\]", text)
+    assert len(forests) == 1
+    assert forests[0].endswith("the paper publishes no figure for these datasets and settings")
+    assert text.index(forests[0]) < text.index("## Datasets")  # in the summary
+
+
+def test_plots_name_sets_by_the_settings_that_differ_not_by_hash(compared_workspace) -> None:
+    from stages import figures
+
+    md, _ = report.run(compared_workspace)
+    text = md.read_text()
+    path = re.search(r"!\[[^\]]*top-1 % of every set and baseline[^\]]*\]\((images/figure_\d+\.svg)\)", text).group(1)
+    labels = figures.tick_labels((md.parent / path).read_text())
+    assert {"DM IPC 1", "DM+CHDDL IPC 1, tau 0.1", "DM+CHDDL IPC 1, tau 0.5"} <= set(labels)
+
+
 def test_grids_are_labelled_with_class_names_and_view_headings(compared_workspace) -> None:
     md, _ = report.run(compared_workspace)
     text = md.read_text()
@@ -334,9 +352,21 @@ def test_grids_are_labelled_with_class_names_and_view_headings(compared_workspac
     views = re.search(r"!\[[^\]]*domain views and masks[^\]]*\]\((images/figure_\d+\.svg)\)", text).group(1)
     svg = (md.parent / views).read_text()
     assert all(f">{h}<" in svg for h in ("image", "view 0", "view 1", "mask 0", "mask 1", "winner"))
+    assert all(f">{h}<" in svg for h in ("winner colours", "pseudo-domain 0", "pseudo-domain 1"))
 
 
 def test_tables_align_text_left_and_numbers_right(compared_workspace) -> None:
     _, page = report.run(compared_workspace)
     head = re.search(r"<h2>Cost of each stage</h2>.*?<thead><tr>(.*?)</tr>", page.read_text(), re.S).group(1)
     assert head.startswith("<th>artifact</th><th>stage</th>") and '<th class="num">wall s</th>' in head
+
+
+def test_log_axes_read_as_plain_numbers() -> None:
+    import numpy as np
+
+    from stages import figures
+
+    history = np.stack([np.geomspace(553, 98, 200), np.geomspace(60, 19, 200)], 1)
+    labels = figures.tick_labels(figures.loss_curves(history, True, "t"))
+    assert {"20", "100", "200"} <= set(labels)
+    assert not any("×" in label or "10^" in label or "mathdefault" in label for label in labels)
