@@ -167,6 +167,24 @@ def _read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise ChddlError(f"artifact {path} is corrupt ({exc}); delete it and re-run with --force") from None
 
 
+#: the command that writes each kind of artifact, by the prefix of its folder name
+MADE_BY = {
+    "dataset": "chddl label",
+    "labels": "chddl label",
+    "experts": "chddl pretrain-experts",
+    "teacher": "chddl train-teacher",
+    "bnstats": "chddl condense --base sre2l",
+    "condensed": "chddl condense",
+    "eval": "chddl evaluate",
+}
+
+
+def recompute_hint(name: str) -> str:
+    """The command that rewrites artifact ``name`` (by its folder-name prefix): `chddl condense ... --force`."""
+    command = MADE_BY.get(Path(name).name.split("-")[0])
+    return f"`{command} ... --force`" if command else "unknown (not a chddl artifact name)"
+
+
 def problem_of(path: Path) -> str | None:
     """Why the artifact folder ``path`` is not a valid artifact (checksums included), or None when it is."""
     try:
@@ -359,8 +377,8 @@ class Workspace:
         if art is None:
             problem = (problem_of(self.artifacts_dir / name) or "could not be read").split(";")[0]
             raise ChddlError(
-                f"the workspace's latest {stage}, {name}, is damaged ({problem}); recompute it (the command that "
-                f"made it, with --force) or name the artifact to use explicitly"
+                f"the workspace's latest {stage}, {name}, is damaged ({problem}); recompute it with "
+                f"{recompute_hint(name)} (the options that made it) or name the artifact to use explicitly"
             )
         return art
 

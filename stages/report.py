@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from stages import export, figures
-from stages.artifacts import Artifact, Workspace, log
+from stages.artifacts import Artifact, Workspace, log, recompute_hint
 from stages.condense import EXECUTION_ONLY, THETA_PRIME_DEFAULT, CondenseConfig
 from stages.config import to_dict
 from stages.data.dataset import load_dataset
@@ -795,23 +795,6 @@ def _summary(stages: dict[str, list[Artifact]], ws: Workspace, forest: Section |
     return s
 
 
-#: the command that writes each kind of artifact, by the prefix of its folder name
-_MADE_BY = {
-    "dataset": "chddl label",
-    "labels": "chddl label",
-    "experts": "chddl pretrain-experts",
-    "teacher": "chddl train-teacher",
-    "bnstats": "chddl condense --base sre2l",
-    "condensed": "chddl condense",
-    "eval": "chddl evaluate",
-}
-
-
-def _recompute_hint(path: Path) -> str:
-    command = _MADE_BY.get(path.name.split("-")[0])
-    return f"`{command} ... --force`" if command else "unknown (not a chddl artifact name)"
-
-
 #: what a report folder holds: these two pages, and the figures they show under images/
 REPORT_PAGES = ("report.md", "report.html")
 FIGURE_SUFFIXES = (".png", ".svg")
@@ -879,7 +862,7 @@ def run(workspace: Workspace, out_dir: Path | None = None, progress: Progress = 
             Section(
                 "Skipped artifacts",
                 header=["folder", "problem", "recompute with"],
-                rows=[[str(path), reason.split(";")[0], _recompute_hint(path)] for path, reason in damaged],
+                rows=[[str(path), reason.split(";")[0], recompute_hint(path.name)] for path, reason in damaged],
                 text="Not in the tables above: each folder is damaged. The command that made it, run again with "
                 "the same options and --force, replaces it.",
             )
