@@ -65,6 +65,13 @@ def label_protocol(e: Artifact) -> str:
     return f"soft ({e.info.get('teacher')}, T {e.config.get('temperature')})"
 
 
+def _source(ws: Workspace, dataset: str) -> str:
+    """Where a dataset came from (its file or folder), to match the paper's tables; its artifact name
+    (``dataset-pacs_64-...``) when the dataset artifact is not in this workspace (results copied alone)."""
+    data = ws.find(dataset)
+    return str(data.info.get("source")) if data is not None else dataset
+
+
 def _method(cond: Artifact) -> str:
     return f"{cond.config['base']}{'+chddl' if cond.config.get('domain_aware') else ''}"
 
@@ -264,8 +271,7 @@ def _evaluations(evals: list[Artifact], ws: Workspace) -> list[Section]:
     set_labels = _set_labels(evals, ws)
     for e in evals:
         train = ws.find(e.info["train_set"])
-        data = ws.find(e.info["dataset"])
-        source = str(data.info.get("source")) if data else ""
+        source = _source(ws, e.info["dataset"])
         method = _method(train) if train is not None and train.stage == "condensed" else e.info.get("train_kind", "")
         ipc = int(e.info.get("ipc", 0))
         for arch, m in e.metrics.items():
@@ -601,11 +607,8 @@ def _comparisons(evals: list[Artifact], ws: Workspace) -> Section | None:
             )
             labels.append((label, settings))
             points.append(figures.Point(str(len(labels) - 1), delta, 0.0 if se != se else se))
-            data = ws.find(dataset)
-            paper_base = paper_figure(str(data.info.get("source")) if data else "", base, int(ipc), group[-3])
-            paper_aware = paper_figure(
-                str(data.info.get("source")) if data else "", f"{base}+chddl", int(ipc), group[-3]
-            )
+            paper_base = paper_figure(_source(ws, dataset), base, int(ipc), group[-3])
+            paper_aware = paper_figure(_source(ws, dataset), f"{base}+chddl", int(ipc), group[-3])
             if paper_base and paper_aware and not group[-1]:
                 paper.append(
                     figures.Point(

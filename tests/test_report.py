@@ -113,6 +113,16 @@ def test_a_set_without_its_grid_preview_is_drawn_from_its_tensors(full_workspace
     assert "Skipped artifacts" not in text
 
 
+def test_the_paper_column_is_filled_when_only_the_results_were_copied(full_workspace) -> None:
+    import shutil
+
+    for folder in (full_workspace.root / "artifacts").glob("dataset-*"):
+        shutil.rmtree(folder)  # evaluations and sets copied without the dataset they came from
+    text = report.run(full_workspace)[0].read_text()
+    rows = [line for line in text.splitlines() if "| DM+CHDDL | 1 | convnet |" in line and "| 2 x 1 |" in line]
+    assert rows and all("| 34.7 ± 1.1 |" in row for row in rows)  # Table 2, PACS DM + CHDDL IPC 1
+
+
 def test_empty_workspace_gives_a_clear_message(workspace) -> None:
     with pytest.raises(ChddlError, match="holds no artifacts yet; run `chddl demo`"):
         report.run(workspace)
