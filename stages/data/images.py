@@ -28,10 +28,15 @@ def decode_image(path: Path, size: int) -> np.ndarray | None:
     """(3, size, size) uint8 array, or None when the file cannot be decoded.
 
     Grayscale, palette, RGBA (composited on white) and 16-bit images are
-    converted to 8-bit RGB; the image is resized to size x size (Lanczos).
+    converted to 8-bit RGB; the image is resized to size x size (Lanczos). A
+    JPEG larger than twice the size is decoded at a reduced scale (libjpeg's
+    DCT scaling, PIL's draft mode) that still leaves at least ``size`` pixels
+    a side, so the decoder does a fraction of the work before the resize.
     """
     try:
         with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (size, size))
             img.load()
             rgb = _to_rgb(img)
             if rgb.size != (size, size):
@@ -39,3 +44,12 @@ def decode_image(path: Path, size: int) -> np.ndarray | None:
             return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None
+
+
+def decode_into(path: Path, size: int, out: np.ndarray) -> bool:
+    """Decode ``path`` as :func:`decode_image` into ``out`` (3, size, size) uint8; False when it cannot be read."""
+    image = decode_image(path, size)
+    if image is None:
+        return False
+    out[...] = image
+    return True

@@ -16,6 +16,7 @@ from stages.config import option, require, to_dict
 from stages.data import demo
 from stages.data.cifar import find_cifar_dir, read_cifar
 from stages.data.folder import read_folder
+from stages.data.layouts import CROSSVAL
 from stages.data.npz import read_npz
 from stages.data.raw import TEST, TRAIN, RawDataset
 from stages.data.zca import fit_zca
@@ -39,7 +40,7 @@ def _npz(path: Path, cfg: "DatasetConfig", progress: Progress) -> RawDataset:
 
 @DATASETS.register("folder")
 def _folder(path: Path, cfg: "DatasetConfig", progress: Progress) -> RawDataset:
-    return read_folder(path, cfg.size, progress)
+    return read_folder(path, cfg.size, progress, workers=cfg.workers, crossval=cfg.crossval)
 
 
 @DATASETS.register("cifar")
@@ -65,6 +66,10 @@ class DatasetConfig:
     )
     split_seed: int = option(0, "seed of that stratified split and of the per-class subsets")
     strict: bool = option(False, "fail on undecodable image files instead of skipping and counting them")
+    workers: int = option(0, "threads decoding image files (0: one per core)")
+    crossval: str = option(
+        "train", "what PACS's official crossval lists become: train, test or ignore (image folders with split lists)"
+    )
     zca: bool = option(
         False, "ZCA-whiten the normalised images, fitted on the training split (MTT's reference does for CIFAR)"
     )
@@ -85,6 +90,8 @@ class DatasetConfig:
         require(
             self.test_per_class >= 0, f"--test-per-class must be 0 (all images) or positive, got {self.test_per_class}"
         )
+        require(self.workers >= 0, f"--workers must be 0 (one per core) or positive, got {self.workers}")
+        require(self.crossval in CROSSVAL, f"unknown --crossval '{self.crossval}'; valid: {', '.join(CROSSVAL)}")
         require(
             self.format == "auto" or self.format in DATASETS,
             f"unknown dataset format '{self.format}'; valid: auto, {', '.join(DATASETS.names())}",
@@ -232,9 +239,16 @@ def ingest(
         raise ChddlError(f"no such file or directory: {source}")
     workspace.check_exists()
     # Subset sizes of 0 stay out of the key so datasets cached before the options existed are still found.
-    config = {k: v for k, v in to_dict(cfg).items() if k != "strict" and not (k.endswith("_per_class") and not v)} | {
-        "format": fmt
-    }
+    # Execution-only options, and new options at their defaults, stay out of the key: cached datasets stay found.
+    config = {
+        k: v
+        for k, v in to_dict(cfg).items()
+        if k not in ("strict", "workers")
+        and not (k.endswith("_per_class") and not v)
+        and not (k == "crossval" and v == "train")
+    } | {"format": fmt}
+    if fmt == "folder":
+        config["jpeg_draft"] = True  # large JPEGs are decoded at reduced scale (slightly other pixels than before)
     digests = workspace.root / "cache" / "file-digests.json"
     key = artifact_key(STAGE, config, {"source": source_fingerprint(fmt, path, digests)}, SCHEMA_VERSION)
     name = stage_artifact_name(_dataset_name(fmt, path, cfg), key)
