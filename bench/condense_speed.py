@@ -1,6 +1,6 @@
 """Seconds per iteration and peak memory of DM, DM+CHDDL, DC, DC+CHDDL.
 
-Input: the size the reference code was timed on (REFERENCE.md): 10 classes
+Input: the size the reference code was timed on (docs/reference.md): 10 classes
 of 32x32x3 images (500 per class here, random pixels: speed does not depend
 on content), 256 real images per group per step, IPC 1 and 10, D = 4.
 Each configuration runs in its own process so its peak RSS is its own.
@@ -15,7 +15,7 @@ bench/reference.py) every configuration the reference has (DM IPC 1 and
 10, DC IPC 1, no CHDDL) is also timed with the reference's own loop in this
 run, alternating ours and the reference ``--rounds`` times, and the ratio
 comes from these measurements. Without it the ratio uses the constants of
-REFERENCE.md, marked "(recorded)".
+docs/reference.md, marked "(recorded)".
 
 Prints a Markdown table (median seconds per iteration after the first).
 """
@@ -43,7 +43,7 @@ MATRIX = [
     ("dc", 10, 0),
     ("dc", 10, 1),
 ]
-#: reference seconds per iteration recorded on another day (REFERENCE.md): the fallback without --reference
+#: reference seconds per iteration recorded on another day (docs/reference.md): the fallback without --reference
 REFERENCE = {("dm", 1): 4.34, ("dm", 10): 5.30, ("dc", 1): 11.2}
 
 

@@ -144,7 +144,7 @@ def scale(args: argparse.Namespace) -> dict:
             start = time.perf_counter()
             result = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
             payload = json.loads(result.stdout)
-            cost = payload["cost"] if stage == "condense" else payload["labels"]["cost"]
+            cost = payload["cost"]
             out[stage] = {
                 "wall_s": round(time.perf_counter() - start, 1),
                 "peak_rss_gb": round(cost["peak_rss_bytes"] / 2**30, 2),

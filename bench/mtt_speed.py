@@ -1,11 +1,11 @@
 """Seconds per expert epoch, and seconds and peak memory per MTT iteration.
 
-Input as the reference was timed (REFERENCE.md): 10 classes of 32x32x3
+Input as the reference was timed (docs/reference.md): 10 classes of 32x32x3
 images (5,000 training images), MTT with syn_steps 50 and expert_epochs 2,
 IPC 1 and 10, with and without CHDDL (D = 4), with and without
 checkpointing of the student steps. Each MTT configuration runs in its own
 process, so its peak RSS is its own. The fourth field sets the domain
-student's steps (0: syn_steps, as DESIGN.md).
+student's steps (0: syn_steps, as docs/design.md).
 
     python bench/mtt_speed.py                   # everything
     python bench/mtt_speed.py --only 10:1:0:0   # ipc:chddl:checkpoint:domain_syn_steps
@@ -14,7 +14,7 @@ student's steps (0: syn_steps, as DESIGN.md).
 With ``--reference DIR`` (GeorgeCazenavette/mtt-distillation fetched there,
 see bench/reference.py) each configuration without CHDDL is also timed with
 the reference's own iteration in the same run, alternating, and the ratio
-comes from these; without it the figures of REFERENCE.md (marked
+comes from these; without it the figures of docs/reference.md (marked
 "recorded") stand in.
 """
 
@@ -40,7 +40,7 @@ MATRIX = [
     (10, 0, 1, 0),
     (10, 1, 1, 0),
 ]
-#: recorded on another day (REFERENCE.md), the fallback without --reference:
+#: recorded on another day (docs/reference.md), the fallback without --reference:
 #: s/it, peak GB (syn_steps 50, expert_epochs 2)
 REFERENCE = {1: (7.50, 3.8), 10: (73.6, 19.2)}
 

@@ -5,7 +5,7 @@
 2. Content-hashing an image-folder tree (the dataset key), cold (no digest
    cache) and warm (every file's hash reused by size and mtime), on a
    generated tree of PACS's size (9,991 files of ~21 KB, the mean size of
-   ../shared/data/pacs_mini) unless --tree names a real one.
+   $DATA/pacs_mini) unless --tree names a real one.
 
     python bench/workspace_costs.py [--tree DIR]
 """

@@ -42,7 +42,7 @@ STAGE = "condensed"
 FINAL_STATE = "final_state.safetensors"
 SCHEMA_VERSION = 1
 
-#: per-base defaults of the reference implementations (REFERENCE.md)
+#: per-base defaults of the reference implementations (docs/reference.md)
 BASE_DEFAULTS = {
     "dm": {"iterations": 20000, "lr_img": 1.0, "dsa": True, "lam": 0.1},
     "dc": {"iterations": 1000, "lr_img": 0.1, "dsa": False, "lam": 0.1},
@@ -52,7 +52,7 @@ BASE_DEFAULTS = {
 }
 #: SRe2L's image optimiser: Adam with these betas, lr decayed by a cosine over the run
 SRE2L_BETAS = (0.5, 0.9)
-#: Theta' of the domain loss per base (DESIGN.md 1.3)
+#: Theta' of the domain loss per base (docs/design.md 1.3)
 THETA_PRIME_DEFAULT = {"dm": "shared", "dc": "own", "mtt": "own", "sre2l": "shared"}
 MASK_OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("summed", "sequential", "algorithm1")
@@ -92,7 +92,7 @@ class CondenseConfig:
         None,
         "parameters Theta' of the domain loss: own (dc: a second network; mtt: the "
         "pseudo-domain experts) or shared (the class loss's network or experts) [dm shared, "
-        "dc and mtt own: DESIGN.md]",
+        "dc and mtt own: docs/design.md]",
     )
     schedule: str = option(
         "summed",
@@ -134,7 +134,7 @@ class CondenseConfig:
     syn_steps: int = option(20, "mtt: student steps on the synthetic images per iteration")
     domain_syn_steps: int | None = option(
         None,
-        "mtt+chddl: student steps of the domain loss [syn_steps, DESIGN.md; "
+        "mtt+chddl: student steps of the domain loss [syn_steps, docs/design.md; "
         "a domain expert takes ~1/D of the class expert's SGD steps per epoch]",
     )
     expert_epochs: int = option(3, "mtt: expert epochs the student must cover")
@@ -216,7 +216,7 @@ class CondenseConfig:
         require(
             not (self.base == "dm" and self.theta_prime == "own"),
             "--theta-prime own is not available for dm: its Theta' is the class loss's random network by construction "
-            "(DESIGN.md); use shared or leave it out",
+            "(docs/design.md); use shared or leave it out",
         )
         require(self.init in ("noise", "real"), f"--init must be noise or real, got {self.init}")
         require(self.iterations is None or self.iterations >= 1, "--iterations must be at least 1")
@@ -328,7 +328,7 @@ class CondenseConfig:
 def selected_train(dataset: Dataset, cfg: CondenseConfig) -> torch.Tensor:
     """Boolean mask over the training split of the images condensation may use.
 
-    True domain labels serve only this selection (protocols of DESIGN.md 2).
+    True domain labels serve only this selection (protocols of docs/design.md 2).
     """
     train = dataset.train_indices
     if not cfg.domains and cfg.exclude_domain is None:

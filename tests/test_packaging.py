@@ -19,3 +19,20 @@ def test_every_package_folder_is_in_the_wheel_list() -> None:
     }
     assert found <= listed, f"missing from [tool.setuptools] packages: {sorted(found - listed)}"
     assert "chddl_configs" in listed
+
+
+def test_the_project_cites_only_documents_it_ships() -> None:
+    import re
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    outside = re.compile(r"(?<![\w/])(DESIGN|REFERENCE)\.md|\.\./shared/(DESIGN|REFERENCE|STYLE)")
+    citing = [
+        f
+        for f in tracked
+        if f.endswith((".py", ".md", ".sh", ".yaml", ".toml")) and outside.search((ROOT / f).read_text())
+    ]
+    assert citing == []
+    assert (ROOT / "docs" / "design.md").is_file() and (ROOT / "docs" / "reference.md").is_file()

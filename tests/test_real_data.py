@@ -1,4 +1,4 @@
-"""Checks on the team's real data in ../shared/data; skipped when it is absent."""
+"""Checks on real PACS and CIFAR-10 files in a data folder beside the repository; skipped when it is absent."""
 
 from __future__ import annotations
 
@@ -28,5 +28,5 @@ def test_pacs_fft_labels_agree_with_the_true_domains_as_measured(workspace) -> N
     ds = load_dataset(art)
     assert len(ds.train_indices) == 8977 and len(ds.test_indices) == 1014
     labels, _ = run(ds, build(LabelConfig), workspace)
-    # DESIGN.md: NMI 0.28 at beta 0.1 on the PACS 32 px train split, D 4
+    # docs/design.md: NMI 0.28 at beta 0.1 on the PACS 32 px train split, D 4
     assert labels.metrics["agreement"]["nmi"] == pytest.approx(0.28, abs=0.01)

@@ -13,7 +13,7 @@
 #                                     # reference readings), carried
 #   bash bench/gpu/check.sh --smoke   # on CPU with the demo data: proves the script runs (a test does this)
 #
-# Before a device run, here: mkdir -p .data && cp ../shared/data/pacs_64.npz .data/ and the reference
+# Before a device run, here: mkdir -p .data && cp $DATA/pacs_64.npz .data/ and the reference
 # repositories under .reference (bench/reference.py), then
 # run(command='LADDER_END=$(($(date +%s) + 540)) bash bench/gpu/check.sh', carry=[".data", ".reference"],
 # timeout_s=570); LADDER_MINUTES=M instead gives the ladder M minutes from when it starts.
@@ -31,7 +31,7 @@ else
   device=cuda; data=.data/pacs_64.npz; speed_opts=(--iterations 10 --dc-iterations 3)
   ref_opts=(--iterations 6 --classes 7 --size 64 --syn-steps 20 --expert-epochs 2)
   if [ ! -f "$data" ]; then
-    echo "error: $data is missing; copy ../shared/data/pacs_64.npz to $data and carry .data" >&2
+    echo "error: $data is missing; copy pacs_64.npz (PACS at 64 px, official split) to $data and carry .data" >&2
     exit 2
   fi
   # The device's python3 already has torch, torchvision, typer, rich, safetensors, pyyaml, numpy, matplotlib.

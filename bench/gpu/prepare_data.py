@@ -7,7 +7,7 @@ in a compressed npz with the original arrays' names and metadata. Speed
 and memory do not depend on which images are kept; the sizes are what the
 timed settings need (256 real images per group per step).
 
-    python bench/gpu/prepare_data.py ../shared/data/pacs_64.npz .data/pacs64_gpu.npz
+    python bench/gpu/prepare_data.py $DATA/pacs_64.npz .data/pacs64_gpu.npz
 """
 
 from __future__ import annotations

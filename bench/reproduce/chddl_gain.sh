@@ -22,8 +22,8 @@
 # The reference lines (DM, default DM+CHDDL) of each IPC run with every part
 # that needs them; cached sets are reused, so parts can run in any order.
 #
-#   PARTS="b c" bash bench/reproduce/chddl_gain.sh --scale cpu --data ../shared/data --workdir /tmp/gain32
-#   PARTS=a LADDER="300 1000" bash bench/reproduce/chddl_gain.sh --scale cpu --data ../shared/data --workdir /tmp/gain64
+#   PARTS="b c" bash bench/reproduce/chddl_gain.sh --scale cpu --data $DATA --workdir /tmp/gain32
+#   PARTS=a LADDER="300 1000" bash bench/reproduce/chddl_gain.sh --scale cpu --data $DATA --workdir /tmp/gain64
 source "$(dirname "$0")/lib.sh"
 describe_scale
 parts=${PARTS:-a b c d e}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fidelity check of our DM against the reference main_DM.py at REFERENCE.md's
+# Fidelity check of our DM against the reference main_DM.py at docs/reference.md's
 # reduced CPU scale on PACS 32 px: noise init, lr 1.0, 256 real images per
 # class, DSA, 300 iterations; evaluation ConvNet, 300 epochs, lr 0.01, DSA,
 # batch 256, 5 runs (mean +- population std). Also DM+CHDDL and the random

@@ -73,7 +73,7 @@ describe_scale() {
   case "$scale" in
     smoke) echo "   smoke: built-in demo data, a few iterations and epochs; proves the commands chain, measures nothing" ;;
     cpu) echo "   cpu scale differs from the paper: $dataset_note, DM $dm_iters iterations (paper 20,000; IPC 10 from real" \
-              "images, as REFERENCE.md advises for short runs) with $batch_real real images per group (paper 256), DC $dc_iters / $dc10_iters iterations at IPC 1 / 10 (paper 1,000)," \
+              "images, as docs/reference.md advises for short runs) with $batch_real real images per group (paper 256), DC $dc_iters / $dc10_iters iterations at IPC 1 / 10 (paper 1,000)," \
               "MTT ${experts[*]} and $mtt_iters iterations (IPC 10: $mtt10_iters${mtt10_opts[*]:+, ${mtt10_opts[*]}}) (paper 100 x 50 epochs, 5,000), evaluation ${eval_opts[*]}" \
               "(paper 10 runs x 1,000 epochs), cross-architecture ${xarch_opts[*]};" \
               "$(if [ -n "$multi_seed_methods" ]; then echo "only $multi_seed_methods runs every seed, the rest use"; else echo "every set uses"; fi)" \

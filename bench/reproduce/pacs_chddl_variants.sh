@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The open decisions of DESIGN.md, tried where CHDDL should help most (paper
+# The open decisions of docs/design.md, tried where CHDDL should help most (paper
 # Table 2: DM +6.0 at PACS IPC 1): DM+CHDDL at IPC 1 with Algorithm 1's
 # sequential schedule, separate real draws for the domain loss, lambda 0.01
 # and 1, random (normal) mask init, mask learning rate 0.1 and 10 (images: 1),
@@ -9,7 +9,7 @@
 # with Theta' shared (the domain loss on the class loss's network / experts
 # instead of their own). Every variant is one `chddl condense` option.
 #
-#   bash bench/reproduce/pacs_chddl_variants.sh --scale cpu --data ../shared/data
+#   bash bench/reproduce/pacs_chddl_variants.sh --scale cpu --data $DATA
 source "$(dirname "$0")/lib.sh"
 describe_scale
 method_opts dm 1 pacs

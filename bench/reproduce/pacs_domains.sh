@@ -5,7 +5,7 @@
 #   leave-one-domain-out (Table 5): condensed without T, scored on T.
 # True domain labels only select images and score; no method reads them.
 #
-#   bash bench/reproduce/pacs_domains.sh --scale cpu --data ../shared/data
+#   bash bench/reproduce/pacs_domains.sh --scale cpu --data $DATA
 source "$(dirname "$0")/lib.sh"
 describe_scale
 chddl label "$pacs_source" --config "$pacs_preset"

@@ -3,7 +3,7 @@
 # IPC 1 and 10 with FFT + Mean-Sort (the paper's), FFT + K-Means, log-var
 # (+ K-Means), random and oracle (true domain) labels; DM alone as the base.
 #
-#   bash bench/reproduce/pacs_labelers.sh --scale cpu --data ../shared/data [--ipcs 1]
+#   bash bench/reproduce/pacs_labelers.sh --scale cpu --data $DATA [--ipcs 1]
 source "$(dirname "$0")/lib.sh"
 describe_scale
 for ipc in $ipcs; do

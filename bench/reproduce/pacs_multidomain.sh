@@ -4,7 +4,7 @@
 # Every condensation seed gets its own set; `chddl report` pools them and
 # states CHDDL minus base with its standard error.
 #
-#   bash bench/reproduce/pacs_multidomain.sh --scale cpu --data ../shared/data [--seeds "0 1"]
+#   bash bench/reproduce/pacs_multidomain.sh --scale cpu --data $DATA [--seeds "0 1"]
 #   METHODS="dm" bash bench/reproduce/pacs_multidomain.sh ...   # a subset of dm dc mtt
 source "$(dirname "$0")/lib.sh"
 describe_scale

@@ -4,7 +4,7 @@
 # IPC 1, with DM alone as the reference line. `chddl report` tabulates
 # accuracy against each swept setting.
 #
-#   bash bench/reproduce/pacs_sweeps.sh --scale cpu --data ../shared/data
+#   bash bench/reproduce/pacs_sweeps.sh --scale cpu --data $DATA
 source "$(dirname "$0")/lib.sh"
 describe_scale
 opts=(--base dm --ipc 1 --iterations "$dm_iters" --batch-real "$batch_real")

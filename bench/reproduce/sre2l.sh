@@ -8,7 +8,7 @@
 # split under both protocols (1 run of WHOLE_EPOCHS, default 30). SRE2L_ITERS
 # (env) sets the recover iterations at cpu scale (default SRe2L's 1,000).
 #
-#   bash bench/reproduce/sre2l.sh --scale cpu --data ../shared/data --workdir /tmp/sre2l32
+#   bash bench/reproduce/sre2l.sh --scale cpu --data $DATA --workdir /tmp/sre2l32
 source "$(dirname "$0")/lib.sh"
 describe_scale
 sre2l_ipcs=${SRE2L_IPCS:-10}

@@ -6,7 +6,7 @@ the reference's layer-wise distance (1 - cosine per output channel, summed;
 1-D parameters skipped), updating the images, then trains the network
 ``inner_loop`` epochs on the synthetic set. Theta' (the domain role) is a
 second network with its own initialisation on the same schedule, trained in
-its inner loop on the domain views (DESIGN.md 1.3); with ``shared_theta`` the
+its inner loop on the domain views (docs/design.md 1.3); with ``shared_theta`` the
 domain loss uses the class network itself (Theta' = Theta), trained only on
 the synthetic images.
 """

@@ -11,7 +11,7 @@ the backward pass instead of stored: identical gradients; at IPC 10 with 50
 steps the peak falls from 16.1 to 1.9 GB for 12% more time. For CHDDL's
 domain loss, the student starts from a domain expert of a random
 pseudo-domain d and trains on the domain-d views (Theta' = the domain
-experts, DESIGN.md 1.3); with ``shared_theta`` it starts from a class expert
+experts, docs/design.md 1.3); with ``shared_theta`` it starts from a class expert
 instead (Theta' = Theta).
 """
 
