@@ -120,7 +120,8 @@ def main() -> None:
     todo = [tuple(int(x) if x.isdigit() else x for x in o.split(":")) for o in args.only] if args.only else MATRIX
     import torch
 
-    from stages.condense import BASE_DEFAULTS, compiles_at
+    from stages.condense import compiles_at
+    from stages.methods import METHODS
 
     threads = int(os.environ.get("BENCH_THREADS", torch.get_num_threads()))
     print(f"torch {torch.__version__}, {threads} threads, {args.iterations} iterations per run", file=sys.stderr)
@@ -128,7 +129,7 @@ def main() -> None:
     for base, ipc, aware in todo:
         ours_args = [__file__, "--child", f"{base}:{ipc}:{aware}", "--iterations", str(args.iterations)]
         compiled = args.compile == "on" or (
-            args.compile == "auto" and compiles_at(base, BASE_DEFAULTS[base]["iterations"])
+            args.compile == "auto" and compiles_at(base, METHODS.get(base).defaults["iterations"])
         )
         ours_args += ["--compile", "on" if compiled else "off", "--device", args.device]
         side_by_side = args.reference is not None and not aware and (base, ipc) in REFERENCE

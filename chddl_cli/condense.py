@@ -22,6 +22,7 @@ from chddl_cli.options import config_options
 from stages import api
 from stages import condense as condense_stage
 from stages.api import Artifact
+from stages.methods import METHODS
 
 
 def condensed_table(art: Artifact) -> Table:
@@ -53,7 +54,7 @@ def condensed_table(art: Artifact) -> Table:
         losses += f", domain {m.get('final_loss_dom'):.4g} (lambda {cfg['lam']}, tau {cfg['tau']})"
     table.add_row("final loss", losses)
     cost = art.meta.get("cost", {})
-    if cfg["base"] == "mtt":
+    if cfg["base"] in METHODS and METHODS.get(cfg["base"]).learned_eval_lr:
         table.add_row(
             "learned lr", f"{info['eval_lr']:.4g} (used for evaluation); rollbacks: {len(m.get('rollbacks', []))}"
         )

@@ -39,6 +39,7 @@ from stages.device import resolve_device
 from stages.errors import ChddlError
 from stages.inputs import is_artifact_dir, resolve, upstream
 from stages.label import PseudoLabels, load_labels
+from stages.methods import METHODS
 from stages.progress import NullProgress, Progress
 
 __all__ = [
@@ -224,10 +225,11 @@ def condense(
     ws = open_workspace(workspace)
     cfg = build(condense_stage.CondenseConfig, *_values(preset, "condense", default_seed, overrides))
     data_art, ds, label_art, pseudo = _inputs_with_labels(ws, dataset, labels, cfg.domain_aware)
-    expert_art = resolve(ws, "experts", experts) if cfg.base == "mtt" and (experts or ws.latest("experts")) else None
+    needs = METHODS.get(cfg.base).needs
+    expert_art = resolve(ws, "experts", experts) if needs == "experts" and (experts or ws.latest("experts")) else None
     teacher_art = (
-        _teacher_of(ws, teacher, "--base sre2l")
-        if cfg.base == "sre2l" and (teacher or ws.latest(teacher_stage.STAGE))
+        _teacher_of(ws, teacher, f"--base {cfg.base}")
+        if needs == "teacher" and (teacher or ws.latest(teacher_stage.STAGE))
         else None
     )
     art, hit = condense_stage.run(

@@ -28,7 +28,7 @@ from stages.errors import ChddlError
 from stages.label import PseudoLabels
 from stages.metering import measure, resumed_cost
 from stages.methods import METHODS, RealPool
-from stages.methods.dc import default_loops
+from stages.methods.base import MethodContext
 from stages.methods.loop import Loop, LoopSettings, iteration_generator
 from stages.methods.sre2l import batch_norms
 from stages.methods.trajectories import ExpertStore
@@ -42,18 +42,16 @@ STAGE = "condensed"
 FINAL_STATE = "final_state.safetensors"
 SCHEMA_VERSION = 1
 
-#: per-base defaults of the reference implementations (docs/reference.md)
-BASE_DEFAULTS = {
-    "dm": {"iterations": 20000, "lr_img": 1.0, "dsa": True, "lam": 0.1},
-    "dc": {"iterations": 1000, "lr_img": 0.1, "dsa": False, "lam": 0.1},
-    "mtt": {"iterations": 5000, "lr_img": 1000.0, "dsa": True, "lam": 0.01},
-    # SRe2L's small-image recover (recover_cifar.sh): 1,000 iterations of Adam at 0.25; its jitter replaces DSA
-    "sre2l": {"iterations": 1000, "lr_img": 0.25, "dsa": False, "lam": 1.0},
-}
-#: SRe2L's image optimiser: Adam with these betas, lr decayed by a cosine over the run
-SRE2L_BETAS = (0.5, 0.9)
-#: Theta' of the domain loss per base (docs/design.md 1.3)
-THETA_PRIME_DEFAULT = {"dm": "shared", "dc": "own", "mtt": "own", "sre2l": "shared"}
+
+def theta_prime_default(base: str) -> str | None:
+    """The default Theta' of ``base``'s domain loss (docs/design.md 1.3); None for an unknown method."""
+    return METHODS.get(base).theta_prime_default if base in METHODS else None
+
+
+def _base_help() -> str:
+    return "base method: " + "; ".join(f"{name}, {METHODS.get(name).summary}" for name in METHODS.names())
+
+
 MASK_OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("summed", "sequential", "algorithm1")
 #: default mask learning rate under adam: z moves ~0.01 per step, alpha = softmax(z / tau) with tau 0.1
@@ -70,10 +68,10 @@ EXECUTION_ONLY = (
 
 
 @dataclass
-class CondenseConfig:
+class _Condense:
     """Condensation settings; ``None`` means "the base method's default"."""
 
-    base: str = option("dm", "base method: dm, dc, mtt or sre2l (needs a teacher: chddl train-teacher)")
+    base: str = option("dm", _base_help())
     ipc: int = option(10, "synthetic images per class")
     domain_aware: bool = option(True, "add the CHDDL domain-aware module")
     iterations: int | None = option(None, "outer iterations [dm 20000, dc 1000, mtt 5000, sre2l 1000]")
@@ -127,31 +125,6 @@ class CondenseConfig:
     batch_real: int = option(256, "real images per group (class or pseudo-domain) per step")
     dsa: bool | None = option(None, "differentiable siamese augmentation while matching [dm on, dc off]")
     dsa_strategy: str = option(DEFAULT_STRATEGY, "DSA families, joined by _")
-    lr_net: float = option(0.01, "dc: learning rate of the network in the inner loop")
-    outer_loop: int | None = option(None, "dc: image updates per round [by IPC, reference table]")
-    inner_loop: int | None = option(None, "dc: network epochs between image updates [by IPC]")
-    batch_train: int = option(256, "dc: batch size of the inner loop")
-    syn_steps: int = option(20, "mtt: student steps on the synthetic images per iteration")
-    domain_syn_steps: int | None = option(
-        None,
-        "mtt+chddl: student steps of the domain loss [syn_steps, docs/design.md; "
-        "a domain expert takes ~1/D of the class expert's SGD steps per epoch]",
-    )
-    expert_epochs: int = option(3, "mtt: expert epochs the student must cover")
-    max_start_epoch: int = option(25, "mtt: start epochs are drawn from [0, max_start_epoch)")
-    syn_lr: float = option(0.01, "mtt: initial learned synthetic learning rate")
-    lr_lr: float = option(1e-5, "mtt: learning rate of the synthetic learning rate")
-    batch_syn: int | None = option(None, "mtt: synthetic images per student step [all]")
-    checkpoint_student: bool = option(
-        True,
-        "mtt: recompute student steps in the backward pass "
-        "(IPC 10: 0.12x the memory for 1.12x the time, BENCHMARKS.md)",
-    )
-    min_syn_lr: float = option(1e-6, "mtt: the learned synthetic lr is kept at or above this (positive)")
-    r_bn: float = option(0.01, "sre2l: weight of the batch-norm statistics term (recover_cifar.sh)")
-    first_bn_multiplier: float = option(10.0, "sre2l: extra weight of the first batch-norm layer's term")
-    jitter: int = option(4, "sre2l: random roll of the images by up to this many pixels per step")
-    flip: bool = option(True, "sre2l: random horizontal flip per step")
     clip_grad: float | None = option(None, "clip the images' gradient norm to this value (none by default)")
     nan_retries: int | None = option(
         None,
@@ -171,7 +144,8 @@ class CondenseConfig:
     log_every: int = option(10, "iterations between progress updates and NaN checks")
 
     def validate(self) -> None:
-        require(self.base in BASE_DEFAULTS, f"unknown base method '{self.base}'; valid: {', '.join(BASE_DEFAULTS)}")
+        require(self.base in METHODS, f"unknown base method '{self.base}'; valid: {', '.join(METHODS.names())}")
+        spec = METHODS.get(self.base)
         require(self.ipc >= 1, f"--ipc must be at least 1, got {self.ipc}")
         require(
             self.arch in ARCHITECTURES, f"unknown architecture '{self.arch}'; valid: {', '.join(ARCHITECTURES.names())}"
@@ -183,12 +157,7 @@ class CondenseConfig:
             "mask_lr",
             "lr_img",
             "momentum_img",
-            "lr_net",
-            "syn_lr",
-            "lr_lr",
             "clip_grad",
-            "r_bn",
-            "first_bn_multiplier",
         ):
             value = getattr(self, name)
             if value is not None:
@@ -214,9 +183,9 @@ class CondenseConfig:
             self.theta_prime in (None, "own", "shared"), f"--theta-prime must be own or shared, got {self.theta_prime}"
         )
         require(
-            not (self.base == "dm" and self.theta_prime == "own"),
-            "--theta-prime own is not available for dm: its Theta' is the class loss's random network by construction "
-            "(docs/design.md); use shared or leave it out",
+            self.theta_prime is None or self.theta_prime in spec.theta_prime,
+            f"--theta-prime {self.theta_prime} is not available for {self.base}: {spec.theta_prime_why}; use "
+            f"{' or '.join(spec.theta_prime)} or leave it out",
         )
         require(self.init in ("noise", "real"), f"--init must be noise or real, got {self.init}")
         require(self.iterations is None or self.iterations >= 1, "--iterations must be at least 1")
@@ -224,50 +193,37 @@ class CondenseConfig:
         require(
             0.0 <= self.momentum_img < 1.0, f"--momentum-img must lie in [0, 1) (SGD momentum), got {self.momentum_img}"
         )
-        require(self.batch_real >= 1 and self.batch_train >= 1, "batch sizes must be at least 1")
+        require(self.batch_real >= 1, "batch sizes must be at least 1")
         require(self.compile in ("auto", "on", "off"), "--compile must be auto, on or off")
         require(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1")
         for name in ("first_checkpoint_minutes", "checkpoint_minutes"):
             minutes = getattr(self, name)
             require(minutes == minutes and minutes > 0, f"{name} must be a positive number of minutes, got {minutes}")
-        require(
-            self.syn_steps >= 1 and self.expert_epochs >= 1 and self.max_start_epoch >= 1,
-            "--syn-steps, --expert-epochs and --max-start-epoch must be at least 1",
-        )
-        require(self.domain_syn_steps is None or self.domain_syn_steps >= 1, "--domain-syn-steps must be at least 1")
-        require(self.syn_lr > 0 and self.min_syn_lr > 0, "--syn-lr must be positive")
         require(self.nan_retries is None or self.nan_retries >= 0, "--nan-retries must be >= 0")
         require(self.clip_grad is None or self.clip_grad > 0, "--clip-grad must be positive")
-        require(self.r_bn >= 0 and self.first_bn_multiplier >= 0, "--r-bn and --first-bn-multiplier must be >= 0")
-        require(self.jitter >= 0, f"--jitter must be >= 0, got {self.jitter}")
-        require(not (self.base == "sre2l" and self.dsa), "sre2l augments with its own --jitter and --flip; drop --dsa")
-        require(
-            not (self.base == "sre2l" and self.theta_prime == "own"),
-            "--theta-prime own is not available for sre2l: its Theta' is the teacher (see stages/methods/sre2l.py); "
-            "use shared or leave it out",
-        )
+        if spec.validate is not None:
+            spec.validate(self)
         DSA(self.dsa_strategy)
 
-    def resolved(self) -> "CondenseConfig":
+    def resolved(self):
         """A copy with every base-dependent default filled in."""
-        d = BASE_DEFAULTS[self.base]
-        outer, inner = default_loops(self.ipc)
+        spec = METHODS.get(self.base)
+        d = spec.defaults
         lr_img = self.lr_img if self.lr_img is not None else d["lr_img"]
         lam = self.lam if self.lam is not None else d["lam"]
-        mask_optimizer = self.mask_optimizer or ("adam" if self.base == "sre2l" else "sgd")
-        return replace(
+        mask_optimizer = self.mask_optimizer or d.get("mask_optimizer", "sgd")
+        out = replace(
             self,
             iterations=self.iterations or d["iterations"],
             lr_img=lr_img,
-            theta_prime=self.theta_prime or THETA_PRIME_DEFAULT[self.base],
+            theta_prime=self.theta_prime or spec.theta_prime_default,
             mask_lr=self.mask_lr if self.mask_lr is not None else (lr_img if mask_optimizer == "sgd" else ADAM_MASK_LR),
             mask_optimizer=mask_optimizer,
             lam=lam,
             dsa=d["dsa"] if self.dsa is None else self.dsa,
-            outer_loop=self.outer_loop or outer,
-            inner_loop=self.inner_loop or inner,
-            nan_retries=self.nan_retries if self.nan_retries is not None else (3 if self.base == "mtt" else 0),
+            nan_retries=self.nan_retries if self.nan_retries is not None else d.get("nan_retries", 0),
         )
+        return replace(out, **spec.resolve(out)) if spec.resolve is not None else out
 
     def key_fields(self) -> dict:
         out = {k: v for k, v in to_dict(self).items() if k not in EXECUTION_ONLY}
@@ -278,7 +234,7 @@ class CondenseConfig:
         # Defaults leave the keys of sets made before these options existed.
         if self.mask_optimizer == "sgd":
             out.pop("mask_optimizer")
-        if self.theta_prime in (None, THETA_PRIME_DEFAULT[self.base]):
+        if self.theta_prime in (None, theta_prime_default(self.base)):
             out.pop("theta_prime")
         for k, default in (("domain_lambda", True), ("mask_resolution", None), ("mask_channels", "per-channel")):
             if out.get(k) == default:
@@ -300,29 +256,31 @@ class CondenseConfig:
                 "mask_channels",
             ):
                 out.pop(k, None)
-        if self.base != "dc":
-            for k in ("lr_net", "outer_loop", "inner_loop", "batch_train"):
-                out.pop(k)
-        if self.base != "sre2l":
-            for k in ("r_bn", "first_bn_multiplier", "jitter", "flip"):
-                out.pop(k)
-        else:
-            # no real image is forwarded, the teacher is the network, and its jitter replaces DSA
-            for k in ("batch_real", "share_real", "dsa", "dsa_strategy", "arch"):
-                out.pop(k, None)
-        if self.base != "mtt":
-            for k in (
-                "syn_steps",
-                "domain_syn_steps",
-                "expert_epochs",
-                "max_start_epoch",
-                "syn_lr",
-                "lr_lr",
-                "batch_syn",
-                "min_syn_lr",
-            ):
-                out.pop(k, None)
+        # each method's own options leave the other methods' keys; the general ones it ignores leave its own
+        spec = METHODS.get(self.base)
+        others = {k for name in METHODS.names() if name != self.base for k in METHODS.get(name).options}
+        for k in (others - set(spec.options)) | set(spec.ignores):
+            out.pop(k, None)
         return out
+
+
+def _compose() -> type:
+    """``CondenseConfig``: the general settings above plus every registered method's own (its
+    ``options_class``), in registry order, so a method declares its settings in its module alone."""
+    extra, seen = [], {f.name for f in dataclasses.fields(_Condense)}
+    for name in METHODS.names():
+        options = METHODS.get(name).options_class
+        for f in dataclasses.fields(options) if options is not None else ():
+            if f.name in seen:
+                raise TypeError(f"method {name}'s option {f.name} is already a condense setting")
+            seen.add(f.name)
+            extra.append((f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata)))
+    cls = dataclasses.make_dataclass("CondenseConfig", extra, bases=(_Condense,))
+    cls.__module__, cls.__doc__ = __name__, _Condense.__doc__
+    return cls
+
+
+CondenseConfig = _compose()
 
 
 def selected_train(dataset: Dataset, cfg: CondenseConfig) -> torch.Tensor:
@@ -352,7 +310,7 @@ def selected_train(dataset: Dataset, cfg: CondenseConfig) -> torch.Tensor:
 
 
 def _check_inputs(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig) -> None:
-    if getattr(METHODS.get(cfg.base), "needs_embedding", False) and not embeds(cfg.arch):
+    if METHODS.get(cfg.base).needs_embedding and not embeds(cfg.arch):
         able = [name for name in list_models() if embeds(name)]
         raise ChddlError(
             f"--base {cfg.base} matches penultimate features, which --arch {cfg.arch} does not provide; "
@@ -469,7 +427,8 @@ def run(
                 progress,
                 f"condense {tag} ({cfg.iterations} it)",
             )
-            source = None if force or cfg.base == "sre2l" else continuable(workspace, cfg, input_names)
+            continues = METHODS.get(cfg.base).continues
+            source = continuable(workspace, cfg, input_names) if continues and not force else None
             start_from = _final_state(source) if source is not None else None
             if start_from is not None:
                 progress.note(f"continuing {source.name} from its final iteration {start_from[0]}")
@@ -486,9 +445,8 @@ def run(
         if extras:
             files["extra_domain_masks.safetensors"] = extras["blob"]
             files["extra_domain_views.png"] = extras["views_png"]
-        eval_lr = float(base.syn_lr.detach()) if cfg.base == "mtt" else 0.01
-        if cfg.base == "mtt":
-            stats["syn_lr_clamped"] = base.clamped
+        eval_lr = base.evaluation_lr() or 0.01  # the evaluation protocol's lr, unless the method learned one
+        stats |= base.run_stats()
         info = {
             "class_names": dataset.class_names,
             "ipc": cfg.ipc,
@@ -575,7 +533,7 @@ def _final_state(art: Artifact) -> tuple[int, dict[str, torch.Tensor]] | None:
 def _expert_store(
     experts: Artifact | None, dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseConfig
 ) -> ExpertStore | None:
-    if cfg.base != "mtt":
+    if METHODS.get(cfg.base).needs != "experts":
         return None
     if experts is None:
         raise ChddlError("MTT needs expert trajectories; create them with `chddl pretrain-experts` (or pass --experts)")
@@ -617,7 +575,7 @@ def _expert_store(
 def _teacher(
     teacher: Artifact | None, dataset: Dataset, cfg: CondenseConfig, device: torch.device
 ) -> torch.nn.Module | None:
-    if cfg.base != "sre2l":
+    if METHODS.get(cfg.base).needs != "teacher":
         return None
     if teacher is None:
         raise ChddlError("SRe2L needs a teacher; train one with `chddl train-teacher` (or pass --teacher)")
@@ -641,8 +599,8 @@ def _image_range(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, 
 
 def _settings(cfg: CondenseConfig, base, clamp: tuple[torch.Tensor, torch.Tensor] | None = None) -> LoopSettings:
     lr = {"images": cfg.lr_img, "masks": cfg.mask_lr} | {g["name"]: g["lr"] for g in base.extra_parameter_groups()}
-    sre2l = cfg.base == "sre2l"
-    adam = (("masks",) if cfg.mask_optimizer == "adam" else ()) + (("images",) if sre2l else ())
+    spec = METHODS.get(cfg.base)
+    adam = (("masks",) if cfg.mask_optimizer == "adam" else ()) + (("images",) if spec.adam_images else ())
     return LoopSettings(
         iterations=cfg.iterations,
         seed=cfg.seed,
@@ -658,19 +616,16 @@ def _settings(cfg: CondenseConfig, base, clamp: tuple[torch.Tensor, torch.Tensor
         checkpoint_every=cfg.checkpoint_every,
         checkpoint_minutes=cfg.checkpoint_minutes,
         first_checkpoint_minutes=cfg.first_checkpoint_minutes,
-        image_betas=SRE2L_BETAS if sre2l else (0.9, 0.999),
-        cosine_groups=("images",) if sre2l else (),
-        clamp=clamp if sre2l else None,
+        image_betas=spec.image_betas,
+        cosine_groups=("images",) if spec.adam_images else (),
+        clamp=clamp if spec.clamp_images else None,
     )
-
-
-#: --compile auto compiles the real-image forward from these iteration counts on (base methods not listed: never)
-COMPILE_FROM = {"dm": 2000, "dc": 200}
 
 
 def compiles_at(base: str, iterations: int) -> bool:
     """Whether ``--compile auto`` compiles a run of ``iterations`` of ``base`` (its 15-30 s pay off)."""
-    return iterations >= COMPILE_FROM.get(base, 10**9)
+    start = METHODS.get(base).compile_from
+    return start is not None and iterations >= start
 
 
 def _build(
@@ -691,33 +646,17 @@ def _build(
     dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
     # Compiling costs 15-30 s once: worth it for DM's and DC's default lengths, not for short runs.
     compile_embed = cfg.compile == "on" or (cfg.compile == "auto" and compiles_at(cfg.base, cfg.iterations))
-    base = METHODS.create(
-        cfg.base,
-        net_factory=factory,
-        device=device,
-        dsa=dsa,
-        compile_embed=compile_embed,
-        lr_net=cfg.lr_net,
-        outer_loop=cfg.outer_loop,
-        inner_loop=cfg.inner_loop,
-        batch_train=cfg.batch_train,
-        store=store,
-        syn_steps=cfg.syn_steps,
-        domain_syn_steps=cfg.domain_syn_steps,
-        shared_theta=cfg.theta_prime == "shared",
-        expert_epochs=cfg.expert_epochs,
-        max_start_epoch=cfg.max_start_epoch,
-        syn_lr=cfg.syn_lr,
-        lr_lr=cfg.lr_lr,
-        batch_syn=cfg.batch_syn,
-        min_syn_lr=cfg.min_syn_lr,
-        checkpoint_student=cfg.checkpoint_student,
-        teacher=teacher,
-        domain_stats=domain_stats,
-        r_bn=cfg.r_bn,
-        first_bn_multiplier=cfg.first_bn_multiplier,
-        jitter=cfg.jitter,
-        flip=cfg.flip,
+    base = METHODS.get(cfg.base)(
+        MethodContext(
+            cfg=cfg,
+            net_factory=factory,
+            device=device,
+            dsa=dsa,
+            compile_embed=compile_embed,
+            store=store,
+            teacher=teacher,
+            domain_stats=domain_stats,
+        )
     )
     g0 = iteration_generator(cfg.seed, -1)
     images = _initial_images(dataset, pool, cfg, g0).requires_grad_(True)

@@ -33,6 +33,7 @@ import yaml
 from stages.artifacts import Artifact
 from stages.data.dataset import Dataset
 from stages.errors import ChddlError
+from stages.methods import METHODS
 from stages.outputs import refuse_unsafe, write_swapped
 
 FORMATS = ("imagefolder", "npz", "ddranking")
@@ -84,7 +85,8 @@ def _write(art: Artifact, dataset: Dataset | None, fmt: str, folder: Path) -> No
     else:
         torch.save(art.tensor("images").float().clone(), folder / "images.pt")
         torch.save(labels.clone(), folder / "labels.pt")
-        if art.config.get("base") == "mtt":
+        base = art.config.get("base")
+        if base in METHODS and METHODS.get(base).learned_eval_lr:
             torch.save(torch.tensor(float(art.info["eval_lr"])), folder / "lr.pt")
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     meta = {

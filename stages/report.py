@@ -15,10 +15,11 @@ import numpy as np
 
 from stages import export, figures
 from stages.artifacts import Artifact, Workspace, log, recompute_hint
-from stages.condense import EXECUTION_ONLY, THETA_PRIME_DEFAULT, CondenseConfig
+from stages.condense import EXECUTION_ONLY, CondenseConfig, theta_prime_default
 from stages.config import to_dict
 from stages.data.dataset import load_dataset
 from stages.errors import ChddlError
+from stages.methods import METHODS
 from stages.outputs import refuse_unsafe, write_swapped
 from stages.paper import paper_figure
 from stages.progress import NullProgress, Progress
@@ -101,9 +102,10 @@ def chddl_settings(cond: Artifact, ws: Workspace) -> str:
     if c.get("mask_resolution") is not None or c.get("mask_channels", "per-channel") != "per-channel":
         k = c.get("mask_resolution")
         parts.append(f"masks {f'{k}x{k}' if k else 'full size'} {c.get('mask_channels', 'per-channel')}")
-    if c.get("theta_prime") not in (None, THETA_PRIME_DEFAULT.get(c.get("base"))):
+    if c.get("theta_prime") not in (None, theta_prime_default(str(c.get("base")))):
         parts.append(f"Theta' {c['theta_prime']}")
-    if c.get("base") == "dm" and c.get("schedule") == "summed":
+    shares = c.get("base") in METHODS and METHODS.get(c["base"]).shares_real_pass
+    if shares and c.get("schedule") == "summed":
         parts.append("shared real draw" if c.get("share_real") else "separate real draws")
     if c.get("domain_syn_steps"):
         parts.append(f"domain steps {c['domain_syn_steps']}")

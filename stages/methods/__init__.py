@@ -1,4 +1,12 @@
-"""Base condensation methods (DM, DC, ...) behind one interface."""
+"""Base condensation methods (DM, DC, MTT, SRe2L, ...) behind one interface.
 
-from stages.methods import dc, dm, mtt, sre2l  # noqa: F401  (register their entries)
-from stages.methods.base import METHODS, BaseMethod, MatchBatch, RealPool  # noqa: F401
+A method is one module of this package that registers a :class:`~stages.methods.base.MethodSpec` in
+:data:`METHODS`; every module here is imported, so adding a method touches no other file."""
+
+import importlib
+import pkgutil
+
+from stages.methods.base import METHODS, BaseMethod, MatchBatch, MethodContext, MethodSpec, RealPool  # noqa: F401
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")

@@ -10,12 +10,14 @@ for the second role, the methods never import it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
 
 import torch
 
 from stages.registry import Registry
+
+NetFactory = Callable[[], torch.nn.Module]
 
 ROLES = ("class", "domain")
 
@@ -115,6 +117,85 @@ class BaseMethod(ABC):
         role: the images for ``class``, the domain views for ``domain``.
         """
 
+    def evaluation_lr(self) -> float | None:
+        """The learning rate a network trained on the condensed set should use, when the method learns one
+        (MTT's synthetic lr); None: the evaluation protocol's own."""
+        return None
 
-MethodFactory = Callable[..., BaseMethod]
-METHODS: Registry[MethodFactory] = Registry("base method")
+    def run_stats(self) -> dict:
+        """Method-specific figures of a finished run, recorded in the set's metrics."""
+        return {}
+
+
+@dataclass
+class MethodContext:
+    """What ``condense`` hands a method's builder: the resolved configuration (a ``CondenseConfig``; each
+    method reads its own fields) and the objects the stage prepared."""
+
+    cfg: Any
+    net_factory: NetFactory
+    device: torch.device
+    dsa: Any  # a stages.data.augment.DSA, or None
+    compile_embed: bool = False
+    store: Any = None  # MTT's ExpertStore
+    teacher: torch.nn.Module | None = None
+    domain_stats: list | None = None  # SRe2L + CHDDL's per-domain batch-norm targets
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A base method as the rest of chddl sees it, declared once beside its code and registered in
+    :data:`METHODS`: no stage, command, export or report branches on a method's name.
+
+    ``options`` are the ``CondenseConfig`` fields only this method reads (they leave other methods' cache
+    keys); ``ignores`` the general fields it does not read (they leave its own). ``theta_prime`` lists the
+    Theta' choices CHDDL may use with it, the default first; ``theta_prime_why`` says why the others are
+    refused. ``defaults`` fills the settings left unset: ``iterations``, ``lr_img``, ``dsa``, ``lam``, and
+    optionally ``nan_retries`` (0) and ``mask_optimizer`` (sgd)."""
+
+    name: str
+    summary: str
+    build: Callable[[MethodContext], BaseMethod]
+    defaults: Mapping[str, Any]
+    theta_prime: tuple[str, ...] = ("shared",)
+    theta_prime_why: str = ""
+    #: a dataclass of the method's own settings (``stages.config.option`` fields, help prefixed with the
+    #: method's name): they become ``CondenseConfig`` fields, YAML keys and ``condense`` options
+    options_class: type | None = None
+    ignores: tuple[str, ...] = ()
+    #: an upstream artifact the method reads: "experts" (chddl pretrain-experts) or "teacher" (train-teacher)
+    needs: str | None = None
+    #: it matches penultimate features, so its architecture must provide ``embed``
+    needs_embedding: bool = False
+    #: the set carries the learning rate it is evaluated with (exported as DD-Ranking's lr.pt)
+    learned_eval_lr: bool = False
+    #: under the summed schedule the domain loss reuses the class loss's real forward pass (``share_real``)
+    shares_real_pass: bool = False
+    #: a longer run may continue from a finished shorter one of the same settings
+    continues: bool = True
+    #: ``--compile auto`` compiles the real-image forward from this many iterations on (None: never)
+    compile_from: int | None = None
+    #: the images' optimiser: SGD with momentum (False) or Adam with these betas and a cosine decay (True)
+    adam_images: bool = False
+    image_betas: tuple[float, float] = (0.9, 0.999)
+    #: keep the images inside the valid pixel range after every step
+    clamp_images: bool = False
+    #: checks of the settings as this method reads them (``stages.config.require``), given the configuration
+    validate: Callable[[Any], None] | None = None
+    #: defaults of its own options that depend on other settings: ``cfg -> {field: value}`` for unset fields
+    resolve: Callable[[Any], dict] | None = None
+
+    def __call__(self, ctx: MethodContext) -> BaseMethod:
+        return self.build(ctx)
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The names of the method's own settings."""
+        return tuple(f.name for f in fields(self.options_class)) if self.options_class is not None else ()
+
+    @property
+    def theta_prime_default(self) -> str:
+        return self.theta_prime[0]
+
+
+METHODS: Registry[MethodSpec] = Registry("base method")

@@ -13,12 +13,15 @@ the synthetic images.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad
 
+from stages.config import option, require, require_finite
 from stages.data.augment import DSA
-from stages.methods.base import METHODS, BaseMethod, MatchBatch, RealPool
+from stages.methods.base import METHODS, BaseMethod, MatchBatch, MethodContext, MethodSpec, RealPool
 from stages.methods.common import NetFactory, RoleNets, augmented_pair, real_images
 
 #: (outer_loop, inner_loop) by IPC, from the reference implementation
@@ -151,28 +154,51 @@ def train_epochs(
             optimizer.step()
 
 
-@METHODS.register("dc")
-def dc(
-    net_factory: NetFactory,
-    device: torch.device,
-    dsa: DSA | None,
-    lr_net: float = 0.01,
-    outer_loop: int = 1,
-    inner_loop: int = 1,
-    batch_train: int = 256,
-    compile_embed: bool = False,
-    shared_theta: bool = False,
-    **_: object,
-) -> DC:
-    """Gradient matching with the reference's outer/inner loops."""
+@dataclass
+class DCOptions:
+    """DC's own settings."""
+
+    lr_net: float = option(0.01, "dc: learning rate of the network in the inner loop")
+    outer_loop: int | None = option(None, "dc: image updates per round [by IPC, reference table]")
+    inner_loop: int | None = option(None, "dc: network epochs between image updates [by IPC]")
+    batch_train: int = option(256, "dc: batch size of the inner loop")
+
+
+def _validate(cfg) -> None:
+    require_finite("--lr-net", cfg.lr_net)
+    require(cfg.batch_train >= 1, "batch sizes must be at least 1")
+
+
+def _build(ctx: MethodContext) -> DC:
+    c = ctx.cfg
     return DC(
-        net_factory,
-        device,
-        dsa,
-        lr_net,
-        outer_loop,
-        inner_loop,
-        batch_train,
-        compile_real=compile_embed,
-        shared_theta=shared_theta,
+        ctx.net_factory,
+        ctx.device,
+        ctx.dsa,
+        c.lr_net,
+        c.outer_loop,
+        c.inner_loop,
+        c.batch_train,
+        compile_real=ctx.compile_embed,
+        shared_theta=c.theta_prime == "shared",
     )
+
+
+def _loops(cfg) -> dict:
+    outer, inner = default_loops(cfg.ipc)
+    return {"outer_loop": cfg.outer_loop or outer, "inner_loop": cfg.inner_loop or inner}
+
+
+METHODS.register("dc")(
+    MethodSpec(
+        name="dc",
+        summary="gradient matching while a network trains on the synthetic set",
+        build=_build,
+        defaults={"iterations": 1000, "lr_img": 0.1, "dsa": False, "lam": 0.1},
+        theta_prime=("own", "shared"),
+        options_class=DCOptions,
+        validate=_validate,
+        compile_from=200,
+        resolve=_loops,
+    )
+)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from stages.data.augment import DSA
-from stages.methods.base import METHODS, BaseMethod, MatchBatch, RealPool
+from stages.methods.base import METHODS, BaseMethod, MatchBatch, MethodContext, MethodSpec, RealPool
 from stages.methods.common import (
     NetFactory,
     RoleNets,
@@ -92,11 +92,20 @@ class DM(BaseMethod):
         return losses[0], losses[1]
 
 
-@METHODS.register("dm")
-def dm(net_factory: NetFactory, device: torch.device, dsa: DSA | None, compile_embed: bool = False, **_: object) -> DM:
-    """Distribution matching on fresh random networks."""
-    return DM(net_factory, device, dsa, compile_embed)
+def _build(ctx: MethodContext) -> DM:
+    return DM(ctx.net_factory, ctx.device, ctx.dsa, ctx.compile_embed)
 
 
-#: DM matches penultimate features, so its networks need ``embed`` (checked before any work)
-dm.needs_embedding = True  # type: ignore[attr-defined]
+METHODS.register("dm")(
+    MethodSpec(
+        name="dm",
+        summary="distribution matching on fresh random networks",
+        build=_build,
+        defaults={"iterations": 20000, "lr_img": 1.0, "dsa": True, "lam": 0.1},
+        theta_prime=("shared",),
+        theta_prime_why="its Theta' is the class loss's random network by construction (docs/design.md)",
+        needs_embedding=True,
+        shares_real_pass=True,
+        compile_from=2000,
+    )
+)

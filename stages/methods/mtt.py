@@ -17,14 +17,17 @@ instead (Theta' = Theta).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
+from stages.config import option, require, require_finite
 from stages.data.augment import DSA
-from stages.methods.base import METHODS, BaseMethod, MatchBatch, RealPool
+from stages.methods.base import METHODS, BaseMethod, MatchBatch, MethodContext, MethodSpec, RealPool
 from stages.methods.common import NetFactory
 from stages.methods.trajectories import ExpertStore
 
@@ -67,6 +70,12 @@ class MTT(BaseMethod):
             if self.syn_lr < self.min_syn_lr:
                 self.syn_lr.fill_(self.min_syn_lr)
                 self.clamped += 1
+
+    def evaluation_lr(self) -> float:
+        return float(self.syn_lr.detach())
+
+    def run_stats(self) -> dict:
+        return {"syn_lr_clamped": self.clamped}
 
     def new_round(self, round_index: int, roles: tuple[str, ...], g: torch.Generator) -> None:
         """Nothing to re-initialise: the experts are fixed."""
@@ -123,40 +132,72 @@ class MTT(BaseMethod):
         return ((theta - target) ** 2).sum() / ((theta0 - target) ** 2).sum().clamp(min=1e-12)
 
 
-@METHODS.register("mtt")
-def mtt(
-    net_factory: NetFactory,
-    device: torch.device,
-    dsa: DSA | None,
-    store: ExpertStore | None = None,
-    syn_steps: int = 20,
-    expert_epochs: int = 3,
-    max_start_epoch: int = 25,
-    syn_lr: float = 0.01,
-    lr_lr: float = 1e-5,
-    batch_syn: int | None = None,
-    min_syn_lr: float = 1e-6,
-    checkpoint_student: bool = False,
-    domain_syn_steps: int | None = None,
-    shared_theta: bool = False,
-    **_: object,
-) -> MTT:
-    """Trajectory matching against stored expert trajectories."""
-    if store is None:
-        raise ValueError("MTT needs an ExpertStore")
-    return MTT(
-        net_factory,
-        device,
-        dsa,
-        store,
-        syn_steps,
-        expert_epochs,
-        max_start_epoch,
-        syn_lr,
-        lr_lr,
-        batch_syn,
-        min_syn_lr,
-        checkpoint_student,
-        domain_syn_steps,
-        shared_theta,
+@dataclass
+class MTTOptions:
+    """MTT's own settings."""
+
+    syn_steps: int = option(20, "mtt: student steps on the synthetic images per iteration")
+    domain_syn_steps: int | None = option(
+        None,
+        "mtt+chddl: student steps of the domain loss [syn_steps, docs/design.md; "
+        "a domain expert takes ~1/D of the class expert's SGD steps per epoch]",
     )
+    expert_epochs: int = option(3, "mtt: expert epochs the student must cover")
+    max_start_epoch: int = option(25, "mtt: start epochs are drawn from [0, max_start_epoch)")
+    syn_lr: float = option(0.01, "mtt: initial learned synthetic learning rate")
+    lr_lr: float = option(1e-5, "mtt: learning rate of the synthetic learning rate")
+    batch_syn: int | None = option(None, "mtt: synthetic images per student step [all]")
+    checkpoint_student: bool = option(
+        True,
+        "mtt: recompute student steps in the backward pass "
+        "(IPC 10: 0.12x the memory for 1.12x the time, BENCHMARKS.md)",
+    )
+    min_syn_lr: float = option(1e-6, "mtt: the learned synthetic lr is kept at or above this (positive)")
+
+
+def _validate(cfg) -> None:
+    require_finite("--syn-lr", cfg.syn_lr)
+    require_finite("--lr-lr", cfg.lr_lr)
+    require(
+        cfg.syn_steps >= 1 and cfg.expert_epochs >= 1 and cfg.max_start_epoch >= 1,
+        "--syn-steps, --expert-epochs and --max-start-epoch must be at least 1",
+    )
+    require(cfg.domain_syn_steps is None or cfg.domain_syn_steps >= 1, "--domain-syn-steps must be at least 1")
+    require(cfg.syn_lr > 0 and cfg.min_syn_lr > 0, "--syn-lr must be positive")
+
+
+def _build(ctx: MethodContext) -> MTT:
+    if ctx.store is None:
+        raise ValueError("MTT needs an ExpertStore")
+    c = ctx.cfg
+    return MTT(
+        ctx.net_factory,
+        ctx.device,
+        ctx.dsa,
+        ctx.store,
+        c.syn_steps,
+        c.expert_epochs,
+        c.max_start_epoch,
+        c.syn_lr,
+        c.lr_lr,
+        c.batch_syn,
+        c.min_syn_lr,
+        c.checkpoint_student,
+        c.domain_syn_steps,
+        c.theta_prime == "shared",
+    )
+
+
+METHODS.register("mtt")(
+    MethodSpec(
+        name="mtt",
+        summary="trajectory matching against expert trajectories (needs chddl pretrain-experts)",
+        build=_build,
+        defaults={"iterations": 5000, "lr_img": 1000.0, "dsa": True, "lam": 0.01, "nan_retries": 3},
+        theta_prime=("own", "shared"),
+        options_class=MTTOptions,
+        validate=_validate,
+        needs="experts",
+        learned_eval_lr=True,
+    )
+)

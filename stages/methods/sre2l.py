@@ -28,11 +28,14 @@ information); matching the real per-domain means of penultimate features
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.methods.base import METHODS, BaseMethod, MatchBatch, RealPool
+from stages.config import option, require, require_finite
+from stages.methods.base import METHODS, BaseMethod, MatchBatch, MethodContext, MethodSpec, RealPool
 
 
 def batch_norms(net: nn.Module) -> list[nn.BatchNorm2d]:
@@ -166,17 +169,52 @@ class SRe2L(BaseMethod):
         return self.r_bn * total
 
 
-@METHODS.register("sre2l")
-def sre2l(
-    teacher: nn.Module | None = None,
-    r_bn: float = 0.01,
-    first_bn_multiplier: float = 10.0,
-    jitter: int = 4,
-    flip: bool = True,
-    domain_stats: list | None = None,
-    **_: object,
-) -> SRe2L:
-    """SRe2L's recover: teacher cross-entropy plus batch-norm statistic matching."""
-    if teacher is None:
+#: SRe2L's image optimiser: Adam with these betas, lr decayed by a cosine over the run
+SRE2L_BETAS = (0.5, 0.9)
+
+
+@dataclass
+class SRe2LOptions:
+    """SRe2L's own settings."""
+
+    r_bn: float = option(0.01, "sre2l: weight of the batch-norm statistics term (recover_cifar.sh)")
+    first_bn_multiplier: float = option(10.0, "sre2l: extra weight of the first batch-norm layer's term")
+    jitter: int = option(4, "sre2l: random roll of the images by up to this many pixels per step")
+    flip: bool = option(True, "sre2l: random horizontal flip per step")
+
+
+def _validate(cfg) -> None:
+    require_finite("--r-bn", cfg.r_bn)
+    require_finite("--first-bn-multiplier", cfg.first_bn_multiplier)
+    require(cfg.r_bn >= 0 and cfg.first_bn_multiplier >= 0, "--r-bn and --first-bn-multiplier must be >= 0")
+    require(cfg.jitter >= 0, f"--jitter must be >= 0, got {cfg.jitter}")
+    require(not cfg.dsa, "sre2l augments with its own --jitter and --flip; drop --dsa")
+
+
+def _build(ctx: MethodContext) -> SRe2L:
+    if ctx.teacher is None:
         raise ValueError("SRe2L needs a teacher")
-    return SRe2L(teacher, r_bn, first_bn_multiplier, jitter, flip, domain_stats)
+    c = ctx.cfg
+    return SRe2L(ctx.teacher, c.r_bn, c.first_bn_multiplier, c.jitter, c.flip, ctx.domain_stats)
+
+
+METHODS.register("sre2l")(
+    MethodSpec(
+        name="sre2l",
+        summary="recovery from a teacher's batch-norm statistics (needs chddl train-teacher)",
+        build=_build,
+        # SRe2L's small-image recover (recover_cifar.sh): 1,000 iterations of Adam at 0.25; its jitter replaces DSA
+        defaults={"iterations": 1000, "lr_img": 0.25, "dsa": False, "lam": 1.0, "mask_optimizer": "adam"},
+        theta_prime=("shared",),
+        theta_prime_why="its Theta' is the teacher (see stages/methods/sre2l.py)",
+        options_class=SRe2LOptions,
+        # no real image is forwarded, the teacher is the network, and its jitter replaces DSA
+        ignores=("batch_real", "share_real", "dsa", "dsa_strategy", "arch"),
+        needs="teacher",
+        continues=False,
+        adam_images=True,
+        image_betas=SRE2L_BETAS,
+        clamp_images=True,
+        validate=_validate,
+    )
+)
