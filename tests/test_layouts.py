@@ -219,3 +219,12 @@ def test_the_ingest_benchmark_reads_the_same_images_both_ways(tmp_path) -> None:
     result = json.loads(out.stdout)
     assert result["chddl"]["images"] == result["torchvision"]["images"] == 24
     assert result["time_ratio"] > 0 and result["chddl"]["peak_rss_gb"] > 0
+
+
+@pytest.mark.parametrize(
+    "values, message", [({"workers": -1}, "--workers must be 0"), ({"crossval": "val"}, "unknown --crossval 'val'")]
+)
+def test_bad_ingest_options_are_refused_in_one_line(tmp_path, workspace, values, message) -> None:
+    with pytest.raises(ChddlError, match=message):
+        ingest(str(_pacs_kfold(tmp_path / "PACS")), build(DatasetConfig, {"size": 8} | values), workspace)
+    assert not (workspace.root / "artifacts").exists() or not any((workspace.root / "artifacts").iterdir())
