@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Generic, TypeVar
 
 from stages.errors import ChddlError
@@ -35,8 +36,14 @@ class Registry(Generic[T]):
             raise ChddlError(f"unknown {self.kind} '{name}'; valid: {', '.join(self.names())}") from None
 
     def create(self, name: str, *args, **kwargs):
-        """Call the factory called ``name`` with the given arguments."""
-        return self.get(name)(*args, **kwargs)
+        """Call the factory called ``name`` with the given arguments; an argument
+        it does not take is refused (a ChddlError naming it), never swallowed."""
+        fn = self.get(name)
+        try:
+            inspect.signature(fn).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ChddlError(f"{self.kind} '{name}' cannot be built with these arguments: {exc}") from None
+        return fn(*args, **kwargs)
 
     def names(self) -> list[str]:
         """All registered names, sorted."""

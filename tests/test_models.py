@@ -47,6 +47,18 @@ def test_unknown_architecture_lists_valid_ones() -> None:
 
 
 @pytest.mark.parametrize("name", list_models())
+def test_an_option_an_architecture_does_not_take_is_refused_not_swallowed(name: str) -> None:
+    with pytest.raises(ChddlError, match=f"architecture '{name}' cannot be built.*'colour_depth'"):
+        create_model(name, 10, 32, colour_depth=8)
+
+
+def test_convnet_options_reach_the_network() -> None:
+    net = create_model("convnet", 10, 32, width=16, depth=2)
+    assert len(net.blocks) == 2
+    assert net.blocks[0][0].out_channels == 16
+
+
+@pytest.mark.parametrize("name", list_models())
 def test_every_architecture_embeds_into_the_input_of_its_last_linear_layer(name: str) -> None:
     net = create_model(name, num_classes=7, image_size=32, seed=0).eval()
     head = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]

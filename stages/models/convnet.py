@@ -106,12 +106,16 @@ class ConvNet(nn.Module):
 
 
 @ARCHITECTURES.register("convnet")
-def convnet(num_classes: int, image_size: int, channels: int = 3, **kwargs) -> ConvNet:
+def convnet(
+    num_classes: int, image_size: int, channels: int = 3, *, width: int = 128, depth: int | None = None
+) -> ConvNet:
     """ConvNet, width 128, instance norm, ReLU, average pooling; depth by image size."""
-    return ConvNet(num_classes, image_size, channels, **kwargs)
+    return ConvNet(num_classes, image_size, channels, width=width, depth=depth)
 
 
 @ARCHITECTURES.register("convnet_bn")
-def convnet_bn(num_classes: int, image_size: int, channels: int = 3, **kwargs) -> ConvNet:
+def convnet_bn(
+    num_classes: int, image_size: int, channels: int = 3, *, width: int = 128, depth: int | None = None
+) -> ConvNet:
     """ConvNet with batch norm (a teacher for SRe2L at CPU scale); depth by image size."""
-    return ConvNet(num_classes, image_size, channels, norm="batchnorm", **kwargs)
+    return ConvNet(num_classes, image_size, channels, width=width, depth=depth, norm="batchnorm")

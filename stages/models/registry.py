@@ -17,12 +17,12 @@ def create_model(
 ) -> nn.Module:
     """Build architecture ``name``; with ``seed`` the initialisation is
     reproducible and leaves the global RNG untouched."""
-    factory = ARCHITECTURES.get(name)
+    args = {"num_classes": num_classes, "image_size": image_size, "channels": channels} | kwargs
     if seed is None:
-        return factory(num_classes=num_classes, image_size=image_size, channels=channels, **kwargs)
+        return ARCHITECTURES.create(name, **args)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return factory(num_classes=num_classes, image_size=image_size, channels=channels, **kwargs)
+        return ARCHITECTURES.create(name, **args)
 
 
 def embeds(name: str) -> bool:

@@ -102,25 +102,25 @@ class SmallViT(VisionTransformer):
 
 
 @ARCHITECTURES.register("alexnet")
-def alexnet(num_classes: int, image_size: int, channels: int = 3, **_: object) -> nn.Module:
+def alexnet(num_classes: int, image_size: int, channels: int = 3) -> nn.Module:
     """AlexNet for small images (reference adaptation)."""
     return AlexNet(num_classes, image_size, channels)
 
 
 @ARCHITECTURES.register("vgg11")
-def vgg11(num_classes: int, image_size: int, channels: int = 3, **_: object) -> nn.Module:
+def vgg11(num_classes: int, image_size: int, channels: int = 3) -> nn.Module:
     """VGG11 with instance norm for small images (reference adaptation)."""
     return VGG11(num_classes, image_size, channels)
 
 
 @ARCHITECTURES.register("resnet18")
-def resnet18(num_classes: int, image_size: int, channels: int = 3, **_: object) -> nn.Module:
+def resnet18(num_classes: int, image_size: int, channels: int = 3) -> nn.Module:
     """torchvision's ResNet18 with a 3x3 stride-1 stem, no max-pool and instance norm."""
     return SmallResNet(num_classes, channels, norm_layer=instance_norm)
 
 
 @ARCHITECTURES.register("resnet18_bn")
-def resnet18_bn(num_classes: int, image_size: int, channels: int = 3, **_: object) -> nn.Module:
+def resnet18_bn(num_classes: int, image_size: int, channels: int = 3) -> nn.Module:
     """torchvision's ResNet18 with batch norm, a 3x3 stride-1 stem and no max-pool (SRe2L's small-image teacher)."""
     return SmallResNet(num_classes, channels)
 
@@ -139,12 +139,12 @@ def _vit(num_classes: int, image_size: int, dim: int, heads: int) -> nn.Module:
 
 
 @ARCHITECTURES.register("vit_tiny")
-def vit_tiny(num_classes: int, image_size: int, channels: int = 3, **_: object) -> nn.Module:
+def vit_tiny(num_classes: int, image_size: int, channels: int = 3) -> nn.Module:
     """torchvision ViT, dim 192, depth 12, 3 heads, 4x4 patches at 32 px (8x8 at 64)."""
     return _vit(num_classes, image_size, 192, 3)
 
 
 @ARCHITECTURES.register("vit_small")
-def vit_small(num_classes: int, image_size: int, channels: int = 3, **_: object) -> nn.Module:
+def vit_small(num_classes: int, image_size: int, channels: int = 3) -> nn.Module:
     """torchvision ViT, dim 384, depth 12, 6 heads, 4x4 patches at 32 px (8x8 at 64)."""
     return _vit(num_classes, image_size, 384, 6)
