@@ -3,7 +3,6 @@ and test them on the real test split, overall and per true domain."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from stages.config import option, require, require_finite, to_dict
 from stages.data.augment import DEFAULT_STRATEGY, DSA
 from stages.data.dataset import Dataset
 from stages.errors import ChddlError
+from stages.executor import rank_world, stage_run
 from stages.metering import measure
 from stages.methods.checkpoint import load_checkpoint, save_checkpoint
 from stages.models import ARCHITECTURES, create_model
@@ -249,13 +249,9 @@ def run(
     trained_on = train_set.name.rsplit("-", 1)[0] if train_set.kind == "condensed" else train_set.name
     protocol = "-soft" if soft else ""
     name = stage_artifact_name(f"eval-{trained_on.removeprefix('condensed-')}-{'_'.join(cfg.archs)}{protocol}", key)
-    if not force and (hit := workspace.find(name)) is not None:
-        workspace.set_latest(hit)
-        return hit, True
-    with workspace.computing(name, force, locked=not (dist.is_available() and dist.is_initialized())) as done:
-        if done is not None:
-            return done, True
-        workspace.ensure_writable()
+    with stage_run(workspace, STAGE, name, key, SCHEMA_VERSION, force=force, shared=True) as run:
+        if run.hit is not None:
+            return run.hit, True
         test_x = dataset.normalized(test, device)
         test_y = dataset.labels[test]
         domains = dataset.domains[test] if dataset.domains is not None else None
@@ -264,12 +260,8 @@ def run(
         dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
         acc = np.full((len(cfg.archs), cfg.runs), np.nan)
         per_domain = np.full((len(cfg.archs), cfg.runs, max(num_domains, 1)), np.nan)
-        rank, world = (
-            (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-        )
-        partial = workspace.partial_dir(name)
-        if force and rank == 0:
-            shutil.rmtree(partial, ignore_errors=True)
+        rank, world = rank_world()
+        partial = run.partial
         resumed = 0 if force else _finished_runs(partial, key, acc, per_domain)
         if world > 1:
             dist.barrier()  # every process has read the checkpoints before any writes to them
@@ -341,10 +333,7 @@ def run(
             "teacher": teacher.name if soft else None,
             "teacher_test_acc": teacher.metrics.get("test_acc") if soft else None,
         }
-        art = workspace.write(
-            stage=STAGE,
-            name=name,
-            key=key,
+        art = run.write(
             config=resolved,
             inputs={"train": train_set.name, "dataset": dataset.artifact.name}
             | ({"teacher": teacher.name} if soft else {}),
@@ -354,7 +343,5 @@ def run(
             info=info,
             metrics=metrics,
             cost=cost,
-            schema_version=SCHEMA_VERSION,
         )
-        shutil.rmtree(partial, ignore_errors=True)
         return art, False

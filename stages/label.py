@@ -10,8 +10,9 @@ from stages.artifacts import Artifact, Workspace, artifact_key, stage_artifact_n
 from stages.config import option, require, require_finite, to_dict
 from stages.data.dataset import Dataset
 from stages.domain.agreement import agreement
-from stages.domain.labelers import LABELERS, LabelerInput
+from stages.domain.labelers import LABELERS, OPTIONAL_SETTINGS, LabelerInput, settings_read
 from stages.errors import ChddlError
+from stages.executor import stage_run
 from stages.metering import measure
 from stages.progress import NullProgress, Progress
 
@@ -23,7 +24,7 @@ SCHEMA_VERSION = 1
 class LabelConfig:
     """Pseudo-domain labelling of the training split."""
 
-    labeler: str = option("fft", "fft, fft-kmeans, logvar, logvar-kmeans, random or oracle")
+    labeler: str = option("fft", "how images get pseudo-domains: " + ", ".join(LABELERS.names()))
     num_domains: int = option(4, "number of pseudo-domains D")
     beta: float = option(0.1, "side of the central FFT window as a fraction of the image side, in (0, 1]")
     seed: int = option(0, "seed of K-Means, the random labeler and the log-variance network")
@@ -44,14 +45,8 @@ class LabelConfig:
         """Config values that change the labels (chunking does not)."""
         out = to_dict(self)
         out.pop("chunk_size")
-        if self.labeler not in ("fft", "fft-kmeans"):
-            out.pop("beta")
-        if self.labeler not in ("fft-kmeans", "logvar-kmeans"):
-            out.pop("kmeans_restarts")
-        if not self.labeler.startswith("logvar"):
-            out.pop("logvar_layers")
-        if self.labeler in ("fft", "logvar", "oracle"):
-            out.pop("seed")
+        for name in set(OPTIONAL_SETTINGS) - set(settings_read(self.labeler)):
+            out.pop(name)
         return out
 
 
@@ -94,12 +89,9 @@ def run(
     key_cfg = cfg.key_fields() | {"num_domains": num_domains}
     key = artifact_key(STAGE, key_cfg, {"dataset": dataset.artifact.key}, SCHEMA_VERSION)
     name = stage_artifact_name(f"labels-{cfg.labeler}-D{num_domains}", key)
-    if not force and (hit := workspace.find(name)) is not None:
-        workspace.set_latest(hit)
-        return hit, True
-    with workspace.computing(name, force) as done:
-        if done is not None:
-            return done, True
+    with stage_run(workspace, STAGE, name, key, SCHEMA_VERSION, force=force) as run:
+        if run.hit is not None:
+            return run.hit, True
         true = dataset.domains[train] if dataset.domains is not None else None
         with measure() as cost:
             out = LABELERS.get(cfg.labeler)(
@@ -134,10 +126,7 @@ def run(
             "class_names": dataset.class_names,
             "dataset": dataset.artifact.name,
         }
-        art = workspace.write(
-            stage=STAGE,
-            name=name,
-            key=key,
+        art = run.write(
             config=to_dict(cfg) | {"num_domains": num_domains},
             inputs={"dataset": dataset.artifact.name},
             tensors=tensors,
@@ -146,6 +135,5 @@ def run(
             info=info,
             metrics=metrics,
             cost=cost,
-            schema_version=SCHEMA_VERSION,
         )
         return art, False

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from stages.config import option, require, to_dict
 from stages.data.augment import DEFAULT_STRATEGY, DSA
 from stages.data.dataset import Dataset
 from stages.errors import ChddlError
+from stages.executor import rank_world, stage_run
 from stages.label import PseudoLabels
 from stages.metering import measure, resumed_cost
 from stages.models import ARCHITECTURES, create_model
@@ -79,12 +79,6 @@ def _sets(labels: PseudoLabels | None, cfg: ExpertsConfig) -> list[tuple[str, in
     if cfg.domain_experts:
         out += [(f"domain{d}", d) for d in range(labels.num_domains)]
     return out
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _valid_file(path: Path, expected: int) -> bool:
@@ -168,20 +162,11 @@ def run(
     inputs = {"dataset": dataset.artifact.key} | ({"labels": labels.artifact.key} if cfg.domain_experts else {})
     key = artifact_key(STAGE, to_dict(cfg), inputs, SCHEMA_VERSION)
     name = stage_artifact_name(f"experts-{cfg.arch}-{cfg.num_experts}x{cfg.epochs}", key)
-    rank, world = _rank_world()
-    if not force and (hit := workspace.find(name)) is not None:
-        if rank == 0:
-            workspace.set_latest(hit)
-        return hit, True
-    with workspace.computing(name, force, locked=_rank_world()[1] == 1) as done:
-        if done is not None:
-            return done, True
-        workspace.ensure_writable()
-        partial = workspace.partial_dir(name)
-        if force and rank == 0:
-            shutil.rmtree(partial, ignore_errors=True)
-        if world > 1:
-            dist.barrier()
+    rank, world = rank_world()
+    with stage_run(workspace, STAGE, name, key, SCHEMA_VERSION, force=force, shared=True) as run:
+        if run.hit is not None:
+            return run.hit, True
+        partial = run.partial
         partial.mkdir(parents=True, exist_ok=True)
         jobs = [(role, d, k) for role, d in _sets(labels, cfg) for k in range(cfg.num_experts)]
         # Experts an interrupted run already trained, listed before any rank starts training.
@@ -240,10 +225,7 @@ def run(
             "world_size": world,
         }
         metrics = {role: {"mean_test_acc": round(sum(v) / len(v), 3)} for role, v in accs.items()}
-        art = workspace.write(
-            stage=STAGE,
-            name=name,
-            key=key,
+        art = run.write(
             config=to_dict(cfg),
             inputs={"dataset": dataset.artifact.name}
             | ({"labels": labels.artifact.name} if cfg.domain_experts else {}),
@@ -254,9 +236,7 @@ def run(
             metrics=metrics,
             cost=cost | resumed_cost(cost, earlier_s),
             link_files=files,
-            schema_version=SCHEMA_VERSION,
         )
-        shutil.rmtree(partial, ignore_errors=True)
         return art, False
 
 

@@ -11,7 +11,6 @@ epoch with the same result as an uninterrupted one.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from stages.config import option, require, to_dict
 from stages.data.augment import DEFAULT_STRATEGY, DSA
 from stages.data.dataset import Dataset
 from stages.errors import ChddlError
+from stages.executor import stage_run
 from stages.label import PseudoLabels
 from stages.metering import measure, resumed_cost
 from stages.methods.checkpoint import load_checkpoint, save_checkpoint
@@ -101,16 +101,10 @@ def run(
     _require_batch_norm(cfg.arch, net)
     key = artifact_key(STAGE, to_dict(cfg), {"dataset": dataset.artifact.key}, SCHEMA_VERSION)
     name = stage_artifact_name(f"teacher-{cfg.arch}-e{cfg.epochs}", key)
-    if not force and (hit := workspace.find(name)) is not None:
-        workspace.set_latest(hit)
-        return hit, True
-    with workspace.computing(name, force) as done:
-        if done is not None:
-            return done, True
-        workspace.ensure_writable()
-        partial = workspace.partial_dir(name)
-        if force:
-            shutil.rmtree(partial, ignore_errors=True)
+    with stage_run(workspace, STAGE, name, key, SCHEMA_VERSION, force=force) as run:
+        if run.hit is not None:
+            return run.hit, True
+        partial = run.partial
         net = net.to(device)
         g = torch.Generator().manual_seed(cfg.seed)
         train = dataset.train_indices
@@ -172,10 +166,7 @@ def run(
             "device": str(device),
             "resumed_from_epoch": start,
         }
-        art = workspace.write(
-            stage=STAGE,
-            name=name,
-            key=key,
+        art = run.write(
             config=to_dict(cfg),
             inputs={"dataset": dataset.artifact.name},
             tensors=_state(net),
@@ -184,9 +175,7 @@ def run(
             info=info,
             metrics=metrics,
             cost=cost | resumed_cost(cost, earlier_s),
-            schema_version=SCHEMA_VERSION,
         )
-        shutil.rmtree(partial, ignore_errors=True)
         return art, False
 
 
@@ -231,30 +220,22 @@ def domain_statistics(
     inputs = {"teacher": teacher_art.key, "labels": labels.artifact.key}
     key = artifact_key(STATS_STAGE, selection, inputs, SCHEMA_VERSION)
     name = stage_artifact_name(f"bnstats-D{labels.num_domains}", key)
-    hit = workspace.find(name)
-    if hit is None:
-        with workspace.computing(name, False) as done:
-            hit = done
-            if hit is None:
-                with measure() as cost:
-                    stats = real_statistics(teacher, images, domain_of_images, labels.num_domains)
-                tensors = {
-                    f"layer{i}/{k}": t.cpu() for i, (m, v) in enumerate(stats) for k, t in (("mean", m), ("var", v))
-                }
-                hit = workspace.write(
-                    stage=STATS_STAGE,
-                    name=name,
-                    key=key,
-                    config=selection,
-                    inputs={"teacher": teacher_art.name, "labels": labels.artifact.name},
-                    tensors=tensors,
-                    seed=0,
-                    fingerprint=teacher_art.meta.get("fingerprint"),
-                    info={"layers": len(stats), "num_domains": labels.num_domains, "images": int(len(images))},
-                    metrics={},
-                    cost=cost,
-                    schema_version=SCHEMA_VERSION,
-                )
+    with stage_run(workspace, STATS_STAGE, name, key, SCHEMA_VERSION) as run:
+        hit = run.hit
+        if hit is None:
+            with measure() as cost:
+                stats = real_statistics(teacher, images, domain_of_images, labels.num_domains)
+            tensors = {f"layer{i}/{k}": t.cpu() for i, (m, v) in enumerate(stats) for k, t in (("mean", m), ("var", v))}
+            hit = run.write(
+                config=selection,
+                inputs={"teacher": teacher_art.name, "labels": labels.artifact.name},
+                tensors=tensors,
+                seed=0,
+                fingerprint=teacher_art.meta.get("fingerprint"),
+                info={"layers": len(stats), "num_domains": labels.num_domains, "images": int(len(images))},
+                metrics={},
+                cost=cost,
+            )
     t = hit.tensors()
     n = int(hit.info["layers"])
     device = images.device

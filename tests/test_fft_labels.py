@@ -77,7 +77,7 @@ def _input(name: str, n: int = 60, d: int = 3) -> LabelerInput:
     )
 
 
-@pytest.mark.parametrize("name", ["fft", "fft-kmeans", "logvar", "logvar-kmeans", "random", "oracle"])
+@pytest.mark.parametrize("name", LABELERS.names())
 def test_each_labeler_returns_d_labels_in_range(name: str) -> None:
     out = LABELERS.get(name)(_input(name))
     assert out.labels.shape == (60,)
@@ -132,3 +132,18 @@ def test_agreement_scores_on_hand_made_cases() -> None:
     # MI = (2/3) ln 2; entropies ln 2 and ln 3, arithmetic mean normalisation
     assert nmi(pred, truth) == pytest.approx((2 / 3) * math.log(2) / ((math.log(2) + math.log(3)) / 2))
     assert nmi(np.zeros(6), truth) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("name", LABELERS.names())
+def test_every_setting_that_changes_a_labelers_output_is_in_its_cache_key(name: str) -> None:
+    import dataclasses
+
+    from stages.label import LabelConfig
+
+    changed = {"beta": 0.5, "kmeans_restarts": 1, "logvar_layers": 1, "seed": 7}
+    base = LABELERS.get(name)(_input(name)).labels
+    key = LabelConfig(labeler=name, num_domains=3).key_fields()
+    for setting, value in changed.items():
+        other = LABELERS.get(name)(dataclasses.replace(_input(name), **{setting: value})).labels
+        if not torch.equal(base, other):
+            assert setting in key, (name, setting)

@@ -21,6 +21,7 @@ from stages.data.npz import read_npz
 from stages.data.raw import TEST, TRAIN, RawDataset
 from stages.data.zca import fit_zca
 from stages.errors import ChddlError
+from stages.executor import stage_run
 from stages.metering import measure
 from stages.progress import NullProgress, Progress
 from stages.registry import Registry
@@ -60,7 +61,7 @@ class DatasetConfig:
     """How a source is turned into a cached dataset."""
 
     size: int = option(32, "image side in pixels after resizing (square)")
-    format: str = option("auto", "source format: auto, npz, folder, cifar or builtin")
+    format: str = option("auto", "source format: auto (from the path), " + ", ".join(DATASETS.names()))
     test_fraction: float = option(
         0.2, "test share of a seeded stratified split, used only when the source has no split"
     )
@@ -252,17 +253,14 @@ def ingest(
     digests = workspace.root / "cache" / "file-digests.json"
     key = artifact_key(STAGE, config, {"source": source_fingerprint(fmt, path, digests)}, SCHEMA_VERSION)
     name = stage_artifact_name(_dataset_name(fmt, path, cfg), key)
-    if not force and (hit := workspace.find(name)) is not None:
-        if cfg.strict and hit.info.get("skipped_files"):
-            raise ChddlError(
-                f"{len(hit.info['skipped_files'])} image file(s) under {source} cannot be decoded (--strict), e.g. "
-                f"{hit.info['skipped_files'][0]}"
-            )
-        workspace.set_latest(hit)
-        return hit, True
-    with workspace.computing(name, force) as done:
-        if done is not None:
-            return done, True
+    if not force and (hit := workspace.find(name)) is not None and cfg.strict and hit.info.get("skipped_files"):
+        raise ChddlError(
+            f"{len(hit.info['skipped_files'])} image file(s) under {source} cannot be decoded (--strict), e.g. "
+            f"{hit.info['skipped_files'][0]}"
+        )
+    with stage_run(workspace, STAGE, name, key, SCHEMA_VERSION, force=force) as run:
+        if run.hit is not None:
+            return run.hit, True
         with measure() as cost:
             raw = DATASETS.get(fmt)(path, cfg, progress)
             if raw.skipped and cfg.strict:
@@ -319,17 +317,13 @@ def ingest(
             "std": [round(float(s), 6) for s in std],
             "skipped_files": raw.skipped,
         }
-        art = workspace.write(
-            stage=STAGE,
-            name=name,
-            key=key,
+        art = run.write(
             config=to_dict(cfg) | {"format": fmt},
             inputs={"source": str(source)},
             tensors=tensors,
             seed=cfg.split_seed,
             info=info,
             cost=cost,
-            schema_version=SCHEMA_VERSION,
             fingerprint=fingerprint,
         )
         return art, False

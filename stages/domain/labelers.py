@@ -45,6 +45,27 @@ class LabelerOutput:
 Labeler = Callable[[LabelerInput], LabelerOutput]
 LABELERS: Registry[Labeler] = Registry("labeler")
 
+#: the settings of ``chddl label`` a labeler may read besides D; those it does not read leave its cache key
+OPTIONAL_SETTINGS = ("beta", "kmeans_restarts", "logvar_layers", "seed")
+
+
+def reads(*settings: str) -> Callable[[Labeler], Labeler]:
+    """Declare which of :data:`OPTIONAL_SETTINGS` a labeler reads (put it under ``@LABELERS.register``)."""
+    unknown = set(settings) - set(OPTIONAL_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown labeler settings {sorted(unknown)}; known: {', '.join(OPTIONAL_SETTINGS)}")
+
+    def mark(fn: Labeler) -> Labeler:
+        fn.reads = settings  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def settings_read(name: str) -> tuple[str, ...]:
+    """The optional settings labeler ``name`` reads (none unless it declares them with :func:`reads`)."""
+    return getattr(LABELERS.get(name), "reads", ())
+
 
 def mean_sort(scores: torch.Tensor, num_domains: int) -> torch.Tensor:
     """Rank ascending and cut into D equal slices: d = floor((rank - 1) / (N / D)).
@@ -74,6 +95,7 @@ def _ordered_kmeans(features: torch.Tensor, scores: torch.Tensor, inp: LabelerIn
 
 
 @LABELERS.register("fft")
+@reads("beta")
 def fft_mean_sort(inp: LabelerInput) -> LabelerOutput:
     """FFT mean amplitude of the central beta window, then Mean-Sort (the paper's default)."""
     scores = fft_scores(inp.images, inp.beta, inp.chunk_size, inp.device, inp.progress)
@@ -81,6 +103,7 @@ def fft_mean_sort(inp: LabelerInput) -> LabelerOutput:
 
 
 @LABELERS.register("fft-kmeans")
+@reads("beta", "kmeans_restarts", "seed")
 def fft_kmeans(inp: LabelerInput) -> LabelerOutput:
     """K-Means on the flattened log-amplitude of the central beta window."""
     features = fft_log_features(inp.images, inp.beta, inp.chunk_size, inp.device, inp.progress)
@@ -95,6 +118,7 @@ def _logvar(inp: LabelerInput) -> torch.Tensor:
 
 
 @LABELERS.register("logvar")
+@reads("logvar_layers", "seed")
 def logvar_mean_sort(inp: LabelerInput) -> LabelerOutput:
     """Mean log-variance of early (random, seeded) ConvNet features, then Mean-Sort."""
     scores = _logvar(inp).mean(dim=1)
@@ -102,6 +126,7 @@ def logvar_mean_sort(inp: LabelerInput) -> LabelerOutput:
 
 
 @LABELERS.register("logvar-kmeans")
+@reads("logvar_layers", "kmeans_restarts", "seed")
 def logvar_kmeans(inp: LabelerInput) -> LabelerOutput:
     """K-Means on the per-channel log-variances of early ConvNet features."""
     features = _logvar(inp)
@@ -109,6 +134,7 @@ def logvar_kmeans(inp: LabelerInput) -> LabelerOutput:
 
 
 @LABELERS.register("random")
+@reads("seed")
 def random_labels(inp: LabelerInput) -> LabelerOutput:
     """A seeded random permutation cut into D equal slices (the ablation's control)."""
     g = torch.Generator().manual_seed(inp.seed)
