@@ -12,6 +12,7 @@ import typer
 
 from chddl_cli import condense, demo, evaluate, export, label, pretrain_experts, report, teacher
 from chddl_cli.common import Globals, Terminated, error, show_library_notes
+from chddl_cli.help import SectionedCommand
 from stages import __version__
 from stages.allocator import keep_freed_memory
 
@@ -71,14 +72,14 @@ def global_options(
         torch.set_num_threads(threads)
 
 
-app.command("label")(label.label)
-app.command("pretrain-experts")(pretrain_experts.pretrain_experts)
-app.command("train-teacher")(teacher.train_teacher)
-app.command("condense")(condense.condense)
-app.command("evaluate")(evaluate.evaluate)
-app.command("report")(report.report)
-app.command("export")(export.export)
-app.command("demo")(demo.demo)
+app.command("label", cls=SectionedCommand)(label.label)
+app.command("pretrain-experts", cls=SectionedCommand)(pretrain_experts.pretrain_experts)
+app.command("train-teacher", cls=SectionedCommand)(teacher.train_teacher)
+app.command("condense", cls=SectionedCommand)(condense.condense)
+app.command("evaluate", cls=SectionedCommand)(evaluate.evaluate)
+app.command("report", cls=SectionedCommand)(report.report)
+app.command("export", cls=SectionedCommand)(export.export)
+app.command("demo", cls=SectionedCommand)(demo.demo)
 
 
 def _terminate(signum: int, frame: object) -> None:

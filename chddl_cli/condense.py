@@ -22,6 +22,7 @@ from chddl_cli.options import config_options
 from stages import api
 from stages import condense as condense_stage
 from stages.api import Artifact
+from stages.condense_config import help_section
 from stages.methods import METHODS
 
 
@@ -64,7 +65,7 @@ def condensed_table(art: Artifact) -> Table:
 
 
 @guarded
-@config_options(condense_stage.CondenseConfig)
+@config_options(condense_stage.CondenseConfig, sections=help_section)
 def condense(
     ctx: typer.Context,
     config: Annotated[

@@ -55,10 +55,12 @@ def config_options(
     short: dict[str, str] | None = None,
     exclude: tuple[str, ...] = (),
     helps: dict[str, str] | None = None,
+    sections: Callable[[str], str | None] | None = None,
 ) -> Callable:
     """Decorate a Typer command with one option per field of ``cls``; the
     command gets them as the dict keyword ``into`` (tuples split on commas).
-    ``helps`` replaces a field's help where the command line differs (the seed)."""
+    ``helps`` replaces a field's help where the command line differs (the seed);
+    ``sections`` names the ``--help`` section of a field (None: the general one)."""
     renames, short, helps = renames or {}, short or {}, SEED_HELP | (helps or {})
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.name not in exclude]
@@ -79,7 +81,9 @@ def config_options(
             decls = [f"{name}/--no-{name[2:]}"] if kind is bool else [name]
             decls += [short[f.name]] if f.name in short else []
             text = helps.get(f.name) or _help(f)
-            annotation = Annotated[Optional[kind], typer.Option(*decls, help=text, show_default=False)]
+            section = sections(f.name) if sections is not None else None
+            option = typer.Option(*decls, help=text, show_default=False, rich_help_panel=section)
+            annotation = Annotated[Optional[kind], option]
             added.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
         tuples = {
             f.name

@@ -336,6 +336,21 @@ def test_condense_help_lists_algorithm1_and_the_mask_options() -> None:
         assert text in result.output
 
 
+def test_condense_help_lists_each_methods_options_in_its_own_section() -> None:
+    from stages.methods import METHODS
+
+    text = runner.invoke(app, ["condense", "--help"], catch_exceptions=False, terminal_width=200).output
+    sections = re.split(r"\n(?=\S.*:\n)", text)
+    by_title = {part.split(":\n", 1)[0]: part for part in sections}
+    for name in METHODS.names():
+        spec = METHODS.get(name)
+        title = f"{spec.title or name.upper()} options (--base {name})"
+        for field in spec.options:
+            assert f"--{field.replace('_', '-')} " in by_title[title], (name, field)
+    assert "--tau " in by_title["CHDDL options (--domain-aware)"]
+    assert "--syn-steps" not in by_title["Options"]
+
+
 def test_a_longer_condense_says_which_set_it_continued(tmp_path) -> None:
     ws = str(tmp_path / "ws")
     npz = make_npz(tmp_path / "d.npz", n=60)

@@ -159,6 +159,7 @@ class MethodSpec:
     defaults: Mapping[str, Any]
     theta_prime: tuple[str, ...] = ("shared",)
     theta_prime_why: str = ""
+    title: str = ""  # as the method is written in prose (default: the name in capitals)
     #: a dataclass of the method's own settings (``stages.config.option`` fields, help prefixed with the
     #: method's name): they become ``CondenseConfig`` fields, YAML keys and ``condense`` options
     options_class: type | None = None

@@ -201,6 +201,7 @@ def _build(ctx: MethodContext) -> SRe2L:
 METHODS.register("sre2l")(
     MethodSpec(
         name="sre2l",
+        title="SRe2L",
         summary="recovery from a teacher's batch-norm statistics (needs chddl train-teacher)",
         build=_build,
         # SRe2L's small-image recover (recover_cifar.sh): 1,000 iterations of Adam at 0.25; its jitter replaces DSA
