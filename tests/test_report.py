@@ -20,6 +20,7 @@ from stages.evaluate import run as evaluate_run
 from stages.label import LabelConfig, load_labels
 from stages.label import run as label_run
 from stages.paper import paper_figure
+from stages.report import results
 from tests.conftest import make_npz
 
 
@@ -176,7 +177,7 @@ def test_report_refuses_the_current_folder(full_workspace, tmp_path, monkeypatch
 
 
 def test_chddl_delta_is_the_difference_of_means_with_welch_standard_error() -> None:
-    delta, se = report.chddl_delta([30.0, 32.0, 34.0], [35.0, 36.0])
+    delta, se = results.chddl_delta([30.0, 32.0, 34.0], [35.0, 36.0])
     assert delta == pytest.approx(35.5 - 32.0)
     assert se == pytest.approx((0.5 / 2 + 4.0 / 3) ** 0.5)
 
@@ -197,7 +198,7 @@ def test_base_and_chddl_sets_are_paired_and_pooled_over_seeds(tmp_path, workspac
         runs[aware] += ev.metrics["convnet"]["runs"]
     text = report.run(workspace)[0].read_text()
     row = next(line for line in text.splitlines() if line.startswith(f"| {ds.artifact.name} | DM | 1 |"))
-    delta, se = report.chddl_delta(runs[False], runs[True])
+    delta, se = results.chddl_delta(runs[False], runs[True])
     assert "(2 x 2)" in row and "(1 x 2)" in row and f"{delta:+.2f} ± {se:.2f}" in row
 
 
@@ -220,7 +221,7 @@ def test_each_chddl_variant_gets_its_own_row_against_the_base(tmp_path, workspac
     assert len(rows) == 2
     for lam in (0.1, 1.0):
         row = next(r for r in rows if f"lambda {lam}," in r)
-        delta, se = report.chddl_delta(runs[(False, 0.1)], runs[(True, lam)])
+        delta, se = results.chddl_delta(runs[(False, 0.1)], runs[(True, lam)])
         assert "fft D 2 beta 0.1" in row and "(1 x 2)" in row and f"{delta:+.2f} ± {se:.2f}" in row
 
 
@@ -241,7 +242,7 @@ def test_a_sweep_row_varies_one_setting_with_every_other_setting_equal(tmp_path,
         )
         evaluate_run(from_condensed(cond, ds), ds, build(EvaluateConfig, short | {"epochs": epochs}), workspace)
     evals = [a for a in workspace.all() if a.stage == "evaluation"]
-    rows = report._sweeps(evals, workspace).rows
+    rows = results.sweep_section(evals, workspace).rows
     # tau at lambda 0.1 / 1 epoch, lambda at tau 0.5: the lambda 1.0 set and the 2-epoch evaluation join no tau row
     assert [(r[0], r[4], r[5].count(":")) for r in rows] == [("lam", "2 x 1", 2), ("tau", "2 x 1", 2)]
     assert rows[1][5].startswith("0.1: ") and ", 0.5: " in rows[1][5] and "(1 x 2)" in rows[1][5]
@@ -269,7 +270,7 @@ def test_evaluations_at_another_learning_rate_are_compared_only_with_each_other(
     own = next(r for r in rows if "| 1 epoch |" in r)
     other = next(r for r in rows if "| 1 epoch, lr 0.05 |" in r)
     for row, lr in ((own, None), (other, 0.05)):
-        delta, se = report.chddl_delta(runs[(False, lr)], runs[(True, lr)])
+        delta, se = results.chddl_delta(runs[(False, lr)], runs[(True, lr)])
         assert f"{delta:+.2f} ± {se:.2f}" in row
 
 
@@ -281,7 +282,7 @@ def test_a_set_made_before_a_setting_existed_sweeps_as_if_it_had_the_default(ful
     del meta["config"]["mask_optimizer"]  # as written before --mask-optimizer existed
     (old.path / "meta.yaml").write_text(yaml.safe_dump(meta))
     evals = [a for a in full_workspace.all() if a.stage == "evaluation" and a.info.get("train_kind") != "random"]
-    rows = report._sweeps(evals, full_workspace).rows
+    rows = results.sweep_section(evals, full_workspace).rows
     assert [r[0] for r in rows] == ["tau"] and rows[0][5].count(":") == 2
 
 

@@ -319,7 +319,7 @@ def test_the_winner_map_colours_each_pixel_by_its_domain() -> None:
 
 
 def test_the_report_names_the_schedule_and_mask_settings(data, workspace) -> None:
-    from stages.report import chddl_settings
+    from stages.report.inventory import chddl_settings
 
     ds, labels = data
     art, _ = run(

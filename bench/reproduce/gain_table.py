@@ -19,7 +19,8 @@ from collections import defaultdict
 import numpy as np
 
 from stages.artifacts import Workspace
-from stages.report import chddl_delta, chddl_settings
+from stages.report.inventory import chddl_settings
+from stages.report.results import chddl_delta
 
 #: condensation settings a variant must share with its DM line
 PAIRED = ("ipc", "init", "iterations", "batch_real", "arch", "dsa")
