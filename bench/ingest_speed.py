@@ -12,8 +12,9 @@ alternating the two ``--rounds`` times:
     python bench/ingest_speed.py                          # 3,000 images of 256 px -> 64 px
     python bench/ingest_speed.py --images 20000 --json    # one JSON object on stdout
 
-``--scale N`` instead measures the peak RSS of ``chddl label`` and a 5-iteration DM ``condense`` on a
-generated N-image 64 px .npz (4 domains, 100 classes), each in its own process.
+``--scale N`` instead measures the peak RSS of ``chddl label`` and a short DM + CHDDL ``condense``
+(``--scale-iterations``, default 2) on a generated N-image 64 px .npz (4 domains, 100 classes), each
+in its own process.
 """
 
 from __future__ import annotations
@@ -137,9 +138,10 @@ def scale(args: argparse.Namespace) -> dict:
         ws = Path(tmp) / "ws"
         base = [sys.executable, "-m", "chddl_cli", "-q", "-w", str(ws)]
         out = {"images": n}
+        short = ["--iterations", str(args.scale_iterations), "--compile", "off", "--json"]
         for stage, cmd in (
             ("label", [*base, "label", str(npz), "--size", "64", "--json"]),
-            ("condense", [*base, "condense", "--ipc", "10", "--iterations", "5", "--compile", "off", "--json"]),
+            ("condense", [*base, "condense", "--ipc", "10", *short]),
         ):
             start = time.perf_counter()
             result = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
@@ -166,6 +168,7 @@ def main() -> None:
     p.add_argument("--torch-workers", type=int, default=2, help="DataLoader workers of the torchvision side")
     p.add_argument("--tree", type=Path, help="an existing image tree instead of a generated one")
     p.add_argument("--scale", type=int, help="measure label + condense peak RSS on this many 64 px images instead")
+    p.add_argument("--scale-iterations", type=int, default=2, help="with --scale: condense iterations (peak by then)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--child", choices=["chddl", "torchvision"], help=argparse.SUPPRESS)
     args = p.parse_args()

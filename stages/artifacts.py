@@ -73,7 +73,7 @@ def tensor_fingerprint(*tensors: torch.Tensor | None) -> str:
             continue
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")  # hashed in place, not copied
     return h.hexdigest()
 
 
@@ -150,19 +150,28 @@ class Artifact:
         return name in self.meta.get("tensors", {}).get("entries", {})
 
 
+def file_digest(path: Path) -> tuple[int, str]:
+    """(size, blake2b-128 hex) of a file, read in blocks so memory stays bounded."""
+    h, size = hashlib.blake2b(digest_size=16), 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 24):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
 def _read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     file = path / TENSORS_FILE
     try:
-        data = file.read_bytes()
+        size, digest = file_digest(file)
     except OSError:
         raise ChddlError(f"artifact {path} is incomplete: {TENSORS_FILE} is missing; delete it and re-run") from None
     expected = meta.get("tensors", {})
-    if len(data) != expected.get("bytes") or hashlib.blake2b(data, digest_size=16).hexdigest() != expected.get(
-        "blake2b"
-    ):
+    if size != expected.get("bytes") or digest != expected.get("blake2b"):
         raise ChddlError(f"artifact {path} is corrupt (tensor checksum mismatch); delete it and re-run with --force")
     try:
-        return safetensors.torch.load(data)
+        # read from the file (not from a bytes copy of it): the tensors are the only full copy in memory
+        return safetensors.torch.load_file(str(file))
     except Exception as exc:  # safetensors raises its own error types
         raise ChddlError(f"artifact {path} is corrupt ({exc}); delete it and re-run with --force") from None
 
@@ -510,8 +519,8 @@ class Workspace:
         tmp.mkdir()
         try:
             flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-            blob = safetensors.torch.save(flat)
-            (tmp / TENSORS_FILE).write_bytes(blob)
+            safetensors.torch.save_file(flat, str(tmp / TENSORS_FILE))  # no in-memory copy of the file
+            size, digest = file_digest(tmp / TENSORS_FILE)
             for fname, content in (files or {}).items():
                 (tmp / fname).write_bytes(content)
             for fname, source in (link_files or {}).items():
@@ -538,8 +547,8 @@ class Workspace:
                 "files": sorted([*(files or {}), *(link_files or {})]),
                 "tensors": {
                     "file": TENSORS_FILE,
-                    "bytes": len(blob),
-                    "blake2b": hashlib.blake2b(blob, digest_size=16).hexdigest(),
+                    "bytes": size,
+                    "blake2b": digest,
                     "entries": {
                         k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)}
                         for k, v in flat.items()

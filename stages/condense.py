@@ -94,10 +94,6 @@ def _check_inputs(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseCo
             )
 
 
-def _normalized(dataset: Dataset, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return dataset.normalized(idx, device).contiguous(memory_format=torch.channels_last)
-
-
 def _initial_images(dataset: Dataset, pool: RealPool, cfg: CondenseConfig, g: torch.Generator) -> torch.Tensor:
     c, size = dataset.num_classes, dataset.size
     if cfg.init == "noise":
@@ -386,7 +382,7 @@ def _build(
 ):
     keep = selected_train(dataset, cfg)
     train = dataset.train_indices[keep]
-    pool = RealPool(_normalized(dataset, train, device), dataset.labels[train].to(device))
+    pool = RealPool(dataset.real_pool_images(train, device), dataset.labels[train].to(device))
     # SRe2L + CHDDL's per-domain targets, from the pool's own normalised images (no second copy)
     domain_stats = statistics_of(pool.images, labels.labels[keep]) if statistics_of is not None else None
     factory = lambda: create_model(cfg.arch, dataset.num_classes, dataset.size)  # noqa: E731

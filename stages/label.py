@@ -8,7 +8,7 @@ import torch
 
 from stages.artifacts import Artifact, Workspace, artifact_key, stage_artifact_name
 from stages.config import option, require, require_finite, to_dict
-from stages.data.dataset import Dataset
+from stages.data.dataset import Dataset, Rows
 from stages.domain.agreement import agreement
 from stages.domain.labelers import LABELERS, OPTIONAL_SETTINGS, LabelerInput, settings_read
 from stages.errors import ChddlError
@@ -96,7 +96,7 @@ def run(
         with measure() as cost:
             out = LABELERS.get(cfg.labeler)(
                 LabelerInput(
-                    images=dataset.images[train],
+                    images=Rows(dataset.images, train),
                     mean=dataset.mean,
                     std=dataset.std,
                     num_domains=num_domains,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -11,6 +12,44 @@ from stages.data.raw import TEST, TRAIN
 from stages.data.zca import ZCA
 from stages.errors import ChddlError
 from stages.visual import denormalize
+
+
+class Rows:
+    """Some rows of an image tensor, gathered only when indexed: a selection of a
+    large dataset without a second copy of it. Supports ``len``, ``shape``,
+    ``device`` and indexing by a slice or an index tensor."""
+
+    def __init__(self, images: torch.Tensor, rows: torch.Tensor) -> None:
+        self.images, self.rows = images, rows.to(images.device)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.rows), *self.images.shape[1:]))
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def __getitem__(self, idx: Any) -> torch.Tensor:
+        return self.images[self.rows[idx]]
+
+
+class NormalizedRows(Rows):
+    """Rows of uint8 images that come out normalised as :meth:`Dataset.normalized`
+    makes them (float32, channels-last, the same values): a pool of real images
+    then costs one byte per pixel instead of four."""
+
+    def __init__(self, images: torch.Tensor, rows: torch.Tensor, mean: tuple, std: tuple) -> None:
+        super().__init__(images, rows)
+        self.mean = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def __getitem__(self, idx: Any) -> torch.Tensor:
+        x = (super().__getitem__(idx).float().div_(255.0) - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last)
 
 
 @dataclass
@@ -55,6 +94,16 @@ class Dataset:
         std = torch.tensor(self.std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
         x = (self.images[idx].to(device).float().div_(255.0) - mean) / std
         return self.zca.apply(x) if self.zca is not None else x
+
+    def real_pool_images(self, idx: torch.Tensor, device: torch.device) -> torch.Tensor | NormalizedRows:
+        """Images ``idx`` normalised, for drawing batches from: kept as uint8 and
+        normalised per batch (no float copy of the selection; on the CPU no copy at
+        all), except under ZCA, whose whitening is computed once for all."""
+        if self.zca is not None:
+            return self.normalized(idx, device).contiguous(memory_format=torch.channels_last)
+        if device.type == "cpu":
+            return NormalizedRows(self.images, idx, self.mean, self.std)
+        return NormalizedRows(self.images[idx].to(device), torch.arange(len(idx)), self.mean, self.std)
 
     def displayable(self, images: torch.Tensor) -> torch.Tensor:
         """Images from the normalised space back to [0, 1] RGB for grids."""

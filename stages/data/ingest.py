@@ -217,6 +217,25 @@ def subset_mask(labels: torch.Tensor, split: torch.Tensor, cfg: DatasetConfig) -
     return keep
 
 
+def channel_statistics(images: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (unbiased) standard deviation of ``images[rows]`` scaled to [0, 1], in float64.
+
+    Two passes over blocks of about 16M values each, so memory stays one block
+    however large the dataset (a float64 copy of it would be 8x its size)."""
+    per_image = images[0].numel() if len(images) else 1
+    block = max(1, (1 << 24) // per_image)
+    count = len(rows) * per_image // images.shape[1]
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    for start in range(0, len(rows), block):
+        total += images[rows[start : start + block]].to(torch.float64).sum(dim=(0, 2, 3))
+    mean = total / count / 255.0
+    squares = torch.zeros_like(total)
+    for start in range(0, len(rows), block):
+        x = images[rows[start : start + block]].to(torch.float64).div_(255.0).sub_(mean.view(1, -1, 1, 1))
+        squares += x.square_().sum(dim=(0, 2, 3))
+    return mean, (squares / max(count - 1, 1)).sqrt()
+
+
 def _dataset_name(fmt: str, path: Path, cfg: DatasetConfig) -> str:
     stem = path.name.split(".")[0] or "data"
     subset = (f"-train{cfg.train_per_class}" if cfg.train_per_class else "") + (
@@ -279,10 +298,7 @@ def ingest(
             train = split == TRAIN
             if int(train.sum()) == 0:
                 raise ChddlError(f"{source} has no training images after splitting")
-            pixels = raw.images[train].to(torch.float64).div_(255.0)
-            mean = pixels.mean(dim=(0, 2, 3))
-            std = pixels.std(dim=(0, 2, 3))
-            del pixels
+            mean, std = channel_statistics(raw.images, torch.nonzero(train).flatten())
             tensors = {"images": raw.images, "labels": raw.labels, "split": split}
             fingerprint = tensor_fingerprint(raw.images, raw.labels, raw.domains, split)
             if cfg.zca:
