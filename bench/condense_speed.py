@@ -17,7 +17,10 @@ run, alternating ours and the reference ``--rounds`` times, and the ratio
 comes from these measurements. Without it the ratio uses the constants of
 docs/reference.md, marked "(recorded)".
 
-Prints a Markdown table (median seconds per iteration after the first).
+Prints a Markdown table (median seconds per iteration after the first); with
+``--json``, one JSON object on stdout instead: per configuration, ours and the
+reference's seconds per iteration and peak RSS, and the ratios (ours /
+reference, CHDDL / base) of both.
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--reference", type=Path, help="folder with the reference repositories (bench/reference.py)")
     parser.add_argument("--rounds", type=int, default=2, help="with --reference: ours / reference alternations")
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the table")
     args = parser.parse_args()
     if args.child:
         base, ipc, aware = args.child.split(":")
@@ -165,27 +169,64 @@ def main() -> None:
         if (base, ipc) in refs and not aware:
             line += f"; reference {refs[(base, ipc)]['runs']} s/it, peak RSS {refs[(base, ipc)]['peak_rss_gb']:.2f} GB"
         print(line, file=sys.stderr, flush=True)
+    records = [_record(key, r, rows, refs) for key, r in rows.items()]
+    if args.json:
+        print(json.dumps({"threads": threads, "iterations": args.iterations, "device": args.device, "runs": records}))
+        return
     print(
         "\n| run | s / iteration | reference s / it | ours / reference | peak RSS | reference peak RSS | peak CUDA "
-        "| CHDDL / base |\n|---|---|---|---|---|---|---|---|"
+        "| CHDDL / base (time, memory) |\n|---|---|---|---|---|---|---|---|"
     )
-    for (base, ipc, aware), r in rows.items():
-        measured = refs.get((base, ipc)) if not aware else None
-        recorded = REFERENCE.get((base, ipc)) if not aware else None
-        if measured:
-            ref_s, ref_rss = f"{measured['s_per_iteration']:.2f}", f"{measured['peak_rss_gb']:.2f} GB"
-            ratio = f"{r['s_per_iteration'] / measured['s_per_iteration']:.2f}x"
-        elif recorded:
-            ref_s, ref_rss, ratio = f"{recorded} (recorded)", "-", f"{r['s_per_iteration'] / recorded:.2f}x (recorded)"
-        else:
-            ref_s, ref_rss, ratio = "-", "-", "-"
-        plain = rows.get((base, ipc, 0))
-        over = f"{r['s_per_iteration'] / plain['s_per_iteration']:.2f}x" if aware and plain else "-"
-        name = f"{base.upper()}{'+CHDDL' if aware else ''} IPC {ipc}{' (compiled)' if r['compiled'] else ''}"
+    for rec in records:
+        ref, ratio, over = rec["reference"], rec["ours_over_reference"], rec["chddl_over_base"]
+        mark = " (recorded)" if ref and ref["source"] == "recorded" else ""
+        ref_s = f"{ref['s_per_iteration']:.2f}{mark}" if ref else "-"
+        ref_rss = f"{ref['peak_rss_gb']:.2f} GB" if ref and ref["peak_rss_gb"] is not None else "-"
+        ratio_cell = f"{ratio['time']:.2f}x{mark}" if ratio else "-"
+        over_cell = f"{over['time']:.2f}x, {over['memory']:.2f}x" if over else "-"
         print(
-            f"| {name} | {r['s_per_iteration']:.2f} | {ref_s} | {ratio} | {r['peak_rss_gb']:.2f} GB | {ref_rss} | "
-            f"{r['peak_cuda_gb']:.2f} GB | {over} |"
+            f"| {rec['run']} | {rec['s_per_iteration']:.2f} | {ref_s} | {ratio_cell} | {rec['peak_rss_gb']:.2f} GB | "
+            f"{ref_rss} | {rec['peak_cuda_gb']:.2f} GB | {over_cell} |"
         )
+
+
+def _record(key: tuple, r: dict, rows: dict, refs: dict) -> dict:
+    """One configuration's figures, with the reference's (measured in this run, else recorded) and the ratios."""
+    base, ipc, aware = key
+    measured = refs.get((base, ipc)) if not aware else None
+    recorded = REFERENCE.get((base, ipc)) if not aware else None
+    if measured:
+        ref = {"s_per_iteration": measured["s_per_iteration"], "peak_rss_gb": measured["peak_rss_gb"]}
+        ref |= {"source": "measured", "runs": measured["runs"]}
+    elif recorded:
+        ref = {"s_per_iteration": recorded, "peak_rss_gb": None, "source": "recorded"}
+    else:
+        ref = None
+    plain = rows.get((base, ipc, 0))
+    return {
+        "run": f"{base.upper()}{'+CHDDL' if aware else ''} IPC {ipc}{' (compiled)' if r['compiled'] else ''}",
+        "base": base,
+        "ipc": ipc,
+        "chddl": bool(aware),
+        "compiled": r["compiled"],
+        "s_per_iteration": r["s_per_iteration"],
+        "runs": r["runs"],
+        "peak_rss_gb": r["peak_rss_gb"],
+        "peak_cuda_gb": r["peak_cuda_gb"],
+        "reference": ref,
+        "ours_over_reference": {
+            "time": r["s_per_iteration"] / ref["s_per_iteration"],
+            "memory": r["peak_rss_gb"] / ref["peak_rss_gb"] if ref["peak_rss_gb"] else None,
+        }
+        if ref
+        else None,
+        "chddl_over_base": {
+            "time": r["s_per_iteration"] / plain["s_per_iteration"],
+            "memory": r["peak_rss_gb"] / plain["peak_rss_gb"],
+        }
+        if aware and plain
+        else None,
+    }
 
 
 if __name__ == "__main__":

@@ -16,11 +16,16 @@ see bench/reference.py) each configuration without CHDDL is also timed with
 the reference's own iteration in the same run, alternating, and the ratio
 comes from these; without it the figures of docs/reference.md (marked
 "recorded") stand in.
+
+``--json`` prints one JSON object on stdout instead of the table: the expert
+timing and, per configuration, ours and the reference's seconds per iteration
+and peak RSS, and the ratios (ours / reference, CHDDL / base) of both.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -108,6 +113,7 @@ def main() -> None:
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
     parser.add_argument("--reference", type=Path, help="folder with the reference repositories (bench/reference.py)")
     parser.add_argument("--rounds", type=int, default=1, help="with --reference: ours / reference alternations")
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the table")
     args = parser.parse_args()
     if args.child == "experts":
         print(json.dumps(experts_child(Path(args.tmp))))
@@ -132,20 +138,21 @@ def main() -> None:
                 raise SystemExit(out.stderr[-3000:])
             return json.loads(out.stdout.strip().splitlines()[-1])
 
+        # with --json, stdout carries only the JSON object; everything else goes to stderr
+        say = functools.partial(print, file=sys.stderr if args.json else sys.stdout, flush=True)
         e = child("experts")
-        print(
+        say(
             f"expert training: {e['s_per_epoch_5000']:.2f} s per epoch of 5,000 images (reference 20.6), "
             f"peak RSS {e['peak_rss_gb']:.2f} GB",
-            flush=True,
         )
         import torch
 
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.iterations} iterations per run")
-        print(
+        say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.iterations} iterations per run")
+        say(
             "\n| run | s / iteration | peak RSS | reference s / it, peak | ours / reference (time, memory) "
-            "| CHDDL / base |\n|---|---|---|---|---|---|"
+            "| CHDDL / base (time, memory) |\n|---|---|---|---|---|---|"
         )
-        rows = {}
+        rows, records = {}, []
         for ipc, aware, ck, dss in todo:
             side_by_side = args.reference is not None and not aware
             ours, theirs = [], []
@@ -177,7 +184,11 @@ def main() -> None:
                 "peak_rss_gb": max(o["peak_rss_gb"] for o in ours),
             }
             base = rows.get((ipc, 0, ck, 0))
-            over = f"{r['s_per_iteration'] / base['s_per_iteration']:.2f}x" if aware and base else "-"
+            over = (
+                (r["s_per_iteration"] / base["s_per_iteration"], r["peak_rss_gb"] / base["peak_rss_gb"])
+                if aware and base
+                else None
+            )
             if theirs:
                 ref = (float(np.median([t["s_per_iteration"] for t in theirs])), max(t["peak_rss_gb"] for t in theirs))
                 ref_cell = f"{ref[0]:.2f} s, {ref[1]:.2f} GB"
@@ -193,10 +204,33 @@ def main() -> None:
                 f"MTT{'+CHDDL' if aware else ''} IPC {ipc}{' (checkpointed)' if ck else ''}"
                 f"{f' (domain student {dss} steps)' if dss else ''}"
             )
-            print(
-                f"| {name} | {r['s_per_iteration']:.2f} | {r['peak_rss_gb']:.2f} GB | {ref_cell} | {ratio} | {over} |",
-                flush=True,
+            over_cell = f"{over[0]:.2f}x, {over[1]:.2f}x" if over else "-"
+            ours_cell = f"{r['s_per_iteration']:.2f} | {r['peak_rss_gb']:.2f} GB"
+            say(f"| {name} | {ours_cell} | {ref_cell} | {ratio} | {over_cell} |")
+            records.append(
+                {
+                    "run": name,
+                    "ipc": ipc,
+                    "chddl": bool(aware),
+                    "checkpoint_student": bool(ck),
+                    "domain_syn_steps": dss or None,
+                    "s_per_iteration": r["s_per_iteration"],
+                    "peak_rss_gb": r["peak_rss_gb"],
+                    "reference": None
+                    if aware
+                    else {
+                        "s_per_iteration": ref[0],
+                        "peak_rss_gb": ref[1],
+                        "source": "measured" if theirs else "recorded",
+                    },
+                    "ours_over_reference": None
+                    if aware
+                    else {"time": r["s_per_iteration"] / ref[0], "memory": r["peak_rss_gb"] / ref[1]},
+                    "chddl_over_base": {"time": over[0], "memory": over[1]} if over else None,
+                }
             )
+        if args.json:
+            print(json.dumps({"iterations": args.iterations, "experts": e, "runs": records}))
 
 
 if __name__ == "__main__":

@@ -18,11 +18,9 @@ from stages.methods.base import METHODS, BaseMethod, MatchBatch, MethodContext, 
 from stages.methods.common import (
     NetFactory,
     RoleNets,
-    augmented_pair,
-    embed_in_chunks,
+    embed_real,
     embed_with_recompute,
     group_means,
-    real_images,
 )
 
 
@@ -45,11 +43,12 @@ class DM(BaseMethod):
 
     def loss(self, role: str, batch: MatchBatch, pool: RealPool, g: torch.Generator) -> torch.Tensor:
         net = self.nets[role]
-        real, syn = augmented_pair(self.dsa, batch, real_images(pool, batch), g)
+        syn, params = batch.syn, None
+        if self.dsa is not None:
+            groups = self.dsa.sample(batch.num_groups, tuple(syn.shape[-2:]), g)
+            params, syn = groups.index(batch.real_groups), self.dsa.apply(syn, groups.index(batch.syn_groups.cpu()))
         real_mean, real_present = group_means(
-            embed_in_chunks(self._embed, net, real.contiguous(memory_format=torch.channels_last)),
-            batch.real_groups,
-            batch.num_groups,
+            embed_real(self._embed, net, pool, batch.real_index, self.dsa, params), batch.real_groups, batch.num_groups
         )
         syn_mean, syn_present = group_means(
             embed_with_recompute(net, syn.contiguous(memory_format=torch.channels_last)),
@@ -71,15 +70,15 @@ class DM(BaseMethod):
         # class c, synthetic images of class c and the views of those images
         # share one transform.
         net = self.nets["class"]
-        real = real_images(pool, class_batch)
         n_syn = len(class_batch.syn)
         syn_all = torch.cat([class_batch.syn, domain_batch.syn])
         syn_classes = torch.cat([class_batch.syn_labels, domain_batch.syn_labels]).cpu()
+        real_params = None
         if self.dsa is not None:
-            params = self.dsa.sample(class_batch.num_groups, tuple(real.shape[-2:]), g)
-            real = self.dsa.apply(real, params.index(class_batch.real_groups))
+            params = self.dsa.sample(class_batch.num_groups, tuple(syn_all.shape[-2:]), g)
+            real_params = params.index(class_batch.real_groups)
             syn_all = self.dsa.apply(syn_all, params.index(syn_classes))
-        real_emb = embed_in_chunks(self._embed, net, real.contiguous(memory_format=torch.channels_last))
+        real_emb = embed_real(self._embed, net, pool, class_batch.real_index, self.dsa, real_params)
         syn_emb = embed_with_recompute(net, syn_all.contiguous(memory_format=torch.channels_last))
         losses = []
         for batch, emb, weights in (
