@@ -23,6 +23,7 @@ from stages import api
 from stages import condense as condense_stage
 from stages.api import Artifact
 from stages.condense_config import help_section
+from stages.device import init_distributed
 from stages.methods import METHODS
 
 
@@ -94,7 +95,10 @@ def condense(
     resumes from the last checkpoint.
     A run with more --iterations than a finished run of the same settings
     continues from that run's final state (each rung stays its own artifact).
+    Under `torchrun --nproc-per-node K` DM and DC split the classes across the
+    K processes and write the set one process would.
     """
+    init_distributed()
     res, progress = run_stage(
         ctx,
         api.condense,
@@ -107,6 +111,8 @@ def condense(
         **settings,
     )
     art, hit = res.artifact, res.cache_hit
+    if art is None:  # a non-zero torchrun rank: rank 0 reports
+        return
     note_done(progress, "condensed", res)
     if as_json:
         print_json(artifact_json(art, hit) | {"info": art.info})

@@ -22,7 +22,7 @@ from stages.domain.aware import (
     mask_diagnostics,
 )
 from stages.errors import ChddlError
-from stages.executor import stage_run
+from stages.executor import rank_world, stage_run
 from stages.label import PseudoLabels
 from stages.metering import measure, resumed_cost
 from stages.methods import METHODS, RealPool
@@ -32,6 +32,7 @@ from stages.methods.sre2l import batch_norms
 from stages.methods.trajectories import ExpertStore
 from stages.models import create_model, embeds, list_models
 from stages.progress import NullProgress, Progress
+from stages.sharding import check_same_settings, check_shardable, class_shard, gather_costs
 from stages.teacher import domain_statistics, load_teacher
 from stages.visual import grid_png, winner_map
 
@@ -142,7 +143,10 @@ def run(
     if cfg.domains or cfg.exclude_domain:
         tag += "-" + "+".join(cfg.domains) + (f"-no_{cfg.exclude_domain}" if cfg.exclude_domain else "")
     name = stage_artifact_name(f"condensed-{tag}", key)
-    with stage_run(workspace, STAGE, name, key, SCHEMA_VERSION, force=force) as run:
+    rank, world = rank_world()
+    check_same_settings(key)
+    # under torchrun the ranks compute one artifact together (split by class); rank 0 writes it
+    with stage_run(workspace, STAGE, name, key, SCHEMA_VERSION, force=force, shared=True) as run:
         if run.hit is not None:
             return run.hit, True
         partial = run.partial
@@ -165,6 +169,7 @@ def run(
             base, objective, images, syn_labels, _ = _build(
                 dataset, labels, cfg, device, store, teacher_net, statistics_of if wants_stats else None
             )
+            check_shardable(cfg.base, base.splits_by_class, cfg.domain_aware, dataset.num_classes)
             loop = Loop(
                 base,
                 objective,
@@ -188,6 +193,12 @@ def run(
                 stats["masks"] = mask_diagnostics(objective.masks.alpha())
             extras = _mask_extras(objective, images, dataset) if cfg.domain_aware else {}
             final_state = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in loop.state().items()})
+        ranks = gather_costs(dict(cost))
+        if rank != 0:
+            return None, False
+        if world > 1:
+            cost["per_rank"] = [{k: c.get(k) for k in ("wall_s", "peak_rss_bytes", "peak_cuda_bytes")} for c in ranks]
+        cost["world_size"] = world
         mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
         files = {"grid.png": grid_png(dataset.displayable(images), nrow=cfg.ipc), FINAL_STATE: final_state}
         if extras:
@@ -438,7 +449,9 @@ def _build(
             share_real=share,
         )
     else:
-        objective = ClassObjective(base, pool, pool.labels, dataset.num_classes, syn_labels, cfg.batch_real)
+        rank, world = rank_world()
+        shard = class_shard(dataset.num_classes, rank, world) if world > 1 else None
+        objective = ClassObjective(base, pool, pool.labels, dataset.num_classes, syn_labels, cfg.batch_real, shard)
     return base, objective, images, syn_labels, train
 
 

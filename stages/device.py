@@ -17,6 +17,9 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 def resolve_device(name: str = "auto") -> torch.device:
     """Turn ``auto|cpu|cuda`` (or ``cuda:N``) into a torch device, refusing
     a CUDA request on a machine without one."""
+    local = os.environ.get("LOCAL_RANK")
+    if name in ("auto", "cuda") and torch.cuda.is_available() and local is not None:
+        return torch.device(f"cuda:{int(local) % torch.cuda.device_count()}")  # torchrun: one GPU per process
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
@@ -59,5 +62,7 @@ def init_distributed() -> None:
     teardown, or destroyed while a peer was still finishing, a gloo rank could
     abort (SIGABRT)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         atexit.register(_leave_distributed)

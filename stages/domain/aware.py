@@ -117,10 +117,15 @@ class ClassObjective:
         num_classes: int,
         syn_labels: torch.Tensor,
         batch_real: int,
+        classes: torch.Tensor | None = None,
     ) -> None:
         self.base, self.pool = base, pool
         self.class_of_pool, self.num_classes = class_of_pool.cpu(), num_classes
         self.syn_labels, self.batch_real = syn_labels, batch_real
+        # ``classes``: the classes this process computes (torchrun, stages.sharding); None: all of them
+        self.classes = classes
+        if classes is not None:
+            self.own_rows = torch.nonzero(torch.isin(syn_labels.cpu(), classes)).flatten().to(syn_labels.device)
 
     def extra_parameters(self) -> list[nn.Parameter]:
         return []
@@ -134,7 +139,12 @@ class ClassObjective:
 
     def class_loss(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         idx, groups = self.pool.draw(self.class_of_pool, self.num_classes, self.batch_real, g)
-        batch = MatchBatch(idx, groups, images, self.syn_labels, self.syn_labels, self.num_classes)
+        syn, syn_labels = images, self.syn_labels
+        if self.classes is not None:  # the same draw as one process makes, cut to this process's classes
+            keep = torch.isin(groups, self.classes)
+            idx, groups = idx[keep], groups[keep]
+            syn, syn_labels = images[self.own_rows], syn_labels[self.own_rows]
+        batch = MatchBatch(idx, groups, syn, syn_labels, syn_labels, self.num_classes)
         return self.base.loss("class", batch, self.pool, g)
 
     def domain_loss(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor | None:

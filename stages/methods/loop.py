@@ -11,9 +11,11 @@ from pathlib import Path
 import torch
 
 from stages.errors import ChddlError
+from stages.executor import rank_world
 from stages.methods.base import BaseMethod
 from stages.methods.checkpoint import load_checkpoint, save_checkpoint
 from stages.progress import Progress
+from stages.sharding import sum_gradients, sum_over_ranks
 
 
 @dataclass
@@ -122,6 +124,7 @@ class Loop:
 
     # -- one update ----------------------------------------------------------
     def _apply(self, names: list[str]) -> None:
+        sum_gradients([p for n in names for p in self.groups[n]])  # torchrun: each rank computed its classes' part
         if self.s.clip_grad is not None and self.images.grad is not None:
             torch.nn.utils.clip_grad_norm_([self.images], self.s.clip_grad)
         for n in names:
@@ -262,7 +265,8 @@ class Loop:
     def _checkpoint(self) -> None:
         it, state = self._good
         t0 = time.monotonic()
-        save_checkpoint(self.partial, self.key, it, state)
+        if rank_world()[0] == 0:  # under torchrun every rank holds the same state; one writes it
+            save_checkpoint(self.partial, self.key, it, state)
         self._saved = (it, time.monotonic())
         self._save_s = self._saved[1] - t0
 
@@ -290,7 +294,8 @@ class Loop:
                 it += 1
                 if it % s.log_every and it % s.checkpoint_every and it < s.iterations and it - start != stop_after:
                     continue
-                values = torch.stack([torch.stack([c, d]) for _, c, d in pending]).cpu()  # the only host sync
+                # the only host sync; under torchrun the losses of all ranks' classes, summed
+                values = sum_over_ranks(torch.stack([torch.stack([c, d]) for _, c, d in pending])).cpu()
                 if self.images.is_cuda:
                     # Kernels run asynchronously: an iteration's host time is only its launches. The batch's
                     # wall time up to this sync, shared equally, is what the device actually spent.

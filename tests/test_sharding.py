@@ -1,0 +1,135 @@
+"""Condensation split by class across torchrun processes (gloo, 2 ranks on the CPU) writes the one-process set."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stages.methods.checkpoint import CKPT_META
+from tests.conftest import make_npz
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = os.environ | {"OMP_NUM_THREADS": "1"}
+COMMON = ["--ipc", "2", "--no-domain-aware", "--batch-real", "24", "--compile", "off", "--json"]
+
+
+def _chddl(ws: Path, *args: str, ranks: int = 0, **kw) -> subprocess.CompletedProcess:
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] if ranks else []
+    cmd = [sys.executable, *launcher, "-m", "chddl_cli", "-q", "-w", str(ws), *args]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, cwd=ROOT, timeout=600, **kw)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> Path:
+    ws = tmp_path_factory.mktemp("shard") / "ws"
+    out = _chddl(ws, "label", "builtin:demo", "--size", "16")
+    assert out.returncode == 0, out.stderr[-2000:]
+    return ws
+
+
+def _kill_every_process_naming(path: Path) -> None:
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(path).encode() in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), 9)
+        except OSError:
+            pass  # gone meanwhile
+
+
+def _copy(ws: Path, to: Path) -> Path:
+    shutil.copytree(ws, to)
+    return to
+
+
+def _images(result: subprocess.CompletedProcess) -> tuple[dict, torch.Tensor]:
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(result.stdout)
+    return payload, load_file(str(Path(payload["artifact"]) / "tensors.safetensors"))["images"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base, tolerance", [("dm", 1e-5), ("dc", 1e-5)])
+def test_two_ranks_write_the_one_process_set(labelled, tmp_path, base, tolerance) -> None:
+    args = ["condense", "--base", base, "--iterations", "3", *COMMON]
+    single, one = _images(_chddl(_copy(labelled, tmp_path / "one"), *args))
+    multi, two = _images(_chddl(_copy(labelled, tmp_path / "two"), *args, ranks=2))
+    assert multi["name"] == single["name"]  # the same cache key whatever the number of processes
+    assert (one - two).abs().max().item() <= tolerance
+    assert multi["cost"]["world_size"] == 2 and len(multi["cost"]["per_rank"]) == 2
+    assert all(r["peak_rss_bytes"] > 0 and r["wall_s"] > 0 for r in multi["cost"]["per_rank"])
+
+
+@pytest.mark.slow
+def test_a_set_made_by_two_ranks_is_a_cache_hit_for_one_process(labelled, tmp_path) -> None:
+    ws = _copy(labelled, tmp_path / "ws")
+    args = ["condense", "--base", "dm", "--iterations", "2", *COMMON]
+    multi, _ = _images(_chddl(ws, *args, ranks=2))
+    again, _ = _images(_chddl(ws, *args))
+    assert again["cache_hit"] and again["artifact"] == multi["artifact"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_two_rank_run_resumes_in_one_process_to_the_same_set(labelled, tmp_path) -> None:
+    args = ["condense", "--base", "dm", "--iterations", "30", "--checkpoint-every", "2", *COMMON]
+    _, reference = _images(_chddl(_copy(labelled, tmp_path / "ref"), *args))
+    ws = _copy(labelled, tmp_path / "ws")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m"]
+    job = subprocess.Popen(
+        [*launcher, "chddl_cli", "-q", "-w", str(ws), *args],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while (
+        not list((ws / "partial").glob(f"condensed-*/{CKPT_META}"))
+        and time.monotonic() < deadline
+        and job.poll() is None
+    ):
+        time.sleep(0.05)
+    _kill_every_process_naming(ws)  # torchrun and its ranks (in sessions of their own) die at once, as on a lost node
+    job.wait()
+    assert not list((ws / "artifacts").glob("condensed-*")), "the run finished before it could be interrupted"
+    resumed, images = _images(_chddl(ws, *args))
+    assert resumed["metrics"]["resumed_from"] > 0
+    assert (images - reference).abs().max().item() <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--base", "dm", "--domain-aware"], "CHDDL's domain loss is not split across processes"),
+        (["--base", "sre2l", "--no-domain-aware"], "--base sre2l cannot be split across processes"),
+    ],
+)
+def test_what_cannot_be_split_is_refused_in_one_line_with_nothing_written(labelled, tmp_path, args, message) -> None:
+    ws = _copy(labelled, tmp_path / "ws")
+    if "sre2l" in args:
+        assert _chddl(ws, "train-teacher", "--epochs", "1").returncode == 0
+    before = sorted(p.name for p in (ws / "artifacts").iterdir())
+    out = _chddl(ws, "condense", *args, "--ipc", "2", "--iterations", "2", ranks=2)
+    assert out.returncode != 0
+    assert f"error: {message}".lower() in out.stderr.lower()
+    assert sorted(p.name for p in (ws / "artifacts").iterdir()) == before
+
+
+@pytest.mark.slow
+def test_more_ranks_than_classes_is_refused(tmp_path) -> None:
+    ws = tmp_path / "ws"
+    npz = make_npz(tmp_path / "two_classes.npz", n=40, classes=2)
+    assert _chddl(ws, "label", str(npz)).returncode == 0
+    out = _chddl(ws, "condense", "--base", "dm", "--no-domain-aware", "--ipc", "2", "--iterations", "1", ranks=3)
+    assert out.returncode != 0
+    assert "error: --nproc-per-node 3 exceeds the 2 classes" in out.stderr
+    assert not list((ws / "artifacts").glob("condensed-*"))
