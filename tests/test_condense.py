@@ -496,3 +496,16 @@ def test_progress_shows_the_domain_loss_only_when_there_is_one(data, workspace, 
     recorder = _Recorder()
     run(ds, labels, build(CondenseConfig, TINY, {"domain_aware": aware}), workspace, progress=recorder)
     assert recorder.fields and all(set(f) == shown for f in recorder.fields if f)
+
+
+def test_a_checkpoint_killed_between_its_two_renames_still_resumes_from_its_tensors(tmp_path) -> None:
+    from stages.methods import checkpoint
+
+    folder = tmp_path / "partial"
+    checkpoint.save_checkpoint(folder, "k", 4, {"x": torch.zeros(2)})
+    stale = (folder / checkpoint.CKPT_META).read_text()
+    checkpoint.save_checkpoint(folder, "k", 6, {"x": torch.ones(2)})
+    (folder / checkpoint.CKPT_META).write_text(stale)  # the YAML's rename never happened
+    iteration, tensors = checkpoint.load_checkpoint(folder, "k")
+    assert iteration == 6 and torch.equal(tensors["x"], torch.ones(2))
+    assert checkpoint.load_checkpoint(folder, "other key") is None

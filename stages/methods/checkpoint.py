@@ -14,8 +14,9 @@ CKPT_META = "checkpoint.yaml"
 
 
 def save_checkpoint(folder: Path, key: str, iteration: int, tensors: dict[str, torch.Tensor]) -> None:
-    """Write tensors then metadata, each via a temporary file and os.replace;
-    the metadata (written last) names the iteration the tensors belong to."""
+    """Write tensors then metadata, each via a temporary file and os.replace.
+    The tensors file carries its key and iteration in its header, so it alone
+    is a complete checkpoint; the YAML beside it is for people to read."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{CKPT_TENSORS}.tmp"
     safetensors.torch.save_file(
@@ -31,15 +32,15 @@ def save_checkpoint(folder: Path, key: str, iteration: int, tensors: dict[str, t
 
 def load_checkpoint(folder: Path, key: str) -> tuple[int, dict[str, torch.Tensor]] | None:
     """(iteration, tensors) of a consistent checkpoint for ``key``, else None."""
+    # A process killed between the two renames of save_checkpoint leaves the new tensors beside the old YAML:
+    # the tensors file, replaced atomically and naming its own iteration, is the checkpoint.
     try:
-        meta = yaml.safe_load((folder / CKPT_META).read_text())
         with safetensors.safe_open(str(folder / CKPT_TENSORS), framework="pt") as fh:
             header = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except (OSError, yaml.YAMLError, safetensors.SafetensorError, ValueError):
+        iteration = int(header.get("iteration", ""))
+    except (OSError, safetensors.SafetensorError, ValueError):
         return None
-    if not isinstance(meta, dict) or meta.get("key") != key or header.get("key") != key:
+    if header.get("key") != key:
         return None
-    if str(meta.get("iteration")) != header.get("iteration"):
-        return None
-    return int(meta["iteration"]), tensors
+    return iteration, tensors
