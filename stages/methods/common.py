@@ -89,15 +89,32 @@ def embed_real(
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
-def embed_with_recompute(net: torch.nn.Module, x: torch.Tensor, chunk: int = REAL_CHUNK) -> torch.Tensor:
-    """``net.embed(x)`` with gradients, keeping the activations of none of the chunks for the backward pass
-    (each chunk's forward is recomputed there, one chunk at a time): for the synthetic images and their
-    domain views (IPC x C x (1 + D) images), peak memory of one chunk for one more forward pass."""
+def embed_with_recompute(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    chunk: int = REAL_CHUNK,
+    augment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``net.embed(augment(x))`` with gradients, keeping the activations of none of the chunks for the backward
+    pass (each chunk's augmentation and forward are recomputed there, one chunk at a time): for the synthetic
+    images and their domain views (IPC x C x (1 + D) images), peak memory of one chunk for one more forward
+    pass. ``augment(part, rows)`` transforms the images ``rows`` of ``x``, given as ``part``."""
+
+    def forward(part: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if augment is not None:
+            part = augment(part, rows)
+        return net.embed(part.contiguous(memory_format=torch.channels_last))
+
     if len(x) <= chunk:
-        return net.embed(x)
+        return forward(x, torch.arange(len(x)))
     from torch.utils.checkpoint import checkpoint
 
-    return torch.cat([checkpoint(net.embed, x[i : i + chunk], use_reentrant=False) for i in range(0, len(x), chunk)])
+    return torch.cat(
+        [
+            checkpoint(forward, x[i : i + chunk], torch.arange(i, min(i + chunk, len(x))), use_reentrant=False)
+            for i in range(0, len(x), chunk)
+        ]
+    )
 
 
 def real_images(pool: RealPool, batch: MatchBatch) -> torch.Tensor:

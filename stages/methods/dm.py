@@ -11,9 +11,11 @@ paper's appendix A.1.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-from stages.data.augment import DSA
+from stages.data.augment import DSA, DSAParams
 from stages.methods.base import METHODS, BaseMethod, MatchBatch, MethodContext, MethodSpec, RealPool
 from stages.methods.common import (
     NetFactory,
@@ -43,20 +45,22 @@ class DM(BaseMethod):
 
     def loss(self, role: str, batch: MatchBatch, pool: RealPool, g: torch.Generator) -> torch.Tensor:
         net = self.nets[role]
-        syn, params = batch.syn, None
+        params = augment = None
         if self.dsa is not None:
-            groups = self.dsa.sample(batch.num_groups, tuple(syn.shape[-2:]), g)
-            params, syn = groups.index(batch.real_groups), self.dsa.apply(syn, groups.index(batch.syn_groups.cpu()))
+            groups = self.dsa.sample(batch.num_groups, tuple(batch.syn.shape[-2:]), g)
+            params, augment = groups.index(batch.real_groups), self._augment(groups.index(batch.syn_groups.cpu()))
         real_mean, real_present = group_means(
             embed_real(self._embed, net, pool, batch.real_index, self.dsa, params), batch.real_groups, batch.num_groups
         )
         syn_mean, syn_present = group_means(
-            embed_with_recompute(net, syn.contiguous(memory_format=torch.channels_last)),
-            batch.syn_groups,
-            batch.num_groups,
+            embed_with_recompute(net, batch.syn, augment=augment), batch.syn_groups, batch.num_groups
         )
         present = (real_present & syn_present).unsqueeze(1)
         return ((real_mean - syn_mean) ** 2 * present).sum()
+
+    def _augment(self, params: DSAParams) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Augmentation of synthetic images by their row in the batch (``params`` has one entry per row)."""
+        return lambda part, rows: self.dsa.apply(part, params.index(rows))
 
     def joint_loss(
         self,
@@ -73,13 +77,13 @@ class DM(BaseMethod):
         n_syn = len(class_batch.syn)
         syn_all = torch.cat([class_batch.syn, domain_batch.syn])
         syn_classes = torch.cat([class_batch.syn_labels, domain_batch.syn_labels]).cpu()
-        real_params = None
+        real_params = augment = None
         if self.dsa is not None:
             params = self.dsa.sample(class_batch.num_groups, tuple(syn_all.shape[-2:]), g)
-            real_params = params.index(class_batch.real_groups)
-            syn_all = self.dsa.apply(syn_all, params.index(syn_classes))
+            real_params, augment = params.index(class_batch.real_groups), self._augment(params.index(syn_classes))
         real_emb = embed_real(self._embed, net, pool, class_batch.real_index, self.dsa, real_params)
-        syn_emb = embed_with_recompute(net, syn_all.contiguous(memory_format=torch.channels_last))
+        # the views and their augmentation are recomputed chunk by chunk in the backward pass, not kept
+        syn_emb = embed_with_recompute(net, syn_all, augment=augment)
         losses = []
         for batch, emb, weights in (
             (class_batch, syn_emb[:n_syn], None),
