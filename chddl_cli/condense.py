@@ -24,6 +24,7 @@ from stages import condense as condense_stage
 from stages.api import Artifact
 from stages.condense_config import help_section
 from stages.device import init_distributed
+from stages.executor import rank_world
 from stages.methods import METHODS
 
 
@@ -111,7 +112,7 @@ def condense(
         **settings,
     )
     art, hit = res.artifact, res.cache_hit
-    if art is None:  # a non-zero torchrun rank: rank 0 reports
+    if art is None or rank_world()[0] != 0:  # under torchrun rank 0 reports (a cache hit reaches every rank)
         return
     note_done(progress, "condensed", res)
     if as_json:

@@ -23,6 +23,7 @@ from stages import api
 from stages import evaluate as evaluate_stage
 from stages.api import Artifact
 from stages.device import init_distributed
+from stages.executor import rank_world
 
 
 def results_table(art: Artifact) -> Table:
@@ -88,7 +89,7 @@ def evaluate(
         **settings,
     )
     art, hit = res.artifact, res.cache_hit
-    if art is None:  # a non-zero torchrun rank: rank 0 reports
+    if art is None or rank_world()[0] != 0:  # under torchrun rank 0 reports (a cache hit reaches every rank)
         return
     note_done(progress, "evaluation", res)
     if as_json:

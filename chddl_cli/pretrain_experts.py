@@ -21,6 +21,7 @@ from chddl_cli.options import config_options
 from stages import api
 from stages import pretrain_experts as experts_stage
 from stages.device import init_distributed
+from stages.executor import rank_world
 
 
 @guarded
@@ -41,7 +42,7 @@ def pretrain_experts(
         ctx, api.pretrain_experts, dataset=dataset, labels=labels, preset=config, force=force, **settings
     )
     art = res.artifact
-    if art is None:  # a non-zero torchrun rank: rank 0 reports
+    if art is None or rank_world()[0] != 0:  # under torchrun rank 0 reports (a cache hit reaches every rank)
         return
     note_done(progress, "experts", res, redo="retrain")
     table = Table(title=f"experts {art.name}", show_header=False, title_justify="left")

@@ -150,6 +150,51 @@ class Artifact:
         return name in self.meta.get("tensors", {}).get("entries", {})
 
 
+#: safetensors' names of the dtypes artifacts hold
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Write CPU tensors to ``path`` in the safetensors format, each streamed from its own memory
+    (``safetensors.torch.save_file`` first copies every tensor into a bytes object: a second full copy
+    of a large dataset). Tensors are laid out by decreasing element size, then name, so every tensor
+    starts at a multiple of its element size, as safetensors itself does."""
+    if any(t.dtype not in _SAFETENSORS_DTYPES for t in tensors.values()):
+        safetensors.torch.save_file(dict(tensors), str(path))
+        return
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    header, offset = {}, 0
+    for name in order:
+        t = tensors[name]
+        size = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(text).to_bytes(8, "little"))
+        fh.write(text)
+        for name in order:
+            t = tensors[name].detach().cpu().contiguous()
+            if t.numel():
+                fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+
 def file_digest(path: Path) -> tuple[int, str]:
     """(size, blake2b-128 hex) of a file, read in blocks so memory stays bounded."""
     h, size = hashlib.blake2b(digest_size=16), 0
@@ -519,7 +564,7 @@ class Workspace:
         tmp.mkdir()
         try:
             flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-            safetensors.torch.save_file(flat, str(tmp / TENSORS_FILE))  # no in-memory copy of the file
+            write_safetensors(tmp / TENSORS_FILE, flat)
             size, digest = file_digest(tmp / TENSORS_FILE)
             for fname, content in (files or {}).items():
                 (tmp / fname).write_bytes(content)

@@ -88,9 +88,9 @@ def test_an_artifact_moved_aside_by_a_killed_rewrite_is_recovered_on_lookup(work
 
 
 def test_a_crash_before_rename_leaves_nothing_that_looks_complete(workspace, monkeypatch) -> None:
-    import safetensors.torch
+    import stages.artifacts
 
-    monkeypatch.setattr(safetensors.torch, "save_file", lambda *_: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(stages.artifacts, "write_safetensors", lambda *_: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
         _write(workspace)
     assert workspace.find("x-abc") is None

@@ -50,3 +50,25 @@ def test_the_fingerprint_is_unchanged_by_hashing_in_place() -> None:
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
     h.update(t.numpy().tobytes())
     assert tensor_fingerprint(t) == h.hexdigest()
+
+
+def test_tensor_files_written_in_place_read_back_through_safetensors(tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from stages.artifacts import write_safetensors
+
+    tensors = {
+        "images": _images(5),
+        "mean": torch.randn(3, dtype=torch.float64),
+        "weights": torch.randn(4, 6).t().contiguous(),
+        "half": torch.randn(2, 3).bfloat16(),
+        "mask": torch.tensor([True, False, True]),
+        "labels": torch.arange(7),
+        "scalar": torch.tensor(2.5),
+        "none": torch.zeros(0, 4, dtype=torch.int32),
+    }
+    write_safetensors(tmp_path / "t.safetensors", tensors)
+    back = load_file(str(tmp_path / "t.safetensors"))
+    assert sorted(back) == sorted(tensors)
+    for name, t in tensors.items():
+        assert back[name].dtype == t.dtype and back[name].shape == t.shape and torch.equal(back[name], t), name

@@ -32,7 +32,7 @@ def _images(arr: np.ndarray, path: Path) -> torch.Tensor:
     return t if t.shape[1] == 3 and t.shape[-1] != 3 else t.permute(0, 3, 1, 2).contiguous()
 
 
-def _streamed_images(data: np.lib.npyio.NpzFile, size: int, block_bytes: int = 1 << 26) -> torch.Tensor | None:
+def _streamed_images(data: np.lib.npyio.NpzFile, size: int, block_bytes: int = 1 << 23) -> torch.Tensor | None:
     """``images`` read from the archive block by block into (N, 3, size, size) uint8,
     resized on the way: memory is the result plus one block. None when the array
     is not plain uint8 (N, H, W, 3) or (N, 3, H, W) (then it is read whole)."""
