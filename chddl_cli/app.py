@@ -15,6 +15,7 @@ from chddl_cli.common import Globals, Terminated, error, show_library_notes
 from chddl_cli.help import SectionedCommand
 from stages import __version__
 from stages.allocator import keep_freed_memory
+from stages.errors import ChddlError
 
 app = typer.Typer(
     name="chddl",
@@ -65,7 +66,11 @@ def global_options(
     ] = False,
 ) -> None:
     """Global options, given before the subcommand."""
-    keep_freed_memory()
+    try:
+        keep_freed_memory()
+    except ChddlError as exc:
+        error(str(exc))
+        raise typer.Exit(2) from None
     ctx.obj = Globals(workdir=workdir, device=device, seed=seed, verbose=verbose, quiet=quiet, wait=not no_wait)
     show_library_notes(verbose)
     if threads is not None:

@@ -19,6 +19,8 @@ import ctypes
 import ctypes.util
 import os
 
+from stages.errors import ChddlError
+
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 _LIMIT = 2**31 - 1  # mallopt takes an int
@@ -43,6 +45,12 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    mmap_mb = int(os.environ.get("CHDDL_MMAP_THRESHOLD_MB", MMAP_THRESHOLD_MB))
+    raw = os.environ.get("CHDDL_MMAP_THRESHOLD_MB", str(MMAP_THRESHOLD_MB)).strip()
+    if not raw.isdigit() or int(raw) < 1:
+        raise ChddlError(
+            f"CHDDL_MMAP_THRESHOLD_MB must be a whole number of megabytes, 1 or more, got '{raw}'; "
+            f"unset it for the default ({MMAP_THRESHOLD_MB})"
+        )
+    mmap_mb = int(raw)
     _done = bool(mallopt(M_MMAP_THRESHOLD, min(mmap_mb * 2**20, _LIMIT))) and bool(mallopt(M_TRIM_THRESHOLD, _LIMIT))
     return _done
