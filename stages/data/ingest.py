@@ -11,7 +11,14 @@ from typing import Callable
 
 import torch
 
-from stages.artifacts import Artifact, Workspace, artifact_key, stage_artifact_name, tensor_fingerprint
+from stages.artifacts import (
+    Artifact,
+    Workspace,
+    artifact_key,
+    file_digest,
+    stage_artifact_name,
+    tensor_fingerprint,
+)
 from stages.config import option, require, to_dict
 from stages.data import demo
 from stages.data.cifar import find_cifar_dir, read_cifar
@@ -119,14 +126,6 @@ def detect_format(source: str) -> tuple[str, Path]:
     return "folder", path
 
 
-def _file_digest(path: str) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def source_fingerprint(fmt: str, path: Path, digest_cache: Path | None = None) -> str:
     """Identity of the source's content, part of the dataset's key.
 
@@ -141,7 +140,7 @@ def source_fingerprint(fmt: str, path: Path, digest_cache: Path | None = None) -
     if fmt == "builtin":
         h.update(f"builtin:{path.name}:v{demo.VERSION}".encode())
     elif path.is_file():
-        h.update(_file_digest(str(path)).encode())
+        h.update(file_digest(path)[1].encode())
     else:
         cache = _read_digests(digest_cache)
         fresh: dict[str, list] = {}
@@ -152,7 +151,7 @@ def source_fingerprint(fmt: str, path: Path, digest_cache: Path | None = None) -
                 st = os.stat(full)
                 known = cache.get(os.path.abspath(full))
                 stamp = [st.st_size, st.st_mtime_ns]
-                digest = known[2] if isinstance(known, list) and known[:2] == stamp else _file_digest(full)
+                digest = known[2] if isinstance(known, list) and known[:2] == stamp else file_digest(Path(full))[1]
                 fresh[os.path.abspath(full)] = [*stamp, digest]
                 h.update(f"{os.path.relpath(full, path)}|{digest}\n".encode())
         if digest_cache is not None and any(cache.get(k) != v for k, v in fresh.items()):
