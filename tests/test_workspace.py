@@ -346,3 +346,31 @@ def test_every_preset_named_in_help_or_the_readme_exists() -> None:
     named = {m for t in texts for m in re.findall(r"(?:--config|-c)[ =]([a-z0-9_/]+)", t)}  # not NAME|PATH
     named |= {m for t in texts for m in re.findall(r"e\.g\. ([a-z0-9_]+)(?: or ([a-z0-9_]+))?", t) for m in m if m}
     assert named and not named - presets, named - presets
+
+
+def test_force_clears_only_the_checkpoints_of_the_artifact_it_recomputes(tmp_path) -> None:
+    from stages.artifacts import Workspace
+    from stages.executor import stage_run
+
+    ws = Workspace(tmp_path / "ws")
+    ws.ensure_writable()
+    mine, other = ws.partial_dir("x-abc"), ws.partial_dir("x-def")
+    for folder in (mine, other):
+        folder.mkdir(parents=True)
+        (folder / "checkpoint.safetensors").write_bytes(b"kept")
+    (tmp_path / "ws" / "notes.txt").write_text("the user's")
+    with stage_run(ws, "x", "x-abc", "abc", 1, force=True) as run:
+        assert run.hit is None and not mine.exists()
+    assert (other / "checkpoint.safetensors").read_bytes() == b"kept"
+    assert (tmp_path / "ws" / "notes.txt").read_text() == "the user's"
+
+
+def test_a_malformed_allocator_setting_is_refused_in_one_line_before_anything_runs(tmp_path, monkeypatch) -> None:
+    import stages.allocator
+
+    monkeypatch.setattr(stages.allocator, "_done", False)
+    monkeypatch.setenv("CHDDL_MMAP_THRESHOLD_MB", "lots")
+    result = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "report"])
+    assert result.exit_code == 2
+    assert "error: CHDDL_MMAP_THRESHOLD_MB must be a whole number of megabytes" in result.output
+    assert not (tmp_path / "ws").exists()
