@@ -237,8 +237,8 @@ def test_folder_hashes_are_reused_while_size_and_mtime_hold(tmp_path, monkeypatc
     cache = tmp_path / "digests.json"
     first = source_fingerprint("folder", tree, cache)
     hashed = []
-    real = ingest_module._file_digest
-    monkeypatch.setattr(ingest_module, "_file_digest", lambda p: hashed.append(p) or real(p))
+    real = ingest_module.file_digest
+    monkeypatch.setattr(ingest_module, "file_digest", lambda p: hashed.append(str(p)) or real(p))
     assert source_fingerprint("folder", tree, cache) == first and hashed == []
     touched = next(tree.rglob("*.png"))
     os.utime(touched, ns=(5, 5))
