@@ -96,8 +96,8 @@ def condense(
     resumes from the last checkpoint.
     A run with more --iterations than a finished run of the same settings
     continues from that run's final state (each rung stays its own artifact).
-    Under `torchrun --nproc-per-node K` DM and DC split the classes across the
-    K processes and write the set one process would.
+    Under `torchrun --nproc-per-node K` DM, DC and SRe2L (also with CHDDL) split the
+    classes across the K processes and write the set one process would.
     """
     init_distributed()
     res, progress = run_stage(

@@ -32,7 +32,7 @@ from stages.methods.sre2l import batch_norms
 from stages.methods.trajectories import ExpertStore
 from stages.models import create_model, embeds, list_models
 from stages.progress import NullProgress, Progress
-from stages.sharding import check_same_settings, check_shardable, class_shard, gather_costs
+from stages.sharding import check_same_settings, check_shardable, class_shard, record_ranks
 from stages.teacher import domain_statistics, load_teacher
 from stages.visual import grid_png, winner_map
 
@@ -143,7 +143,6 @@ def run(
     if cfg.domains or cfg.exclude_domain:
         tag += "-" + "+".join(cfg.domains) + (f"-no_{cfg.exclude_domain}" if cfg.exclude_domain else "")
     name = stage_artifact_name(f"condensed-{tag}", key)
-    rank, world = rank_world()
     check_same_settings(key)
     # under torchrun the ranks compute one artifact together (split by class); rank 0 writes it
     with stage_run(workspace, STAGE, name, key, SCHEMA_VERSION, force=force, shared=True) as run:
@@ -169,7 +168,14 @@ def run(
             base, objective, images, syn_labels, _ = _build(
                 dataset, labels, cfg, device, store, teacher_net, statistics_of if wants_stats else None
             )
-            check_shardable(cfg.base, base.splits_by_class, cfg.domain_aware, dataset.num_classes)
+            check_shardable(
+                cfg.base,
+                base.splits_by_class,
+                base.sums_statistics,
+                cfg.domain_aware,
+                cfg.schedule,
+                dataset.num_classes,
+            )
             loop = Loop(
                 base,
                 objective,
@@ -193,12 +199,8 @@ def run(
                 stats["masks"] = mask_diagnostics(objective.masks.alpha())
             extras = _mask_extras(objective, images, dataset) if cfg.domain_aware else {}
             final_state = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in loop.state().items()})
-        ranks = gather_costs(dict(cost))
-        if rank != 0:
+        if not record_ranks(cost):  # torchrun: rank 0 writes the artifact
             return None, False
-        if world > 1:
-            cost["per_rank"] = [{k: c.get(k) for k in ("wall_s", "peak_rss_bytes", "peak_cuda_bytes")} for c in ranks]
-        cost["world_size"] = world
         mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
         files = {"grid.png": grid_png(dataset.displayable(images), nrow=cfg.ipc), FINAL_STATE: final_state}
         if extras:
@@ -415,6 +417,8 @@ def _build(
     g0 = iteration_generator(cfg.seed, -1)
     images = _initial_images(dataset, pool, cfg, g0).requires_grad_(True)
     syn_labels = torch.arange(dataset.num_classes, device=device).repeat_interleave(cfg.ipc)
+    rank, world = rank_world()
+    shard = class_shard(dataset.num_classes, rank, world) if world > 1 else None  # torchrun: this rank's classes
     if cfg.domain_aware:
         if labels.labels.shape[0] != len(keep):
             raise ChddlError(
@@ -447,10 +451,9 @@ def _build(
             labels.labels[keep],
             masks,
             share_real=share,
+            classes=shard,
         )
     else:
-        rank, world = rank_world()
-        shard = class_shard(dataset.num_classes, rank, world) if world > 1 else None
         objective = ClassObjective(base, pool, pool.labels, dataset.num_classes, syn_labels, cfg.batch_real, shard)
     return base, objective, images, syn_labels, train
 

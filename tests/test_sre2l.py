@@ -104,7 +104,8 @@ def test_per_domain_statistics_are_each_domains_own_mean_and_population_variance
 
 def test_group_statistics_of_one_group_are_the_batch_statistics() -> None:
     x = _images(6).mul(2).add(1)
-    mean, var = group_statistics(x, torch.zeros(6, dtype=torch.long), 1)
+    mean, var, counts = group_statistics(x, torch.zeros(6, dtype=torch.long), 1)
+    assert counts.tolist() == [6.0]
     assert torch.allclose(mean[0], x.mean(dim=(0, 2, 3)), atol=1e-5)
     assert torch.allclose(var[0], x.transpose(0, 1).flatten(1).var(dim=1, unbiased=False), atol=1e-4)
 

@@ -57,22 +57,22 @@ class DomainMasks(nn.Module):
         self.tau = tau
         self.shape = shape
 
-    def logits(self) -> torch.Tensor:
-        """z at the image's resolution, (M, D, Cz, H, W)."""
-        z, (h, w) = self.z, self.shape[1:]
+    def logits(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """z at the image's resolution, (M, D, Cz, H, W); of the images ``rows`` only when given."""
+        z, (h, w) = (self.z if rows is None else self.z[rows]), self.shape[1:]
         if z.shape[-2:] == (h, w):
             return z
         up = F.interpolate(z.flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False)
         return up.view(*z.shape[:3], h, w)
 
-    def alpha(self) -> torch.Tensor:
-        """(M, D, C, H, W) per-pixel domain weights, summing to 1 over D."""
-        a = torch.softmax(self.logits() / self.tau, dim=1)
+    def alpha(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(M, D, C, H, W) per-pixel domain weights, summing to 1 over D (of the images ``rows`` when given)."""
+        a = torch.softmax(self.logits(rows) / self.tau, dim=1)
         return a.expand(-1, -1, self.shape[0], -1, -1)
 
-    def views(self, images: torch.Tensor) -> torch.Tensor:
-        """(M, D, C, H, W) domain views of (M, C, H, W) images."""
-        return images.unsqueeze(1) * self.alpha()
+    def views(self, images: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(M, D, C, H, W) domain views of (M, C, H, W) images (of the images ``rows`` when given)."""
+        return (images if rows is None else images[rows]).unsqueeze(1) * self.alpha(rows)
 
 
 def mask_diagnostics(alpha: torch.Tensor) -> dict:
@@ -137,15 +137,31 @@ class ClassObjective:
         peak memory of the larger graph instead of both)."""
         return True
 
+    @property
+    def rows(self) -> torch.Tensor | None:
+        """The synthetic images this process computes with (None: all of them)."""
+        return None if self.classes is None else self.own_rows
+
+    def own_real(self, idx: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A real draw (pool indices and their groups) cut to the images of this process's classes."""
+        if self.classes is None:
+            return idx, groups
+        keep = torch.isin(self.class_of_pool[idx], self.classes)
+        return idx[keep], groups[keep]
+
+    def class_batch(self, idx: torch.Tensor, groups: torch.Tensor, images: torch.Tensor) -> MatchBatch:
+        """The class-loss batch of a class-grouped real draw: under torchrun, the same draw as one process
+        makes, cut to this process's classes (spread over the ranks when the loss does not split by class)."""
+        syn, syn_labels = images, self.syn_labels
+        if self.classes is not None:
+            idx, groups = self.own_real(idx, groups)
+            syn, syn_labels = images[self.own_rows], syn_labels[self.own_rows]
+        spread = self.classes is not None and not self.base.splits_by_class
+        return MatchBatch(idx, groups, syn, syn_labels, syn_labels, self.num_classes, spread=spread)
+
     def class_loss(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         idx, groups = self.pool.draw(self.class_of_pool, self.num_classes, self.batch_real, g)
-        syn, syn_labels = images, self.syn_labels
-        if self.classes is not None:  # the same draw as one process makes, cut to this process's classes
-            keep = torch.isin(groups, self.classes)
-            idx, groups = idx[keep], groups[keep]
-            syn, syn_labels = images[self.own_rows], syn_labels[self.own_rows]
-        batch = MatchBatch(idx, groups, syn, syn_labels, syn_labels, self.num_classes)
-        return self.base.loss("class", batch, self.pool, g)
+        return self.base.loss("class", self.class_batch(idx, groups, images), self.pool, g)
 
     def domain_loss(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor | None:
         return None
@@ -199,8 +215,9 @@ class DomainAwareObjective(ClassObjective):
         domain_of_pool: torch.Tensor,
         masks: DomainMasks,
         share_real: bool = False,
+        classes: torch.Tensor | None = None,
     ) -> None:
-        super().__init__(base, pool, class_of_pool, num_classes, syn_labels, batch_real)
+        super().__init__(base, pool, class_of_pool, num_classes, syn_labels, batch_real, classes)
         self.domain_of_pool = domain_of_pool.cpu()
         self.masks = masks
         self.num_domains = masks.z.shape[1]
@@ -216,17 +233,19 @@ class DomainAwareObjective(ClassObjective):
     def separable(self) -> bool:
         return not self.share_real or type(self.base).joint_loss is BaseMethod.joint_loss
 
-    def _flat_views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        views = self.masks.views(images)
+    def _flat_views(
+        self, images: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        views = self.masks.views(images, rows)
         m, d = views.shape[:2]
-        labels = self.syn_labels.repeat_interleave(d)
+        labels = (self.syn_labels if rows is None else self.syn_labels[rows]).repeat_interleave(d)
         domains = torch.arange(d, device=images.device).repeat(m)
         return views.flatten(0, 1), labels, domains
 
     def domain_loss(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        views, labels, domains = self._flat_views(images)
-        idx, groups = self.pool.draw(self.domain_of_pool, self.num_domains, self.batch_real, g)
-        batch = MatchBatch(idx, groups, views, labels, domains, self.num_domains)
+        views, labels, domains = self._flat_views(images, self.rows)
+        idx, groups = self.own_real(*self.pool.draw(self.domain_of_pool, self.num_domains, self.batch_real, g))
+        batch = MatchBatch(idx, groups, views, labels, domains, self.num_domains, spread=self.classes is not None)
         return self.base.loss("domain", batch, self.pool, g)
 
     def domain_loss_of(self, d: int, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -247,10 +266,14 @@ class DomainAwareObjective(ClassObjective):
         domain (a ratio estimator: consistent, not exactly unbiased)."""
         if not self.share_real:
             return super().losses(images, g)
-        idx, groups = self.pool.draw(self.class_of_pool, self.num_classes, self.batch_real, g)
-        class_batch = MatchBatch(idx, groups, images, self.syn_labels, self.syn_labels, self.num_classes)
-        views, labels, domains = self._flat_views(images)
-        domain_batch = MatchBatch(idx, self.domain_of_pool[idx], views, labels, domains, self.num_domains)
+        class_batch = self.class_batch(
+            *self.pool.draw(self.class_of_pool, self.num_classes, self.batch_real, g), images
+        )
+        idx, groups = class_batch.real_index, class_batch.real_groups
+        views, labels, domains = self._flat_views(images, self.rows)
+        domain_batch = MatchBatch(
+            idx, self.domain_of_pool[idx], views, labels, domains, self.num_domains, spread=self.classes is not None
+        )
         joint = self.base.joint_loss(class_batch, domain_batch, self.pool, self.class_weight[groups], g)
         return joint if joint is not None else super().losses(images, g)
 

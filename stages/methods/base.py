@@ -61,6 +61,10 @@ class MatchBatch:
     syn_groups: torch.Tensor
     num_groups: int
     focus: int | None = None  # the one group this batch is about (Algorithm 1's per-domain steps), else None
+    #: torchrun: the batch is this rank's part of one spread over the ranks (its classes' synthetic images and
+    #: real images); a method that accepts it (``sums_statistics``) sums its group statistics over the ranks and
+    #: returns this rank's share of the loss (stages.sharding)
+    spread: bool = False
 
 
 class BaseMethod(ABC):
@@ -71,6 +75,10 @@ class BaseMethod(ABC):
     #: whether the class loss is a sum of per-class terms, each depending only on
     #: that class's images (DM, DC), so Algorithm 1 can take one step per class
     splits_by_class: bool = True
+    #: whether its losses accept a spread batch (``MatchBatch.spread``): statistics over groups that span
+    #: classes summed over the torchrun ranks (DM's group means, SRe2L's batch-norm statistics), so CHDDL's
+    #: domain loss, and a class loss that does not split by class, can be split across processes
+    sums_statistics: bool = False
 
     @abstractmethod
     def new_round(self, round_index: int, roles: tuple[str, ...], g: torch.Generator) -> None:

@@ -11,6 +11,7 @@ from stages.data.augment import DSA, DSAParams
 from stages.device import to_device
 from stages.methods.base import MatchBatch, RealPool
 from stages.models import reinitialize
+from stages.sharding import global_sum, replicated_share
 
 NetFactory = Callable[[], nn.Module]
 
@@ -122,11 +123,31 @@ def real_images(pool: RealPool, batch: MatchBatch) -> torch.Tensor:
 
 
 def group_means(
-    x: torch.Tensor, groups: torch.Tensor, num_groups: int, weights: torch.Tensor | None = None
+    x: torch.Tensor,
+    groups: torch.Tensor,
+    num_groups: int,
+    weights: torch.Tensor | None = None,
+    spread: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(num_groups, F) (weighted) means of the rows of ``x`` per group, and which groups are present."""
+    """(num_groups, F) (weighted) means of the rows of ``x`` per group, and which groups are present; with
+    ``spread``, of the rows of all torchrun ranks (each passes its own)."""
     groups = groups.to(x.device)
     w = torch.ones(len(x), device=x.device, dtype=x.dtype) if weights is None else weights.to(x.device, x.dtype)
     sums = torch.zeros(num_groups, x.shape[1], device=x.device, dtype=x.dtype).index_add(0, groups, x * w.unsqueeze(1))
     totals = torch.zeros(num_groups, device=x.device, dtype=x.dtype).index_add(0, groups, w)
+    sums, totals = global_sum(sums, spread), global_sum(totals, spread)
     return sums / totals.clamp(min=1e-12).unsqueeze(1), totals > 0
+
+
+def mean_distance(
+    real: torch.Tensor,
+    syn: torch.Tensor,
+    batch: MatchBatch,
+    real_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """DM's loss: the squared distance between the (weighted) real and the synthetic mean embedding, summed over
+    the groups present on both sides (under torchrun, with ``batch.spread``, this rank's share of it)."""
+    real_mean, real_present = group_means(real, batch.real_groups, batch.num_groups, real_weights, batch.spread)
+    syn_mean, syn_present = group_means(syn, batch.syn_groups, batch.num_groups, spread=batch.spread)
+    loss = ((real_mean - syn_mean) ** 2 * (real_present & syn_present).unsqueeze(1)).sum()
+    return replicated_share(loss, batch.spread)

@@ -22,12 +22,13 @@ from stages.methods.common import (
     RoleNets,
     embed_real,
     embed_with_recompute,
-    group_means,
+    mean_distance,
 )
 
 
 class DM(BaseMethod):
     default_lambda = 0.1
+    sums_statistics = True
 
     def __init__(
         self, net_factory: NetFactory, device: torch.device, dsa: DSA | None, compile_embed: bool = False
@@ -49,14 +50,8 @@ class DM(BaseMethod):
         if self.dsa is not None:
             groups = self.dsa.sample(batch.num_groups, tuple(batch.syn.shape[-2:]), g)
             params, augment = groups.index(batch.real_groups), self._augment(groups.index(batch.syn_groups.cpu()))
-        real_mean, real_present = group_means(
-            embed_real(self._embed, net, pool, batch.real_index, self.dsa, params), batch.real_groups, batch.num_groups
-        )
-        syn_mean, syn_present = group_means(
-            embed_with_recompute(net, batch.syn, augment=augment), batch.syn_groups, batch.num_groups
-        )
-        present = (real_present & syn_present).unsqueeze(1)
-        return ((real_mean - syn_mean) ** 2 * present).sum()
+        real = embed_real(self._embed, net, pool, batch.real_index, self.dsa, params)
+        return mean_distance(real, embed_with_recompute(net, batch.syn, augment=augment), batch)
 
     def _augment(self, params: DSAParams) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """Augmentation of synthetic images by their row in the batch (``params`` has one entry per row)."""
@@ -84,15 +79,10 @@ class DM(BaseMethod):
         real_emb = embed_real(self._embed, net, pool, class_batch.real_index, self.dsa, real_params)
         # the views and their augmentation are recomputed chunk by chunk in the backward pass, not kept
         syn_emb = embed_with_recompute(net, syn_all, augment=augment)
-        losses = []
-        for batch, emb, weights in (
-            (class_batch, syn_emb[:n_syn], None),
-            (domain_batch, syn_emb[n_syn:], real_weights),
-        ):
-            real_mean, real_present = group_means(real_emb, batch.real_groups, batch.num_groups, weights)
-            syn_mean, syn_present = group_means(emb, batch.syn_groups, batch.num_groups)
-            losses.append(((real_mean - syn_mean) ** 2 * (real_present & syn_present).unsqueeze(1)).sum())
-        return losses[0], losses[1]
+        return (
+            mean_distance(real_emb, syn_emb[:n_syn], class_batch),
+            mean_distance(real_emb, syn_emb[n_syn:], domain_batch, real_weights=real_weights),
+        )
 
 
 def _build(ctx: MethodContext) -> DM:

@@ -36,6 +36,7 @@ from torch import nn
 
 from stages.config import option, require, require_finite
 from stages.methods.base import METHODS, BaseMethod, MatchBatch, MethodContext, MethodSpec, RealPool
+from stages.sharding import global_sum, replicated_share
 
 
 def batch_norms(net: nn.Module) -> list[nn.BatchNorm2d]:
@@ -62,17 +63,34 @@ class BatchNormInputs:
             h.remove()
 
 
-def group_statistics(x: torch.Tensor, groups: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+def group_statistics(
+    x: torch.Tensor, groups: torch.Tensor, num_groups: int, spread: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per group, the per-channel mean and (population) variance of a batch-norm
-    input x (N, C, H, W) over the group's images and pixels: (G, C) each."""
+    input x (N, C, H, W) over the group's images and pixels: (G, C) each, and
+    the group's image count (G,); with ``spread``, over the images of all
+    torchrun ranks (each passes its own)."""
     groups = groups.to(x.device)
     s1 = x.mean(dim=(2, 3))
     s2 = (x * x).mean(dim=(2, 3))
     counts = torch.zeros(num_groups, device=x.device, dtype=x.dtype).index_add(0, groups, torch.ones_like(s1[:, 0]))
+    sum1 = torch.zeros(num_groups, x.shape[1], device=x.device, dtype=x.dtype).index_add(0, groups, s1)
+    sum2 = torch.zeros(num_groups, x.shape[1], device=x.device, dtype=x.dtype).index_add(0, groups, s2)
+    counts, sum1, sum2 = (global_sum(t, spread) for t in (counts, sum1, sum2))
     denom = counts.clamp(min=1).unsqueeze(1)
-    mean = torch.zeros(num_groups, x.shape[1], device=x.device, dtype=x.dtype).index_add(0, groups, s1) / denom
-    sq = torch.zeros(num_groups, x.shape[1], device=x.device, dtype=x.dtype).index_add(0, groups, s2) / denom
-    return mean, (sq - mean * mean).clamp(min=0)
+    mean = sum1 / denom
+    return mean, (sum2 / denom - mean * mean).clamp(min=0), counts
+
+
+def batch_moments(x: torch.Tensor, spread: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel mean and population variance of a batch-norm input x (N, C, H, W) over its images and
+    pixels; with ``spread``, over the images of all torchrun ranks (two passes, as one process computes them)."""
+    if not spread:
+        return x.mean(dim=(0, 2, 3)), x.transpose(0, 1).flatten(1).var(dim=1, unbiased=False)
+    count = global_sum(x.new_tensor(float(x.shape[0] * x.shape[2] * x.shape[3])), True)
+    mean = global_sum(x.sum(dim=(0, 2, 3)), True) / count
+    var = global_sum(((x - mean.view(1, -1, 1, 1)) ** 2).sum(dim=(0, 2, 3)), True) / count
+    return mean, var
 
 
 @torch.no_grad()
@@ -120,6 +138,7 @@ class SRe2L(BaseMethod):
     default_lambda = 1.0
     #: the statistics are of the whole synthetic batch: one class alone has other statistics
     splits_by_class = False
+    sums_statistics = True
 
     def __init__(
         self,
@@ -155,18 +174,22 @@ class SRe2L(BaseMethod):
         if role == "class":
             terms = []
             for layer, x, w in zip(self.hooks.layers, self.hooks.inputs, self.weights):
-                mean, var = x.mean(dim=(0, 2, 3)), x.transpose(0, 1).flatten(1).var(dim=1, unbiased=False)
+                mean, var = batch_moments(x, batch.spread)
                 terms.append(w * statistic_distance(mean, var, layer.running_mean, layer.running_var))
-            return F.cross_entropy(logits, batch.syn_labels) + self.r_bn * torch.stack(terms).sum()
+            if batch.spread:  # the cross-entropy's mean over the whole batch: this rank's images' share of it
+                count = global_sum(logits.new_tensor(float(len(logits))), True)
+                ce = F.cross_entropy(logits, batch.syn_labels, reduction="sum") / count
+            else:
+                ce = F.cross_entropy(logits, batch.syn_labels)
+            return ce + replicated_share(self.r_bn * torch.stack(terms).sum(), batch.spread)
         if self.domain_stats is None:
             raise ValueError("SRe2L's domain loss needs per-domain statistics")
         groups = batch.syn_groups.to(logits.device)
-        present = torch.bincount(groups, minlength=batch.num_groups) > 0
         total = logits.new_zeros(())
         for (t_mean, t_var), x, w in zip(self.domain_stats, self.hooks.inputs, self.weights):
-            mean, var = group_statistics(x, groups, batch.num_groups)
-            total = total + w * statistic_distance(mean, var, t_mean, t_var)[present].mean()
-        return self.r_bn * total
+            mean, var, counts = group_statistics(x, groups, batch.num_groups, batch.spread)
+            total = total + w * statistic_distance(mean, var, t_mean, t_var)[counts > 0].mean()
+        return replicated_share(self.r_bn * total, batch.spread)
 
 
 #: SRe2L's image optimiser: Adam with these betas, lr decayed by a cosine over the run
