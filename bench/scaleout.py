@@ -1,4 +1,5 @@
-"""One DM IPC 10 condensation (no CHDDL) in one process and split by class across torchrun ranks.
+"""One DM IPC 10 condensation (with ``--chddl``: DM + CHDDL) in one process and split by class across
+torchrun ranks.
 
 Input: 10 classes x 500 random 32x32x3 images (the shape the reference was timed on), 256 real
 images per class per step. Runs, each from the command line as a user would, on one labelled workspace:
@@ -12,6 +13,7 @@ the ratio to the single-thread process, and whether the images equal the single 
 
     python bench/scaleout.py                       # K = 2, 10 iterations
     python bench/scaleout.py --ranks 4 --iterations 20 --json
+    python bench/scaleout.py --chddl               # DM + CHDDL (FFT pseudo-domains of the random images)
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _condense(ws: Path, iterations: int, threads: int, ranks: int) -> dict:
+def _condense(ws: Path, iterations: int, threads: int, ranks: int, chddl: bool) -> dict:
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] if ranks > 1 else []
     cmd = [sys.executable, *launcher, "-m", "chddl_cli", "-q", "-w", str(ws), "--threads", str(threads), "condense"]
-    cmd += ["--base", "dm", "--ipc", "10", "--no-domain-aware", "--iterations", str(iterations), "--compile", "off"]
+    cmd += ["--base", "dm", "--ipc", "10", "--domain-aware" if chddl else "--no-domain-aware"]
+    cmd += ["--iterations", str(iterations), "--compile", "off"]
     out = subprocess.run(
         [*cmd, "--json"],
         env=os.environ | {"OMP_NUM_THREADS": str(threads)},
@@ -51,6 +54,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--chddl", action="store_true", help="DM + CHDDL instead of DM")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = p.parse_args()
     from safetensors.torch import load_file
@@ -74,7 +78,7 @@ def main() -> None:
         ):
             ws = Path(tmp) / name.replace(" ", "_")
             shutil.copytree(base, ws)
-            r = _condense(ws, args.iterations, threads, ranks)
+            r = _condense(ws, args.iterations, threads, ranks, args.chddl)
             cost = r["cost"]
             runs[name] = {
                 "s_per_iteration": r["metrics"]["s_per_iteration"],
@@ -85,7 +89,7 @@ def main() -> None:
             }
             print(f"{name}: {runs[name]['s_per_iteration']} s/it", file=sys.stderr, flush=True)
     single = runs["1 process x 1 thread"]
-    result = {"iterations": args.iterations, "cores": len(os.sched_getaffinity(0)), "runs": {}}
+    result = {"iterations": args.iterations, "chddl": args.chddl, "cores": len(os.sched_getaffinity(0)), "runs": {}}
     for name, r in runs.items():
         result["runs"][name] = {
             "s_per_iteration": r["s_per_iteration"],

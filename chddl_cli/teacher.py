@@ -22,6 +22,8 @@ from chddl_cli.common import (
 from chddl_cli.options import config_options
 from stages import api
 from stages import teacher as teacher_stage
+from stages.device import init_distributed
+from stages.executor import rank_world
 
 
 @guarded
@@ -36,9 +38,13 @@ def train_teacher(
 ) -> None:
     """Train a teacher with batch norm on the real training split (SRe2L's squeeze), for
     `condense --base sre2l` and `evaluate --soft-labels`. Checkpoints after every epoch;
-    re-running the same command resumes."""
+    re-running the same command resumes. Under `torchrun --nproc-per-node K` the K processes
+    train it with DistributedDataParallel, each on its slice of every batch."""
+    init_distributed()
     res, progress = run_stage(ctx, api.train_teacher, dataset=dataset, preset=config, force=force, **settings)
     art, hit = res.artifact, res.cache_hit
+    if art is None or rank_world()[0] != 0:  # under torchrun rank 0 reports
+        return
     note_done(progress, "teacher", res, redo="retrain")
     if as_json:
         print_json(artifact_json(art, hit))

@@ -6,7 +6,10 @@ the teacher and the labels they came from).
 
 Training uses the evaluation's training code (SGD, DSA, lr x0.1 at half)
 and checkpoints after every epoch: an interrupted run resumes at the next
-epoch with the same result as an uninterrupted one.
+epoch with the same result as an uninterrupted one. Under torchrun the
+ranks train one teacher with DistributedDataParallel, each on its slice of
+every batch; batch norm then sees each rank's slice alone, so the number of
+processes is part of the artifact's key.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from stages.config import option, require, to_dict
 from stages.data.augment import DEFAULT_STRATEGY, DSA
 from stages.data.dataset import Dataset
 from stages.errors import ChddlError
-from stages.executor import stage_run
+from stages.executor import rank_world, stage_run
 from stages.label import PseudoLabels
 from stages.metering import measure, resumed_cost
 from stages.methods.checkpoint import load_checkpoint, save_checkpoint
 from stages.methods.sre2l import batch_norms, real_statistics
 from stages.models import ARCHITECTURES, create_model
 from stages.progress import NullProgress, Progress
+from stages.sharding import check_same_settings, record_ranks
 from stages.training import accuracy, group_accuracy, predict, train_network
 
 STAGE = "teacher"
@@ -94,14 +98,19 @@ def run(
     force: bool = False,
     progress: Progress = NullProgress(),
     stop_after: int | None = None,
-) -> tuple[Artifact, bool]:
-    """Train (or find) the teacher; returns (artifact, cache_hit). ``stop_after``
-    raises KeyboardInterrupt after that many epochs, as an interruption would."""
+) -> tuple[Artifact | None, bool]:
+    """Train (or find) the teacher; returns (artifact, cache_hit), the artifact None on the torchrun ranks
+    other than 0 after training. ``stop_after`` raises KeyboardInterrupt after that many epochs, as an
+    interruption would."""
     net = create_model(cfg.arch, dataset.num_classes, dataset.size, seed=cfg.seed)
     _require_batch_norm(cfg.arch, net)
-    key = artifact_key(STAGE, to_dict(cfg), {"dataset": dataset.artifact.key}, SCHEMA_VERSION)
+    rank, world = rank_world()
+    # batch norm's statistics come from each rank's slice of a batch: K processes train another teacher
+    processes = {"processes": world} if world > 1 else {}
+    key = artifact_key(STAGE, to_dict(cfg) | processes, {"dataset": dataset.artifact.key}, SCHEMA_VERSION)
     name = stage_artifact_name(f"teacher-{cfg.arch}-e{cfg.epochs}", key)
-    with stage_run(workspace, STAGE, name, key, SCHEMA_VERSION, force=force) as run:
+    check_same_settings(key)
+    with stage_run(workspace, STAGE, name, key, SCHEMA_VERSION, force=force, shared=True) as run:
         if run.hit is not None:
             return run.hit, True
         partial = run.partial
@@ -129,7 +138,8 @@ def run(
                     "generator": g.get_state(),
                     "elapsed_s": torch.tensor(earlier_s + time.monotonic() - t0, dtype=torch.float64),
                 }
-                save_checkpoint(partial, key, epoch, state)
+                if rank == 0:  # every rank holds the same state; one writes it
+                    save_checkpoint(partial, key, epoch, state)
                 task.advance(1)
                 if stop_after is not None and epoch - start >= stop_after and epoch < cfg.epochs:
                     raise KeyboardInterrupt
@@ -148,6 +158,7 @@ def run(
                 on_epoch=on_epoch,
                 start_epoch=start,
                 optimizer_state=opt_state,
+                data_parallel=True,
             )
             test = dataset.test_indices
             pred = predict(net, dataset.normalized(test, device))
@@ -155,6 +166,8 @@ def run(
             if dataset.domains is not None and dataset.domain_names:
                 per = group_accuracy(pred, dataset.labels[test], dataset.domains[test], len(dataset.domain_names))
                 metrics["per_domain"] = {d: round(float(v), 3) for d, v in zip(dataset.domain_names, per)}
+        if not record_ranks(cost):  # torchrun: rank 0 writes the artifact
+            return None, False
         info = {
             "arch": cfg.arch,
             "num_classes": dataset.num_classes,

@@ -6,10 +6,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from stages.data.augment import DSA
+from stages.executor import rank_world
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -62,14 +65,21 @@ def train_network(
     soft: SoftLabels | None = None,
     start_epoch: int = 0,
     optimizer_state: dict[int, dict] | None = None,
+    data_parallel: bool = False,
 ) -> float:
     """SGD with momentum, lr x0.1 at half the epochs (``decay``), DSA per sample
     (one family per batch, as the reference). ``on_epoch(e, optimizer)`` runs
     after each epoch. With ``soft`` the loss is the distillation loss against
     the teacher's outputs on the same augmented batch. A run resumes at
     ``start_epoch`` from the net, ``optimizer_state`` (``state_dict()["state"]``) and ``g`` as they were
-    after that epoch. Returns the last epoch's mean training loss."""
+    after that epoch. Returns the last epoch's mean training loss.
+
+    ``data_parallel`` under torchrun: DistributedDataParallel, each rank taking its slice of every batch
+    (the batch and its augmentation are drawn alike on every rank from ``g``, so they stay in step and
+    ``batch_size`` stays the global batch); batch norm normalises each rank's slice with its own statistics."""
     net.train()
+    rank, world = rank_world() if data_parallel else (0, 1)
+    model: nn.Module = net if world == 1 else DistributedDataParallel(net)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     if optimizer_state is not None:  # the per-parameter state (momentum buffers); the settings are this call's
         optimizer.load_state_dict(optimizer.state_dict() | {"state": optimizer_state})
@@ -82,15 +92,24 @@ def train_network(
         total = images.new_zeros(())
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
+            params = dsa.sample(len(idx), size, g, one_family=True) if dsa is not None else None
+            share = 1.0
+            if world > 1 and len(idx) >= world:
+                mine = torch.tensor_split(torch.arange(len(idx)), world)[rank]
+                idx, params = idx[mine.to(idx.device)], params.index(mine) if params is not None else None
+            elif world > 1:  # a last batch too small to split: every rank takes all of it (same mean gradient)
+                share = 1.0 / world
             x = images[idx]
             if dsa is not None:
-                x = dsa.apply(x, dsa.sample(len(idx), size, g, one_family=True))
-            logits = net(x)
+                x = dsa.apply(x, params)
+            logits = model(x)
             loss = F.cross_entropy(logits, labels[idx]) if soft is None else soft.loss(logits, x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total = total + loss.detach() * len(idx)
+            total = total + loss.detach() * len(idx) * share
+        if world > 1:
+            dist.all_reduce(total)
         last = total / n
         if on_epoch is not None:
             on_epoch(epoch + 1, optimizer)
