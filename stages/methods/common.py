@@ -130,13 +130,17 @@ def group_means(
     spread: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(num_groups, F) (weighted) means of the rows of ``x`` per group, and which groups are present; with
-    ``spread``, of the rows of all torchrun ranks (each passes its own)."""
+    ``spread``, of the rows of all torchrun ranks (each passes its own).
+
+    The sums accumulate in float64: then the order in which rows (or ranks) are added almost never changes
+    the float32 mean, so a mean over rows split across ranks is the one-process mean, bit for bit."""
     groups = groups.to(x.device)
     w = torch.ones(len(x), device=x.device, dtype=x.dtype) if weights is None else weights.to(x.device, x.dtype)
-    sums = torch.zeros(num_groups, x.shape[1], device=x.device, dtype=x.dtype).index_add(0, groups, x * w.unsqueeze(1))
-    totals = torch.zeros(num_groups, device=x.device, dtype=x.dtype).index_add(0, groups, w)
+    rows = (x * w.unsqueeze(1)).double()
+    sums = torch.zeros(num_groups, x.shape[1], device=x.device, dtype=torch.float64).index_add(0, groups, rows)
+    totals = torch.zeros(num_groups, device=x.device, dtype=torch.float64).index_add(0, groups, w.double())
     sums, totals = global_sum(sums, spread), global_sum(totals, spread)
-    return sums / totals.clamp(min=1e-12).unsqueeze(1), totals > 0
+    return (sums / totals.clamp(min=1e-12).unsqueeze(1)).to(x.dtype), totals > 0
 
 
 def mean_distance(

@@ -69,28 +69,35 @@ def group_statistics(
     """Per group, the per-channel mean and (population) variance of a batch-norm
     input x (N, C, H, W) over the group's images and pixels: (G, C) each, and
     the group's image count (G,); with ``spread``, over the images of all
-    torchrun ranks (each passes its own)."""
+    torchrun ranks (each passes its own). Sums over images accumulate in float64
+    (see :func:`batch_moments`)."""
     groups = groups.to(x.device)
-    s1 = x.mean(dim=(2, 3))
-    s2 = (x * x).mean(dim=(2, 3))
-    counts = torch.zeros(num_groups, device=x.device, dtype=x.dtype).index_add(0, groups, torch.ones_like(s1[:, 0]))
-    sum1 = torch.zeros(num_groups, x.shape[1], device=x.device, dtype=x.dtype).index_add(0, groups, s1)
-    sum2 = torch.zeros(num_groups, x.shape[1], device=x.device, dtype=x.dtype).index_add(0, groups, s2)
+    s1 = x.mean(dim=(2, 3)).double()
+    s2 = (x * x).mean(dim=(2, 3)).double()
+    counts = torch.zeros(num_groups, device=x.device, dtype=torch.float64).index_add(
+        0, groups, torch.ones_like(s1[:, 0])
+    )
+    sum1 = torch.zeros(num_groups, x.shape[1], device=x.device, dtype=torch.float64).index_add(0, groups, s1)
+    sum2 = torch.zeros(num_groups, x.shape[1], device=x.device, dtype=torch.float64).index_add(0, groups, s2)
     counts, sum1, sum2 = (global_sum(t, spread) for t in (counts, sum1, sum2))
     denom = counts.clamp(min=1).unsqueeze(1)
     mean = sum1 / denom
-    return mean, (sum2 / denom - mean * mean).clamp(min=0), counts
+    return mean.to(x.dtype), (sum2 / denom - mean * mean).clamp(min=0).to(x.dtype), counts.to(x.dtype)
 
 
 def batch_moments(x: torch.Tensor, spread: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-channel mean and population variance of a batch-norm input x (N, C, H, W) over its images and
-    pixels; with ``spread``, over the images of all torchrun ranks (two passes, as one process computes them)."""
-    if not spread:
-        return x.mean(dim=(0, 2, 3)), x.transpose(0, 1).flatten(1).var(dim=1, unbiased=False)
-    count = global_sum(x.new_tensor(float(x.shape[0] * x.shape[2] * x.shape[3])), True)
-    mean = global_sum(x.sum(dim=(0, 2, 3)), True) / count
-    var = global_sum(((x - mean.view(1, -1, 1, 1)) ** 2).sum(dim=(0, 2, 3)), True) / count
-    return mean, var
+    pixels (two passes); with ``spread``, over the images of all torchrun ranks (each passes its own).
+
+    The sums accumulate in float64: the float32 moments then hardly ever depend on the order in which
+    images (or ranks) are added, so moments over a batch split across ranks are the one-process ones."""
+    count = global_sum(torch.tensor(float(x.shape[0] * x.shape[2] * x.shape[3]), dtype=torch.float64), spread)
+    mean = (global_sum(x.sum(dim=(0, 2, 3), dtype=torch.float64), spread) / count.to(x.device)).to(x.dtype)
+    # The variance's gradient through the mean is -2/count * sum(x - mean) = 0: computed, it is rounding noise
+    # summed in an order that depends on how the batch is split, so it is left out.
+    centred = (x - mean.detach().view(1, -1, 1, 1)) ** 2
+    var = global_sum(centred.sum(dim=(0, 2, 3), dtype=torch.float64), spread) / count.to(x.device)
+    return mean, var.to(x.dtype)
 
 
 @torch.no_grad()
@@ -176,11 +183,9 @@ class SRe2L(BaseMethod):
             for layer, x, w in zip(self.hooks.layers, self.hooks.inputs, self.weights):
                 mean, var = batch_moments(x, batch.spread)
                 terms.append(w * statistic_distance(mean, var, layer.running_mean, layer.running_var))
-            if batch.spread:  # the cross-entropy's mean over the whole batch: this rank's images' share of it
-                count = global_sum(logits.new_tensor(float(len(logits))), True)
-                ce = F.cross_entropy(logits, batch.syn_labels, reduction="sum") / count
-            else:
-                ce = F.cross_entropy(logits, batch.syn_labels)
+            # the cross-entropy's mean over the whole batch (spread: this rank's images' share of it)
+            count = global_sum(logits.new_tensor(float(len(logits))), batch.spread)
+            ce = F.cross_entropy(logits, batch.syn_labels, reduction="sum") / count
             return ce + replicated_share(self.r_bn * torch.stack(terms).sum(), batch.spread)
         if self.domain_stats is None:
             raise ValueError("SRe2L's domain loss needs per-domain statistics")
