@@ -32,11 +32,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _condense(ws: Path, iterations: int, threads: int, ranks: int, chddl: bool) -> dict:
+def _condense(ws: Path, iterations: int, threads: int, ranks: int, chddl: bool, batch_real: int) -> dict:
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] if ranks > 1 else []
     cmd = [sys.executable, *launcher, "-m", "chddl_cli", "-q", "-w", str(ws), "--threads", str(threads), "condense"]
     cmd += ["--base", "dm", "--ipc", "10", "--domain-aware" if chddl else "--no-domain-aware"]
-    cmd += ["--iterations", str(iterations), "--compile", "off"]
+    cmd += ["--iterations", str(iterations), "--compile", "off", "--batch-real", str(batch_real)]
     out = subprocess.run(
         [*cmd, "--json"],
         env=os.environ | {"OMP_NUM_THREADS": str(threads)},
@@ -55,6 +55,10 @@ def main() -> None:
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--chddl", action="store_true", help="DM + CHDDL instead of DM")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--per-class", type=int, default=500, help="training images per class (and 1/5 as many for test)")
+    p.add_argument("--size", type=int, default=32, help="image side in pixels")
+    p.add_argument("--batch-real", type=int, default=256, help="real images per class per step")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = p.parse_args()
     from safetensors.torch import load_file
@@ -62,10 +66,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
         npz = Path(tmp) / "data.npz"
-        n = 10 * 600
-        split = (np.arange(n) // 10 % 6 == 5).astype(np.int64)  # 500 train + 100 test per class
-        images = rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
-        np.savez(npz, images=images, labels=np.arange(n) % 10, split=split)
+        c, per = args.classes, args.per_class
+        n = c * (per + per // 5)
+        split = (np.arange(n) // c % 6 == 5).astype(np.int64)  # per train + per / 5 test per class
+        images = rng.integers(0, 255, (n, args.size, args.size, 3), dtype=np.uint8)
+        np.savez(npz, images=images, labels=np.arange(n) % c, split=split)
+        del images
         base = Path(tmp) / "base"
         subprocess.run(
             [sys.executable, "-m", "chddl_cli", "-q", "-w", str(base), "label", str(npz)], check=True, cwd=ROOT
@@ -78,7 +84,7 @@ def main() -> None:
         ):
             ws = Path(tmp) / name.replace(" ", "_")
             shutil.copytree(base, ws)
-            r = _condense(ws, args.iterations, threads, ranks, args.chddl)
+            r = _condense(ws, args.iterations, threads, ranks, args.chddl, args.batch_real)
             cost = r["cost"]
             runs[name] = {
                 "s_per_iteration": r["metrics"]["s_per_iteration"],
@@ -89,7 +95,13 @@ def main() -> None:
             }
             print(f"{name}: {runs[name]['s_per_iteration']} s/it", file=sys.stderr, flush=True)
     single = runs["1 process x 1 thread"]
-    result = {"iterations": args.iterations, "chddl": args.chddl, "cores": len(os.sched_getaffinity(0)), "runs": {}}
+    result = {
+        "iterations": args.iterations,
+        "chddl": args.chddl,
+        "data": f"{args.classes} classes x {args.per_class} train images at {args.size} px",
+        "cores": len(os.sched_getaffinity(0)),
+        "runs": {},
+    }
     for name, r in runs.items():
         result["runs"][name] = {
             "s_per_iteration": r["s_per_iteration"],

@@ -134,10 +134,12 @@ class Artifact:
     def metrics(self) -> dict[str, Any]:
         return self.meta.get("metrics", {})
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """All tensors, checked against the checksum recorded at write time."""
+    def tensors(self, mapped: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+        """All tensors, checked against the checksum recorded at write time. The tensors named in ``mapped``
+        (on a first read) stay in the file, mapped read-only into memory: only the rows a process indexes
+        are read (under torchrun, each rank's classes of a dataset's images)."""
         if self._tensors is None:
-            self._tensors = _read_tensors(self.path, self.meta)
+            self._tensors = _read_tensors(self.path, self.meta, mapped)
         return self._tensors
 
     def tensor(self, name: str) -> torch.Tensor:
@@ -205,7 +207,41 @@ def file_digest(path: Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def _read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+#: safetensors' dtype names
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _mapped_tensors(file: Path, mapped: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, those named in ``mapped`` as views of a private map of the file
+    (pages are read when touched; writes, if any, stay in this process), the others as copies."""
+    with open(file, "rb") as fh:
+        header_bytes = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(header_bytes))
+    header.pop("__metadata__", None)
+    whole = torch.from_file(str(file), shared=False, size=file.stat().st_size, dtype=torch.uint8)
+    out = {}
+    for name, entry in header.items():
+        begin, end = (8 + header_bytes + o for o in entry["data_offsets"])
+        dtype = _DTYPES[entry["dtype"]]
+        raw = whole[begin:end]
+        if name not in mapped or begin % dtype.itemsize:  # a view needs an aligned start
+            raw = raw.clone()
+        out[name] = raw.view(dtype).reshape(entry["shape"])
+    return out
+
+
+def _read_tensors(path: Path, meta: dict[str, Any], mapped: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     file = path / TENSORS_FILE
     try:
         size, digest = file_digest(file)
@@ -215,6 +251,8 @@ def _read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     if size != expected.get("bytes") or digest != expected.get("blake2b"):
         raise ChddlError(f"artifact {path} is corrupt (tensor checksum mismatch); delete it and re-run with --force")
     try:
+        if mapped:
+            return _mapped_tensors(file, mapped)
         # read from the file (not from a bytes copy of it): the tensors are the only full copy in memory
         return safetensors.torch.load_file(str(file))
     except Exception as exc:  # safetensors raises its own error types

@@ -32,7 +32,7 @@ from stages.methods.sre2l import batch_norms
 from stages.methods.trajectories import ExpertStore
 from stages.models import create_model, embeds, list_models
 from stages.progress import NullProgress, Progress
-from stages.sharding import check_same_settings, check_shardable, class_shard, record_ranks
+from stages.sharding import check_same_settings, check_shardable, class_shard, record_ranks, sum_over_ranks
 from stages.teacher import domain_statistics, load_teacher
 from stages.visual import grid_png, winner_map
 
@@ -95,7 +95,12 @@ def _check_inputs(dataset: Dataset, labels: PseudoLabels | None, cfg: CondenseCo
             )
 
 
-def _initial_images(dataset: Dataset, pool: RealPool, cfg: CondenseConfig, g: torch.Generator) -> torch.Tensor:
+def _initial_images(
+    dataset: Dataset, pool: RealPool, cfg: CondenseConfig, g: torch.Generator, shard: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The starting images, class by class (IPC each). Under torchrun (``shard``: this rank's classes) each
+    rank reads its classes' real images only and the ranks sum their parts (zeros elsewhere): every rank
+    then holds the one-process start."""
     c, size = dataset.num_classes, dataset.size
     if cfg.init == "noise":
         return torch.randn(c * cfg.ipc, 3, size, size, generator=g).to(pool.images.device)
@@ -104,7 +109,12 @@ def _initial_images(dataset: Dataset, pool: RealPool, cfg: CondenseConfig, g: to
         torch.nonzero(labels == k).flatten()[torch.randperm(int((labels == k).sum()), generator=g)[: cfg.ipc]]
         for k in range(c)
     ]
-    return pool.images[torch.cat(picks).to(pool.images.device)].clone()
+    if shard is None:
+        return pool.images[torch.cat(picks).to(pool.images.device)].clone()
+    out = torch.zeros(c * cfg.ipc, 3, size, size, device=pool.images.device)
+    for k in shard.tolist():
+        out[k * cfg.ipc : k * cfg.ipc + len(picks[k])] = pool.images[picks[k].to(pool.images.device)]
+    return sum_over_ranks(out)
 
 
 def run(
@@ -158,9 +168,9 @@ def run(
         with measure() as cost:
             bn_stats: list[Artifact] = []  # the statistics artifact, once _build has asked for it
 
-            def statistics_of(images: torch.Tensor, domains: torch.Tensor) -> list:
+            def statistics_of(images_of: Callable[[], torch.Tensor], domains: torch.Tensor) -> list:
                 selection = {"domains": list(cfg.domains), "exclude_domain": cfg.exclude_domain}
-                art, stats = domain_statistics(teacher, teacher_net, labels, images, domains, selection, workspace)
+                art, stats = domain_statistics(teacher, teacher_net, labels, images_of, domains, selection, workspace)
                 bn_stats.append(art)
                 return stats
 
@@ -391,13 +401,18 @@ def _build(
     device: torch.device,
     store: ExpertStore | None = None,
     teacher: torch.nn.Module | None = None,
-    statistics_of: Callable[[torch.Tensor, torch.Tensor], list] | None = None,
+    statistics_of: Callable[[Callable[[], torch.Tensor], torch.Tensor], list] | None = None,
 ):
     keep = selected_train(dataset, cfg)
     train = dataset.train_indices[keep]
-    pool = RealPool(dataset.real_pool_images(train, device), dataset.labels[train].to(device))
-    # SRe2L + CHDDL's per-domain targets, from the pool's own normalised images (no second copy)
-    domain_stats = statistics_of(pool.images, labels.labels[keep]) if statistics_of is not None else None
+    rank, world = rank_world()
+    shard = class_shard(dataset.num_classes, rank, world) if world > 1 else None  # torchrun: this rank's classes
+    # under torchrun a rank reads (and moves to its device) only its classes' real images
+    own = torch.isin(dataset.labels[train], shard) if shard is not None else None
+    pool = RealPool(dataset.real_pool_images(train, device, own), dataset.labels[train].to(device))
+    # SRe2L + CHDDL's per-domain targets span all classes (the pool's own images when it holds them all)
+    every = (lambda: pool.images) if own is None else (lambda: dataset.real_pool_images(train, device))
+    domain_stats = statistics_of(every, labels.labels[keep]) if statistics_of is not None else None
     factory = lambda: create_model(cfg.arch, dataset.num_classes, dataset.size)  # noqa: E731
     dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
     # Compiling costs 15-30 s once: worth it for DM's and DC's default lengths, not for short runs.
@@ -415,10 +430,8 @@ def _build(
         )
     )
     g0 = iteration_generator(cfg.seed, -1)
-    images = _initial_images(dataset, pool, cfg, g0).requires_grad_(True)
+    images = _initial_images(dataset, pool, cfg, g0, shard).requires_grad_(True)
     syn_labels = torch.arange(dataset.num_classes, device=device).repeat_interleave(cfg.ipc)
-    rank, world = rank_world()
-    shard = class_shard(dataset.num_classes, rank, world) if world > 1 else None  # torchrun: this rank's classes
     if cfg.domain_aware:
         if labels.labels.shape[0] != len(keep):
             raise ChddlError(

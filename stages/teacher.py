@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -222,14 +223,15 @@ def domain_statistics(
     teacher_art: Artifact,
     teacher: nn.Module,
     labels: PseudoLabels,
-    images: torch.Tensor,
+    images_of: Callable[[], torch.Tensor],
     domain_of_images: torch.Tensor,
     selection: dict,
     workspace: Workspace,
 ) -> tuple[Artifact, list[tuple[torch.Tensor, torch.Tensor]]]:
     """The batch-norm input statistics of the real images of each pseudo-domain
     (SRe2L + CHDDL's targets), computed once and cached as an artifact keyed by
-    the teacher, the labels and the image selection they came from."""
+    the teacher, the labels and the image selection they came from. ``images_of()``
+    gives the normalised real images (asked for only when the statistics are computed)."""
     inputs = {"teacher": teacher_art.key, "labels": labels.artifact.key}
     key = artifact_key(STATS_STAGE, selection, inputs, SCHEMA_VERSION)
     name = stage_artifact_name(f"bnstats-D{labels.num_domains}", key)
@@ -237,6 +239,7 @@ def domain_statistics(
         hit = run.hit
         if hit is None:
             with measure() as cost:
+                images = images_of()
                 stats = real_statistics(teacher, images, domain_of_images, labels.num_domains)
             tensors = {f"layer{i}/{k}": t.cpu() for i, (m, v) in enumerate(stats) for k, t in (("mean", m), ("var", v))}
             hit = run.write(
@@ -251,5 +254,5 @@ def domain_statistics(
             )
     t = hit.tensors()
     n = int(hit.info["layers"])
-    device = images.device
+    device = next(teacher.parameters()).device
     return hit, [(t[f"layer{i}/mean"].to(device), t[f"layer{i}/var"].to(device)) for i in range(n)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from stages.artifacts import tensor_fingerprint
@@ -72,3 +73,50 @@ def test_tensor_files_written_in_place_read_back_through_safetensors(tmp_path) -
     assert sorted(back) == sorted(tensors)
     for name, t in tensors.items():
         assert back[name].dtype == t.dtype and back[name].shape == t.shape and torch.equal(back[name], t), name
+
+
+def test_mapped_tensors_read_back_as_the_file_holds_them(workspace) -> None:
+    from stages.artifacts import read_artifact
+
+    tensors = {
+        "images": torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8),
+        "f32": torch.randn(3, 7),
+        "f64": torch.randn(2, dtype=torch.float64),
+        "i64": torch.arange(9),
+        "flag": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(2.5),
+        "half": torch.randn(4).half(),
+    }
+    art = workspace.write(stage="demo", name="m-abc", key="abc", config={}, inputs={}, tensors=tensors, cost={})
+    mapped = read_artifact(art.path, "demo").tensors(mapped=("images", "f32"))
+    assert mapped.keys() == tensors.keys()
+    for name, value in tensors.items():
+        assert mapped[name].dtype == value.dtype and torch.equal(mapped[name], value), name
+
+
+def test_a_datasets_images_stay_in_their_file_until_rows_are_read(workspace) -> None:
+    art, _ = ingest("builtin:demo", build(DatasetConfig, {"size": 16}), workspace)
+    ds = load_dataset(art)
+    file_bytes = (art.path / "tensors.safetensors").stat().st_size
+    assert ds.images.untyped_storage().nbytes() == file_bytes  # a view of the mapped file, not a copy
+    assert torch.equal(ds.images, _images_in_file(art))
+
+
+def _images_in_file(art) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(str(art.path / "tensors.safetensors"))["images"]
+
+
+@pytest.mark.parametrize("zca", [False, True])
+def test_a_rank_pool_yields_its_classes_rows_and_refuses_the_others(workspace, zca) -> None:
+    art, _ = ingest("builtin:demo", build(DatasetConfig, {"size": 16, "zca": zca}), workspace)
+    ds = load_dataset(art)
+    train = ds.train_indices
+    own = torch.isin(ds.labels[train], torch.tensor([1, 4]))
+    whole, part = ds.real_pool_images(train, torch.device("cpu")), ds.real_pool_images(train, torch.device("cpu"), own)
+    mine, other = torch.nonzero(own).flatten(), torch.nonzero(~own).flatten()
+    pick = mine[torch.tensor([3, 0, len(mine) - 1])]
+    assert torch.equal(part[pick], whole[pick])
+    with pytest.raises(IndexError):
+        part[other[:1]]

@@ -95,15 +95,31 @@ class Dataset:
         x = (self.images[idx].to(device).float().div_(255.0) - mean) / std
         return self.zca.apply(x) if self.zca is not None else x
 
-    def real_pool_images(self, idx: torch.Tensor, device: torch.device) -> torch.Tensor | NormalizedRows:
+    def real_pool_images(
+        self, idx: torch.Tensor, device: torch.device, own: torch.Tensor | None = None
+    ) -> torch.Tensor | Rows:
         """Images ``idx`` normalised, for drawing batches from: kept as uint8 and
         normalised per batch (no float copy of the selection; on the CPU no copy at
-        all), except under ZCA, whose whitening is computed once for all."""
+        all), except under ZCA, whose whitening is computed once.
+
+        ``own`` (a mask over ``idx``): only those rows are read, moved and whitened (a torchrun rank's
+        classes); indexing another row raises an index error instead of returning other data."""
+        if own is not None and bool(own.all()):
+            own = None
+        if own is None:
+            if self.zca is not None:
+                return self.normalized(idx, device).contiguous(memory_format=torch.channels_last)
+            if device.type == "cpu":
+                return NormalizedRows(self.images, idx, self.mean, self.std)
+            return NormalizedRows(self.images[idx].to(device), torch.arange(len(idx)), self.mean, self.std)
+        mine = torch.nonzero(own).flatten()
+        rows = torch.full((len(idx),), len(mine), dtype=torch.long)  # one past the end: not this rank's
+        rows[mine] = torch.arange(len(mine))
         if self.zca is not None:
-            return self.normalized(idx, device).contiguous(memory_format=torch.channels_last)
+            return Rows(self.normalized(idx[mine], device).contiguous(memory_format=torch.channels_last), rows)
         if device.type == "cpu":
-            return NormalizedRows(self.images, idx, self.mean, self.std)
-        return NormalizedRows(self.images[idx].to(device), torch.arange(len(idx)), self.mean, self.std)
+            return NormalizedRows(self.images, torch.where(own, idx, len(self.images)), self.mean, self.std)
+        return NormalizedRows(self.images[idx[mine]].to(device), rows, self.mean, self.std)
 
     def displayable(self, images: torch.Tensor) -> torch.Tensor:
         """Images from the normalised space back to [0, 1] RGB for grids."""
@@ -125,7 +141,7 @@ def load_dataset(art: Artifact) -> Dataset:
     """Open a dataset artifact (checksum-verified)."""
     if art.stage != "dataset":
         raise ChddlError(f"{art.path} is a '{art.stage}' artifact, not a dataset")
-    t = art.tensors()
+    t = art.tensors(mapped=("images",))  # rows are read as they are used (a rank reads its classes' only)
     info = art.info
     return Dataset(
         artifact=art,
