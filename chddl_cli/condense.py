@@ -44,7 +44,10 @@ def condensed_table(art: Artifact) -> Table:
         if m.get("continued_from")
         else (f", resumed at iteration {start}" if start else "")
     )
-    table.add_row("iterations", f"{cfg['iterations']} ({m.get('s_per_iteration')} s/iteration{origin})")
+    if m.get("iterations_run") == 0 and "synthesis_s" in m:  # a training-free method
+        table.add_row("iterations", f"none: training-free ({m['synthesis_s']} s)")
+    else:
+        table.add_row("iterations", f"{cfg['iterations']} ({m.get('s_per_iteration')} s/iteration{origin})")
     if m.get("masks"):
         k = m["masks"]
         table.add_row(

@@ -4,6 +4,7 @@ optionally domain-aware (CHDDL)."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable
 
 import safetensors
@@ -186,33 +187,43 @@ def run(
                 cfg.schedule,
                 dataset.num_classes,
             )
-            loop = Loop(
-                base,
-                objective,
-                images,
-                _settings(cfg, base, _image_range(dataset, device)),
-                key,
-                partial,
-                progress,
-                f"condense {tag} ({cfg.iterations} it)",
-            )
-            continues = METHODS.get(cfg.base).continues
-            source = continuable(workspace, cfg, input_names) if continues and not force else None
-            start_from = _final_state(source) if source is not None else None
-            if start_from is not None:
-                progress.note(f"continuing {source.name} from its final iteration {start_from[0]}")
-            start = loop.run(stop_after, start_from)
-            stats = loop.stats(start)
-            if start_from is not None and loop.continued_at == start_from[0]:
-                stats["continued_from"] = source.name
-            if cfg.domain_aware:
-                stats["masks"] = mask_diagnostics(objective.masks.alpha())
-            extras = _mask_extras(objective, images, dataset) if cfg.domain_aware else {}
-            final_state = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in loop.state().items()})
+            set_tensors: dict[str, torch.Tensor] = {}
+            if METHODS.get(cfg.base).synthesizes:  # training-free: no loop, nothing to resume or continue
+                images, set_tensors, stats = _synthesize(base, objective.pool, dataset, cfg, progress)
+                history, earlier_s, final_state, extras = torch.zeros(0, 2), 0.0, None, {}
+            else:
+                loop = Loop(
+                    base,
+                    objective,
+                    images,
+                    _settings(cfg, base, _image_range(dataset, device)),
+                    key,
+                    partial,
+                    progress,
+                    f"condense {tag} ({cfg.iterations} it)",
+                )
+                continues = METHODS.get(cfg.base).continues
+                source = continuable(workspace, cfg, input_names) if continues and not force else None
+                start_from = _final_state(source) if source is not None else None
+                if start_from is not None:
+                    progress.note(f"continuing {source.name} from its final iteration {start_from[0]}")
+                start = loop.run(stop_after, start_from)
+                stats = loop.stats(start)
+                if start_from is not None and loop.continued_at == start_from[0]:
+                    stats["continued_from"] = source.name
+                if cfg.domain_aware:
+                    stats["masks"] = mask_diagnostics(objective.masks.alpha())
+                extras = _mask_extras(objective, images, dataset) if cfg.domain_aware else {}
+                final_state = safetensors.torch.save(
+                    {k: v.detach().cpu().contiguous() for k, v in loop.state().items()}
+                )
+                history, earlier_s = loop.history, loop.earlier_s
         if not record_ranks(cost):  # torchrun: rank 0 writes the artifact
             return None, False
         mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
-        files = {"grid.png": grid_png(dataset.displayable(images), nrow=cfg.ipc), FINAL_STATE: final_state}
+        files = {"grid.png": grid_png(dataset.displayable(images), nrow=cfg.ipc)}
+        if final_state is not None:
+            files[FINAL_STATE] = final_state
         if extras:
             files["extra_domain_masks.safetensors"] = extras["blob"]
             files["extra_domain_views.png"] = extras["views_png"]
@@ -244,16 +255,46 @@ def run(
                 "labels": syn_labels.cpu(),
                 "mean": mean,
                 "std": std,
-                "loss_history": loop.history,
-            },
+                "loss_history": history,
+            }
+            | set_tensors,
             seed=cfg.seed,
             fingerprint=dataset.fingerprint,
             info=info,
             metrics=stats,
-            cost=cost | resumed_cost(cost, loop.earlier_s) | {"s_per_iteration": stats["s_per_iteration"]},
+            cost=cost | resumed_cost(cost, earlier_s) | {"s_per_iteration": stats["s_per_iteration"]},
             files=files,
         )
         return art, False
+
+
+def _synthesize(
+    base, pool: RealPool, dataset: Dataset, cfg: CondenseConfig, progress: Progress
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+    """A training-free method's set (under torchrun each rank makes its classes and the ranks sum the
+    parts), its extra tensors and its metrics."""
+    rank, world = rank_world()
+    classes = class_shard(dataset.num_classes, rank, world) if world > 1 else torch.arange(dataset.num_classes)
+    started = time.monotonic()
+    with progress.task(f"condense {cfg.base}-ipc{cfg.ipc} (training-free)", total=len(classes)) as task:
+        made = base.synthesize(
+            # each class's randomness keyed by the seed and the class alone
+            pool,
+            classes.tolist(),
+            cfg.ipc,
+            lambda c: iteration_generator(cfg.seed, c),
+            lambda: task.advance(1),
+        )
+    images = sum_over_ranks(made.images)
+    tensors = {k: sum_over_ranks(v).cpu() for k, v in made.tensors.items()}
+    stats = {
+        "s_per_iteration": None,
+        "iterations_run": 0,
+        "synthesis_s": round(time.monotonic() - started, 3),
+        "final_loss_cls": round(float(sum_over_ranks(made.loss_sum.detach().clone())) / len(images), 6),
+        "final_loss_dom": 0.0,
+    }
+    return images, tensors, stats
 
 
 def _lineage(cfg: CondenseConfig) -> dict:
@@ -344,12 +385,15 @@ def _teacher(
     if METHODS.get(cfg.base).needs != "teacher":
         return None
     if teacher is None:
-        raise ChddlError("SRe2L needs a teacher; train one with `chddl train-teacher` (or pass --teacher)")
+        raise ChddlError(
+            f"--base {cfg.base} needs a teacher; train one with `chddl train-teacher` (or pass --teacher)"
+        )
     net = load_teacher(teacher, dataset, device)
     if not batch_norms(net):
         raise ChddlError(
-            f"teacher {teacher.name} ({teacher.info.get('arch')}) has no batch norm, which SRe2L matches; train one "
-            "with `chddl train-teacher --arch convnet_bn` (or resnet18_bn)"
+            f"teacher {teacher.name} ({teacher.info.get('arch')}) has no batch norm, which SRe2L matches and "
+            "`chddl train-teacher` gives every teacher; train one with `chddl train-teacher --arch convnet_bn` "
+            "(or resnet18_bn)"
         )
     return net
 

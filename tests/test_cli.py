@@ -167,7 +167,7 @@ def test_condense_without_labels_names_the_command_to_run(tmp_path) -> None:
     "args,message",
     [
         (["condense", "--ipc", "500"], "exceeds the smallest class"),
-        (["condense", "--base", "kip"], "unknown base method 'kip'; valid: dc, dm, mtt, sre2l"),
+        (["condense", "--base", "kip"], "unknown base method 'kip'; valid: dc, dm, mtt, rded, sre2l"),
         (["condense", "--arch", "nope"], "unknown architecture 'nope'; valid: alexnet, convnet"),
         (["condense", "--lam", "nan"], "--lam must be a finite number"),
         (["--device", "cuda", "condense"], "CUDA is not available"),

@@ -70,7 +70,7 @@ def _history(payload: dict) -> torch.Tensor:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("base, tolerance", [("dm", 1e-5), ("dc", 1e-5)])
+@pytest.mark.parametrize("base, tolerance", [("dm", 1e-5), ("dc", 1e-5), ("rded", 0.0)])
 def test_two_ranks_write_the_one_process_set(labelled, tmp_path, base, tolerance) -> None:
     single, multi, one, two = _two_ways(labelled, tmp_path, ["condense", "--base", base, "--iterations", "3", *COMMON])
     assert multi["name"] == single["name"]  # the same cache key whatever the number of processes

@@ -10,7 +10,7 @@ for the second role, the methods never import it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 
 import torch
@@ -44,6 +44,17 @@ class RealPool:
         rank = torch.arange(len(order)) - starts[sorted_groups]
         keep = rank < per_group
         return order[keep], sorted_groups[keep]
+
+
+@dataclass
+class Synthesized:
+    """A training-free method's set: the images (N, C, H, W; zeros in the rows of classes it did not make),
+    any tensors to store with them (zeros likewise), and the sum over its images of a per-image loss that
+    says how well they fit their class (reported as the set's final class loss)."""
+
+    images: torch.Tensor
+    loss_sum: torch.Tensor
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -182,6 +193,9 @@ class MethodSpec:
     shares_real_pass: bool = False
     #: a longer run may continue from a finished shorter one of the same settings
     continues: bool = True
+    #: training-free: the method's ``synthesize(pool, classes, ipc, generator_of, progress_step)`` makes the set
+    #: (no optimisation loop; the loop's settings, placeholders, go in ``ignores``)
+    synthesizes: bool = False
     #: ``--compile auto`` compiles the real-image forward from this many iterations on (None: never)
     compile_from: int | None = None
     #: the images' optimiser: SGD with momentum (False) or Adam with these betas and a cosine decay (True)
