@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -182,3 +183,27 @@ def test_two_ranks_train_a_data_parallel_teacher_as_good_as_one_process(labelled
     assert multi["cost"]["world_size"] == 2 and len(multi["cost"]["per_rank"]) == 2
     assert abs(multi["metrics"]["test_acc"] - single["metrics"]["test_acc"]) <= 10.0
     assert multi["metrics"]["test_acc"] > 100 / 6 + 20  # well above chance (6 classes)
+
+
+@pytest.mark.slow
+def test_ranks_started_with_different_settings_are_refused_with_nothing_written(labelled, tmp_path) -> None:
+    ws = _copy(labelled, tmp_path / "ws")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    jobs = []
+    for rank, ipc in ((0, "2"), (1, "3")):  # as two hand-started ranks whose commands differ
+        env = ENV | {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
+        cmd = [sys.executable, "-m", "chddl_cli", "-q", "-w", str(ws), "condense", "--base", "dm", "--ipc", ipc]
+        cmd += ["--no-domain-aware", "--iterations", "1", "--compile", "off"]
+        jobs.append(
+            subprocess.Popen(
+                cmd, env=env | {"MASTER_PORT": str(port)}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        )
+    errors = [job.communicate(timeout=300)[1].decode() for job in jobs]
+    assert all(job.returncode != 0 for job in jobs)
+    for err in errors:
+        assert "error: the torchrun ranks were started with different settings" in err
+        assert "Traceback" not in err
+    assert not list((ws / "artifacts").glob("condensed-*"))
