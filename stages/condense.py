@@ -277,14 +277,9 @@ def _synthesize(
     classes = class_shard(dataset.num_classes, rank, world) if world > 1 else torch.arange(dataset.num_classes)
     started = time.monotonic()
     with progress.task(f"condense {cfg.base}-ipc{cfg.ipc} (training-free)", total=len(classes)) as task:
-        made = base.synthesize(
-            # each class's randomness keyed by the seed and the class alone
-            pool,
-            classes.tolist(),
-            cfg.ipc,
-            lambda c: iteration_generator(cfg.seed, c),
-            lambda: task.advance(1),
-        )
+        # each class's randomness is keyed by the seed and the class alone
+        generator_of = lambda c: iteration_generator(cfg.seed, c)  # noqa: E731
+        made = base.synthesize(pool, classes.tolist(), cfg.ipc, generator_of, lambda: task.advance(1))
     images = sum_over_ranks(made.images)
     tensors = {k: sum_over_ranks(v).cpu() for k, v in made.tensors.items()}
     stats = {
@@ -385,9 +380,7 @@ def _teacher(
     if METHODS.get(cfg.base).needs != "teacher":
         return None
     if teacher is None:
-        raise ChddlError(
-            f"--base {cfg.base} needs a teacher; train one with `chddl train-teacher` (or pass --teacher)"
-        )
+        raise ChddlError(f"--base {cfg.base} needs a teacher; train one with `chddl train-teacher` (or pass --teacher)")
     net = load_teacher(teacher, dataset, device)
     if not batch_norms(net):
         raise ChddlError(
