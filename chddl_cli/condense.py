@@ -26,6 +26,7 @@ from stages.condense_config import help_section
 from stages.device import init_distributed
 from stages.executor import rank_world
 from stages.methods import METHODS
+from stages.report.inventory import training_free
 
 
 def condensed_table(art: Artifact) -> Table:
@@ -34,8 +35,8 @@ def condensed_table(art: Artifact) -> Table:
     table.add_row(
         "method",
         f"{cfg['base'].upper()}{' + CHDDL' if cfg['domain_aware'] else ''} "
-        f"({info.get('arch', cfg['arch'])}{', teacher ' + info['teacher'] if info.get('teacher') else ''}, "
-        f"init {cfg['init']})",
+        f"({info.get('arch', cfg['arch'])}{', teacher ' + info['teacher'] if info.get('teacher') else ''}"
+        f"{'' if training_free(art) else ', init ' + cfg['init']})",
     )
     table.add_row("images", f"{info['ipc']} per class x {info['num_classes']} classes, {info['image_size']} px")
     start = m.get("resumed_from") or 0
@@ -44,7 +45,7 @@ def condensed_table(art: Artifact) -> Table:
         if m.get("continued_from")
         else (f", resumed at iteration {start}" if start else "")
     )
-    if m.get("iterations_run") == 0 and "synthesis_s" in m:  # a training-free method
+    if training_free(art):
         table.add_row("iterations", f"none: training-free ({m['synthesis_s']} s)")
     else:
         table.add_row("iterations", f"{cfg['iterations']} ({m.get('s_per_iteration')} s/iteration{origin})")

@@ -37,6 +37,12 @@ def method_name(cond: Artifact) -> str:
     return f"{cond.config['base']}{'+chddl' if cond.config.get('domain_aware') else ''}"
 
 
+def training_free(cond: Artifact) -> bool:
+    """The set was made without an optimisation loop (RDED): no initialisation, iterations or loss curve."""
+    base = cond.config.get("base")
+    return base in METHODS.names() and METHODS.get(base).synthesizes
+
+
 def chddl_settings(cond: Artifact, ws: Workspace) -> str:
     """The CHDDL settings of a condensed set in one line ("-" for a base set):
     the pseudo-domain labels, then the objective's options."""
@@ -137,8 +143,8 @@ def condensed_section(arts: list[Artifact], ws: Workspace) -> Section:
                 a.name,
                 method_name(a).upper(),
                 str(c["ipc"]),
-                c["init"],
-                str(c["iterations"]),
+                "-" if training_free(a) else c["init"],
+                "-" if training_free(a) else str(c["iterations"]),
                 str(c.get("seed")),
                 chddl_settings(a, ws),
                 f"{m['s_per_iteration']:.3g}" if m.get("s_per_iteration") is not None else "-",
@@ -161,12 +167,13 @@ def condensed_section(arts: list[Artifact], ws: Workspace) -> Section:
                     _views_grid(a),
                 )
             )
-        s.figures.append(
-            (
-                f"{a.name}: loss curves",
-                figures.loss_curves(a.tensor("loss_history").numpy(), bool(c.get("domain_aware")), a.name),
+        if not training_free(a):
+            s.figures.append(
+                (
+                    f"{a.name}: loss curves",
+                    figures.loss_curves(a.tensor("loss_history").numpy(), bool(c.get("domain_aware")), a.name),
+                )
             )
-        )
     return s
 
 
