@@ -43,13 +43,14 @@ def _reference_functions():
     torch.Tensor.cuda = lambda self, *a, **k: self  # the reference moves tensors to CUDA: stay on the CPU
     argv, cwd = sys.argv, os.getcwd()
     sys.path.insert(0, str(REFERENCE))
-    try:
-        sys.argv = ["rded"]
-        os.chdir(tempfile.mkdtemp())
-        from synthesize import utils  # noqa: PLC0415
-    finally:
-        sys.argv = argv
-        os.chdir(cwd)
+    with tempfile.TemporaryDirectory() as scratch:  # the folders its import makes go with it
+        try:
+            sys.argv = ["rded"]
+            os.chdir(scratch)
+            from synthesize import utils  # noqa: PLC0415
+        finally:
+            sys.argv = argv
+            os.chdir(cwd)
     return utils.MultiRandomCrop, utils.selector, utils.mix_images
 
 
