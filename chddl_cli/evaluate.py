@@ -32,6 +32,8 @@ def results_table(art: Artifact) -> Table:
     soft = ""
     if art.info.get("labels") == "soft":
         soft = f", soft labels of {art.info['teacher']} (T {cfg['temperature']})"
+    elif art.info.get("labels") == "set":
+        soft = f", the set's own soft labels (T {cfg['temperature']})"
     title = (
         f"{art.info['train_set']}{soft}: top-1 % on {art.info['num_test']} test images, {plural(cfg['runs'], 'run')} x "
         f"{plural(cfg['epochs'], 'epoch')}"
@@ -64,9 +66,13 @@ def evaluate(
         typer.Option(
             "--soft-labels",
             help="teacher artifact directory: train on its outputs for each augmented batch (KL at --temperature) "
-            "instead of the hard labels [hard labels]",
+            "instead of the hard labels [the set's own soft labels if it carries them (RDED), else hard labels]",
         ),
     ] = None,
+    hard_labels: Annotated[
+        bool,
+        typer.Option("--hard-labels", help="train on the hard labels even when the set carries soft labels"),
+    ] = False,
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML preset (path or shipped name)")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="dataset artifact directory [the set's dataset]")] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute even when a cached artifact exists")] = False,
@@ -84,6 +90,7 @@ def evaluate(
         baseline=baseline,
         ipc=ipc,
         soft_labels=soft_labels,
+        hard_labels=hard_labels,
         preset=config,
         force=force,
         **settings,

@@ -260,6 +260,7 @@ def evaluate(
     baseline: str | None = None,
     ipc: int = 10,
     soft_labels: str | Path | None = None,
+    hard_labels: bool = False,
     preset: str | Path | None = None,
     device: str | torch.device = "auto",
     force: bool = False,
@@ -271,7 +272,9 @@ def evaluate(
     latest) or on a baseline (``baseline="random"`` with ``ipc`` images per
     class, or ``"whole"``), and test them on the real test split. With
     ``soft_labels`` (a teacher artifact) the networks learn the teacher's
-    outputs on each augmented batch instead of the hard labels."""
+    outputs on each augmented batch instead of the hard labels; without it a
+    set that carries soft labels (RDED) is trained on those, unless
+    ``hard_labels``."""
     ws = open_workspace(workspace)
     cfg = build(evaluate_stage.EvaluateConfig, *_values(preset, "evaluate", default_seed, overrides))
     if baseline is not None:
@@ -289,7 +292,15 @@ def evaluate(
     if teacher_art is not None:
         used["teacher"] = teacher_art
     art, hit = evaluate_stage.run(
-        train_set, ds, cfg, ws, teacher=teacher_art, device=_device(device), force=force, progress=progress
+        train_set,
+        ds,
+        cfg,
+        ws,
+        teacher=teacher_art,
+        hard_labels=hard_labels,
+        device=_device(device),
+        force=force,
+        progress=progress,
     )
     return Result(art, hit, used)
 

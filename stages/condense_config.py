@@ -44,7 +44,9 @@ class _Condense:
 
     base: str = option("dm", _base_help())
     ipc: int = option(10, "synthetic images per class")
-    domain_aware: bool = option(True, "add the CHDDL domain-aware module")
+    domain_aware: bool | None = option(
+        None, "add the CHDDL domain-aware module [on; off for the methods it does not apply to: rded]"
+    )
     iterations: int | None = option(None, "outer iterations [dm 20000, dc 1000, mtt 5000, sre2l 1000]")
     lam: float | None = option(None, "weight lambda of the domain loss [dm, dc 0.1; mtt 0.01; sre2l 1]")
     tau: float = option(0.1, "softmax temperature of the domain masks")
@@ -87,7 +89,11 @@ class _Condense:
         "dm, summed schedule: one real forward pass serves both losses "
         "(class-stratified draw re-weighted per domain; augmentation siamese per class)",
     )
-    init: str = option("noise", "synthetic image init: noise (Gaussian, the paper) or real (random real images)")
+    init: str | None = option(
+        None,
+        "synthetic image init: noise (Gaussian, the paper) or real (random real images; datm: ones its experts "
+        "classify correctly) [noise; real for datm]",
+    )
     arch: str = option("convnet", "network architecture used for matching: " + ", ".join(ARCHITECTURES.names()))
     lr_img: float | None = option(
         None, "learning rate of the synthetic images [dm 1.0, dc 0.1, mtt 1000, sre2l 0.25 (Adam, cosine)]"
@@ -113,6 +119,13 @@ class _Condense:
     )
     checkpoint_minutes: float = option(5.0, "then checkpoint whenever this many minutes passed since the last one")
     log_every: int = option(10, "iterations between progress updates and NaN checks")
+
+    def __post_init__(self) -> None:
+        # Settings whose default depends on the base method (CHDDL is on unless it does not apply); an
+        # explicit value always wins. Filled at construction, so every reader sees the value the key holds.
+        for name, fallback in (("domain_aware", True), ("init", "noise")):
+            if getattr(self, name) is None and self.base in METHODS:
+                setattr(self, name, METHODS.get(self.base).defaults.get(name, fallback))
 
     def validate(self) -> None:
         require(self.base in METHODS, f"unknown base method '{self.base}'; valid: {', '.join(METHODS.names())}")
@@ -242,7 +255,7 @@ DOMAIN_AWARE_FIELDS = (
 def help_section(field: str) -> str | None:
     """The section of ``condense --help`` that lists setting ``field`` (None: the general one)."""
     for name in METHODS.names():
-        if field in METHODS.get(name).options:
+        if field in METHODS.get(name).own_options:
             return f"{METHODS.get(name).title or name.upper()} options (--base {name})"
     if field in DOMAIN_AWARE_FIELDS:
         return "CHDDL options (--domain-aware)"

@@ -21,11 +21,15 @@ from stages.methods.checkpoint import load_checkpoint, save_checkpoint
 from stages.models import ARCHITECTURES, create_model
 from stages.progress import NullProgress, Progress
 from stages.teacher import load_teacher
-from stages.training import SoftLabels, accuracy, group_accuracy, predict, train_networks
+from stages.training import SoftLabels, StoredSoftLabels, accuracy, group_accuracy, predict, train_networks
 
 STAGE = "evaluation"
 SCHEMA_VERSION = 1
 BASELINES = ("random", "whole")
+
+
+#: the softmax temperature of soft labels when neither the command nor the set gives one (SRe2L's)
+DEFAULT_T = 4.0
 
 
 @dataclass
@@ -43,8 +47,10 @@ class EvaluateConfig:
     dsa_strategy: str = option(DEFAULT_STRATEGY, "DSA families, joined by _")
     seed: int = option(0, "seed of the first run (run r uses seed * 1000 + r)")
     target_domain: str | None = option(None, "score only the test images of this true domain")
-    temperature: float = option(
-        4.0, "with soft labels (--soft-labels TEACHER): softmax temperature of teacher and student (loss x T^2)"
+    temperature: float | None = option(
+        None,
+        "with soft labels: softmax temperature of the labels and the student (loss x T^2) "
+        "[the set's own (DATM: 1), else 4]",
     )
     parallel: int = option(
         1,
@@ -65,8 +71,9 @@ class EvaluateConfig:
         require(self.lr is None or self.lr > 0, "--lr must be positive")
         require(self.batch_size >= 1, "--batch-size must be at least 1")
         require(self.parallel >= 1, f"--parallel must be at least 1, got {self.parallel}")
-        require_finite("--temperature", self.temperature)
-        require(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
+        if self.temperature is not None:
+            require_finite("--temperature", self.temperature)
+            require(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
         DSA(self.dsa_strategy)
 
 
@@ -81,6 +88,24 @@ class TrainingSet:
     key: str
     kind: str  # condensed | random | whole
     ipc: int = 0  # images per class; 0 for the whole training split
+    soft_labels: torch.Tensor | None = None  # (N, num_classes) logits the set carries, if any
+    soft_label_temperature: float | None = None  # the temperature its method trains on them with, if it says
+
+
+def carried_soft_labels(art: Artifact) -> torch.Tensor | None:
+    """The soft labels a condensed set carries, as (N, num_classes) logits, or None.
+
+    A set stores them as ``soft_labels``, or (RDED) as ``region_logits`` (N, R, num_classes), the
+    teacher's logits on each of an image's R stitched regions: one region gives its logits, several
+    the log of their mean class probabilities (the label of the whole image)."""
+    if art.has_tensor("soft_labels"):
+        return art.tensor("soft_labels").float()
+    if art.has_tensor("region_logits"):
+        regions = art.tensor("region_logits").float()
+        if regions.shape[1] == 1:
+            return regions[:, 0]
+        return torch.log_softmax(regions, dim=-1).exp().mean(dim=1).log()
+    return None
 
 
 def from_condensed(art: Artifact, dataset: Dataset) -> TrainingSet:
@@ -104,6 +129,8 @@ def from_condensed(art: Artifact, dataset: Dataset) -> TrainingSet:
         art.key,
         "condensed",
         int(art.info["ipc"]),
+        carried_soft_labels(art),
+        art.info.get("soft_label_temperature"),
     )
 
 
@@ -199,6 +226,19 @@ def _finished_runs(partial: Path, key: str, acc: np.ndarray, per_domain: np.ndar
     return int((~np.isnan(acc)).sum())
 
 
+def _checked_soft_labels(train_set: TrainingSet, num_classes: int) -> torch.Tensor:
+    logits = train_set.soft_labels
+    if logits is None or tuple(logits.shape) != (len(train_set.labels), num_classes):
+        shape = None if logits is None else tuple(logits.shape)
+        raise ChddlError(
+            f"{train_set.name} carries soft labels of shape {shape}, not ({len(train_set.labels)}, {num_classes}); "
+            "condense it again, or pass --hard-labels"
+        )
+    if not torch.isfinite(logits).all():
+        raise ChddlError(f"{train_set.name} carries non-finite soft labels; condense it again, or pass --hard-labels")
+    return logits
+
+
 def run(
     train_set: TrainingSet,
     dataset: Dataset,
@@ -206,6 +246,7 @@ def run(
     workspace: Workspace,
     *,
     teacher: Artifact | None = None,
+    hard_labels: bool = False,
     device: torch.device = torch.device("cpu"),
     force: bool = False,
     progress: Progress = NullProgress(),
@@ -215,9 +256,11 @@ def run(
 
     With ``teacher`` (a ``teacher`` artifact of the same dataset) the networks
     learn the teacher's softened outputs on each augmented batch (soft
-    labels, SRe2L / FKD style) instead of the hard labels; the artifact
-    records which (``info.labels``), and the report compares each set with
-    the random real baseline of its own protocol.
+    labels, SRe2L / FKD style) instead of the hard labels. Without a teacher,
+    a set that carries soft labels (``train_set.soft_labels``: RDED's region
+    labels) is trained on them, unless ``hard_labels``. The artifact records
+    which (``info.labels``: hard, soft (a teacher) or set), and the report
+    compares each set with the random real baseline of its own protocol.
 
     Every finished training is checkpointed, so an interrupted evaluation
     resumes with the runs it had not finished (same key). Under torchrun the
@@ -236,18 +279,29 @@ def run(
         raise ChddlError(
             f"the test split has classes the training set lacks: {', '.join(dataset.class_names[c] for c in missing)}"
         )
-    soft = SoftLabels(load_teacher(teacher, dataset, device), cfg.temperature) if teacher is not None else None
-    resolved = to_dict(cfg) | {"lr": lr}
-    if soft is None:
+    if teacher is not None and hard_labels:
+        raise ChddlError("--soft-labels and --hard-labels exclude each other; pass one of them")
+    mode = "soft" if teacher is not None else "set" if train_set.soft_labels is not None and not hard_labels else "hard"
+    soft: SoftLabels | StoredSoftLabels | None = None
+    own_t = train_set.soft_label_temperature if mode == "set" else None
+    temperature = cfg.temperature if cfg.temperature is not None else own_t if own_t is not None else DEFAULT_T
+    if mode == "soft":
+        soft = SoftLabels(load_teacher(teacher, dataset, device), temperature)
+    elif mode == "set":
+        soft = StoredSoftLabels(_checked_soft_labels(train_set, dataset.num_classes).to(device), temperature)
+    resolved = to_dict(cfg) | {"lr": lr, "temperature": temperature}
+    if mode == "hard":
         resolved.pop("temperature")  # hard labels: the keys of evaluations made before soft labels existed
+    elif mode == "set":
+        resolved["labels"] = "set"
     key = artifact_key(
         STAGE,
         {k: v for k, v in resolved.items() if k != "parallel"},
-        {"train": train_set.key, "dataset": dataset.artifact.key} | ({"teacher": teacher.key} if soft else {}),
+        {"train": train_set.key, "dataset": dataset.artifact.key} | ({"teacher": teacher.key} if teacher else {}),
         SCHEMA_VERSION,
     )
     trained_on = train_set.name.rsplit("-", 1)[0] if train_set.kind == "condensed" else train_set.name
-    protocol = "-soft" if soft else ""
+    protocol = {"hard": "", "soft": "-soft", "set": "-setlabels"}[mode]
     name = stage_artifact_name(f"eval-{trained_on.removeprefix('condensed-')}-{'_'.join(cfg.archs)}{protocol}", key)
     with stage_run(workspace, STAGE, name, key, SCHEMA_VERSION, force=force, shared=True) as run:
         if run.hit is not None:
@@ -329,14 +383,14 @@ def run(
             "domain_names": dataset.domain_names,
             "device": str(device),
             "resumed_runs": resumed,
-            "labels": "soft" if soft else "hard",
-            "teacher": teacher.name if soft else None,
-            "teacher_test_acc": teacher.metrics.get("test_acc") if soft else None,
+            "labels": mode,
+            "teacher": teacher.name if teacher else None,
+            "teacher_test_acc": teacher.metrics.get("test_acc") if teacher else None,
         }
         art = run.write(
             config=resolved,
             inputs={"train": train_set.name, "dataset": dataset.artifact.name}
-            | ({"teacher": teacher.name} if soft else {}),
+            | ({"teacher": teacher.name} if teacher else {}),
             tensors={"accuracy": torch.from_numpy(acc), "per_domain_accuracy": torch.from_numpy(per_domain)},
             seed=cfg.seed,
             fingerprint=dataset.fingerprint,

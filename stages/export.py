@@ -6,14 +6,21 @@
 - ``npz``: ``images`` (N, H, W, 3 uint8, as the PNGs), ``labels``,
   ``class_names``, and ``normalized`` (N, 3, H, W float32: the tensors the
   set was optimised as, to be fed to a network as they are) with ``mean``,
-  ``std`` and ``zca``;
+  ``std`` and ``zca``; ``soft_labels`` (N, classes float32 logits) when the
+  set carries soft labels (RDED);
 - ``ddranking``: DD-Ranking's layout, ``images.pt`` (the normalised
-  tensors), ``labels.pt`` and, for MTT, ``lr.pt`` (the learned learning
-  rate its evaluator trains with), written with ``torch.save`` because that
-  is what DD-Ranking loads; chddl itself never loads them.
+  tensors), ``labels.pt``, ``soft_labels.pt`` (the logits, when the set
+  carries soft labels) and, for MTT, ``lr.pt`` (the learned learning rate
+  its evaluator trains with), written with ``torch.save`` because that is
+  what DD-Ranking loads; chddl itself never loads them. For a dataset
+  DD-Ranking knows (``stages.ddranking``: CIFAR-10/100, Tiny ImageNet),
+  ``images.pt`` is normalised with DD-Ranking's statistics for it, the
+  ones its real images get; otherwise (and for ZCA-whitened sets) it holds
+  chddl's tensors.
 
 Every format also gets ``chddl_export.yaml``: which set, which
-normalisation, the evaluation learning rate, and the files the export wrote.
+normalisation (``ddranking`` also: which statistics ``images.pt`` carries),
+the evaluation learning rate, the soft labels, and the files the export wrote.
 
 An export only ever replaces an earlier export: a folder holding
 ``chddl_export.yaml`` and nothing but the files it lists. It refuses the
@@ -32,7 +39,9 @@ import yaml
 
 from stages.artifacts import Artifact
 from stages.data.dataset import Dataset
+from stages.ddranking import STATISTICS, known_dataset, renormalised
 from stages.errors import ChddlError
+from stages.evaluate import carried_soft_labels
 from stages.methods import METHODS
 from stages.outputs import refuse_unsafe, write_swapped
 
@@ -60,9 +69,37 @@ def displayable(art: Artifact, dataset: Dataset | None = None) -> torch.Tensor:
     return (images * std + mean).clamp(0, 1)
 
 
+def _ddranking_images(art: Artifact, dataset: Dataset | None, names: list[str]) -> tuple[torch.Tensor, dict]:
+    """``images.pt``'s tensors for DD-Ranking, and what they are (for ``chddl_export.yaml``)."""
+    images = art.tensor("images").float()
+    if art.info.get("normalization", {}).get("zca"):
+        return images.clone(), {
+            "dataset": None,
+            "images": "chddl's ZCA-whitened tensors: DD-Ranking's use_zca fits its own whitening on the real "
+            "data, so compare with care",
+        }
+    source = dataset.artifact.info.get("format") if dataset is not None else None
+    known = known_dataset(names, int(images.shape[-1]), source)
+    if known is None:
+        return images.clone(), {
+            "dataset": None,
+            "images": "normalised with this dataset's own mean and std (normalization above): DD-Ranking does not "
+            "know this dataset as chddl holds it",
+        }
+    mean, std = STATISTICS[known]
+    return renormalised(images, art.tensor("mean"), art.tensor("std"), known), {
+        "dataset": known,
+        "images": f"normalised with DD-Ranking's statistics for {known} (mean {list(mean)}, std {list(std)}), "
+        "as DD-Ranking normalises its real images",
+        "mean": list(mean),
+        "std": list(std),
+    }
+
+
 def _write(art: Artifact, dataset: Dataset | None, fmt: str, folder: Path) -> None:
     labels = art.tensor("labels")
     names = list(art.info.get("class_names") or [str(i) for i in range(int(labels.max()) + 1)])
+    soft = carried_soft_labels(art)
     if fmt == "imagefolder":
         from PIL import Image
 
@@ -81,10 +118,14 @@ def _write(art: Artifact, dataset: Dataset | None, fmt: str, folder: Path) -> No
             mean=art.tensor("mean").numpy(),
             std=art.tensor("std").numpy(),
             zca=np.array(bool(art.info.get("normalization", {}).get("zca"))),
+            **({"soft_labels": soft.numpy()} if soft is not None else {}),
         )
     else:
-        torch.save(art.tensor("images").float().clone(), folder / "images.pt")
+        images, ddranking = _ddranking_images(art, dataset, names)
+        torch.save(images, folder / "images.pt")
         torch.save(labels.clone(), folder / "labels.pt")
+        if soft is not None:
+            torch.save(soft.clone(), folder / "soft_labels.pt")
         base = art.config.get("base")
         if base in METHODS and METHODS.get(base).learned_eval_lr:
             torch.save(torch.tensor(float(art.info["eval_lr"])), folder / "lr.pt")
@@ -97,6 +138,11 @@ def _write(art: Artifact, dataset: Dataset | None, fmt: str, folder: Path) -> No
         "class_names": names,
         "eval_lr": art.info.get("eval_lr"),
         "normalization": art.info.get("normalization"),
+        "soft_labels": None
+        if soft is None
+        else "(N, classes) logits the set carries (RDED: the teacher's on each image; DATM: learned), "
+        + ("soft_labels.pt" if fmt == "ddranking" else "in condensed.npz" if fmt == "npz" else "not exported"),
+        **({"ddranking": ddranking} if fmt == "ddranking" else {}),
         "files": files,
     }
     (folder / EXPORT_META).write_text(yaml.safe_dump(meta, sort_keys=False))

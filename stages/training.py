@@ -36,11 +36,25 @@ class SoftLabels:
     teacher: nn.Module
     temperature: float
 
-    def loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Distillation loss of the student's ``logits`` on the augmented batch ``x`` (images ``rows``)."""
         self.teacher.eval()
         with torch.no_grad():
             target = self.teacher(x)
         return distillation_loss(logits, target, self.temperature)
+
+
+@dataclass
+class StoredSoftLabels:
+    """Train on soft labels stored with the set, one row of logits per image
+    (RDED's region labels, learned labels), whatever the augmentation."""
+
+    logits: torch.Tensor
+    temperature: float
+
+    def loss(self, logits: torch.Tensor, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Distillation loss of the student's ``logits`` against the stored logits of the images ``rows``."""
+        return distillation_loss(logits, self.logits[rows], self.temperature)
 
 
 def _epoch_lr(lr: float, epoch: int, epochs: int, decay: bool) -> float:
@@ -62,7 +76,7 @@ def train_network(
     g: torch.Generator,
     decay: bool = True,
     on_epoch: Callable[[int, torch.optim.Optimizer], None] | None = None,
-    soft: SoftLabels | None = None,
+    soft: SoftLabels | StoredSoftLabels | None = None,
     start_epoch: int = 0,
     optimizer_state: dict[int, dict] | None = None,
     data_parallel: bool = False,
@@ -103,7 +117,7 @@ def train_network(
             if dsa is not None:
                 x = dsa.apply(x, params)
             logits = model(x)
-            loss = F.cross_entropy(logits, labels[idx]) if soft is None else soft.loss(logits, x)
+            loss = F.cross_entropy(logits, labels[idx]) if soft is None else soft.loss(logits, x, idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -129,7 +143,7 @@ def train_networks(
     dsa: DSA | None,
     gens: list[torch.Generator],
     decay: bool = True,
-    soft: SoftLabels | None = None,
+    soft: SoftLabels | StoredSoftLabels | None = None,
 ) -> None:
     """Train several networks of one architecture at once (torch.func.vmap
     over their stacked parameters). Network m draws its batches and
@@ -170,7 +184,7 @@ def train_networks(
             group["lr"] = _epoch_lr(lr, epoch, epochs, decay)
         orders = [torch.randperm(n, generator=g).to(images.device) for g in gens]
         for start in range(0, n, batch_size):
-            xs, ys = [], []
+            xs, ys, rows = [], [], []
             for order, g in zip(orders, gens):
                 idx = order[start : start + batch_size]
                 x = images[idx]
@@ -178,13 +192,14 @@ def train_networks(
                     x = dsa.apply(x, dsa.sample(len(idx), size, g, one_family=True))
                 xs.append(x)
                 ys.append(labels[idx])
+                rows.append(idx)
             stacked = torch.stack(xs)
             logits = batched(params, buffers, stacked)
             # the sum over networks of each one's mean loss: each slice gets its own gradient
             if soft is None:
                 loss = F.cross_entropy(logits.flatten(0, 1), torch.stack(ys).flatten()) * m
             else:
-                loss = soft.loss(logits.flatten(0, 1), stacked.flatten(0, 1)) * m
+                loss = soft.loss(logits.flatten(0, 1), stacked.flatten(0, 1), torch.cat(rows)) * m
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

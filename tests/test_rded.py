@@ -112,7 +112,7 @@ def test_a_classs_images_do_not_depend_on_the_other_classes(data, workspace) -> 
 
 
 def test_chddl_with_rded_is_refused_saying_why(data, workspace) -> None:
-    with pytest.raises(ChddlError, match="CHDDL does not apply to --base rded.*--no-domain-aware"):
+    with pytest.raises(ChddlError, match="CHDDL does not apply to --base rded.*leave out --domain-aware"):
         build(CondenseConfig, {"base": "rded", "domain_aware": True})
 
 

@@ -47,7 +47,7 @@ def _validate(cfg) -> None:
     require(
         not cfg.domain_aware,
         "CHDDL does not apply to --base rded: RDED optimises nothing, so there is no domain loss to add; "
-        "pass --no-domain-aware",
+        "leave out --domain-aware",
     )
 
 
@@ -194,7 +194,7 @@ METHODS.register("rded")(
         summary="training-free: a teacher's most realistic real crops, stitched (needs chddl train-teacher)",
         build=_build,
         # nothing is optimised: the loop's settings are placeholders, left out of the set's key
-        defaults={"iterations": 1, "lr_img": 1.0, "dsa": False, "lam": 1.0},
+        defaults={"iterations": 1, "lr_img": 1.0, "dsa": False, "lam": 1.0, "domain_aware": False},
         theta_prime=("shared",),
         theta_prime_why="RDED has no domain loss",
         options_class=RDEDOptions,

@@ -20,7 +20,10 @@ def metric_cell(m: dict | None) -> str:
 
 
 def label_protocol(e: Artifact) -> str:
-    """How an evaluation's networks were labelled: ``hard``, or ``soft`` with its teacher and temperature."""
+    """How an evaluation's networks were labelled: ``hard``, ``soft`` with its teacher and temperature, or the
+    set's own soft labels with their temperature."""
+    if e.info.get("labels") == "set":
+        return f"the set's soft labels (T {e.config.get('temperature')})"
     if e.info.get("labels") != "soft":
         return "hard"
     return f"soft ({e.info.get('teacher')}, T {e.config.get('temperature')})"
