@@ -218,6 +218,7 @@ def run(
                     {k: v.detach().cpu().contiguous() for k, v in loop.state().items()}
                 )
                 history, earlier_s = loop.history, loop.earlier_s
+                set_tensors = {k: v.detach().cpu() for k, v in base.set_tensors().items()}
         if not record_ranks(cost):  # torchrun: rank 0 writes the artifact
             return None, False
         mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
@@ -247,6 +248,8 @@ def run(
             "device": str(device),
             "train_images_used": int(selected_train(dataset, cfg).sum()),
         }
+        if METHODS.get(cfg.base).soft_label_temperature is not None:
+            info["soft_label_temperature"] = METHODS.get(cfg.base).soft_label_temperature
         art = run.write(
             config=to_dict(cfg),
             inputs=input_names,
@@ -338,7 +341,10 @@ def _expert_store(
     if METHODS.get(cfg.base).needs != "experts":
         return None
     if experts is None:
-        raise ChddlError("MTT needs expert trajectories; create them with `chddl pretrain-experts` (or pass --experts)")
+        raise ChddlError(
+            f"--base {cfg.base} needs expert trajectories; create them with `chddl pretrain-experts` "
+            "(or pass --experts)"
+        )
     if experts.meta.get("fingerprint") != dataset.fingerprint:
         raise ChddlError(f"experts {experts.name} were trained on another dataset than {dataset.artifact.name}")
     store = ExpertStore(experts)
@@ -467,8 +473,9 @@ def _build(
         )
     )
     g0 = iteration_generator(cfg.seed, -1)
-    images = _initial_images(dataset, pool, cfg, g0, shard).requires_grad_(True)
     syn_labels = torch.arange(dataset.num_classes, device=device).repeat_interleave(cfg.ipc)
+    images = base.initial_images(_initial_images(dataset, pool, cfg, g0, shard), pool, syn_labels, g0)
+    images = images.requires_grad_(True)
     if cfg.domain_aware:
         if labels.labels.shape[0] != len(keep):
             raise ChddlError(

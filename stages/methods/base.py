@@ -108,8 +108,25 @@ class BaseMethod(ABC):
 
     def extra_parameter_groups(self) -> list[dict]:
         """Learnable tensors the method owns besides the images (MTT's synthetic
-        lr): ``{"name", "params", "lr"}`` each, optimised with SGD, momentum 0.5."""
+        lr): ``{"name", "params", "lr"}`` each, optimised with SGD at the images'
+        momentum, or at the group's own ``"momentum"`` when it has one."""
         return []
+
+    def initial_images(
+        self, images: torch.Tensor, pool: RealPool, syn_labels: torch.Tensor, g: torch.Generator
+    ) -> torch.Tensor:
+        """The synthetic images to start from, given those ``--init`` made (DATM keeps real images its
+        experts classify correctly); called once, before the loop (a resumed run then restores its state)."""
+        return images
+
+    def accept_update(self) -> bool:
+        """Whether to apply the update whose gradients were just computed (DATM skips the iterations whose
+        matching loss is above its threshold); every parameter group is left as it was when not."""
+        return True
+
+    def set_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors to store with the finished set besides its images (DATM's learned soft labels)."""
+        return {}
 
     def joint_loss(
         self,
@@ -166,11 +183,12 @@ class MethodSpec:
     """A base method as the rest of chddl sees it, declared once beside its code and registered in
     :data:`METHODS`: no stage, command, export or report branches on a method's name.
 
-    ``options`` are the ``CondenseConfig`` fields only this method reads (they leave other methods' cache
-    keys); ``ignores`` the general fields it does not read (they leave its own). ``theta_prime`` lists the
-    Theta' choices CHDDL may use with it, the default first; ``theta_prime_why`` says why the others are
-    refused. ``defaults`` fills the settings left unset: ``iterations``, ``lr_img``, ``dsa``, ``lam``, and
-    optionally ``nan_retries`` (0) and ``mask_optimizer`` (sgd)."""
+    ``options`` are the ``CondenseConfig`` fields this method reads beyond the general ones (they leave the
+    cache keys of the methods that do not read them); ``ignores`` the general fields it does not read (they
+    leave its own). ``theta_prime`` lists the Theta' choices CHDDL may use with it, the default first;
+    ``theta_prime_why`` says why the others are refused. ``defaults`` fills the settings left unset:
+    ``iterations``, ``lr_img``, ``dsa``, ``lam``, and optionally ``nan_retries`` (0), ``mask_optimizer``
+    (sgd), ``domain_aware`` (True) and ``init`` (noise)."""
 
     name: str
     summary: str
@@ -182,6 +200,9 @@ class MethodSpec:
     #: a dataclass of the method's own settings (``stages.config.option`` fields, help prefixed with the
     #: method's name): they become ``CondenseConfig`` fields, YAML keys and ``condense`` options
     options_class: type | None = None
+    #: another method's options dataclass whose settings this method reads too (DATM: MTT's); they stay in
+    #: this method's cache key and are listed under that method's section of ``--help``
+    shares_options: type | None = None
     ignores: tuple[str, ...] = ()
     #: an upstream artifact the method reads: "experts" (chddl pretrain-experts) or "teacher" (train-teacher)
     needs: str | None = None
@@ -189,6 +210,9 @@ class MethodSpec:
     needs_embedding: bool = False
     #: the set carries the learning rate it is evaluated with (exported as DD-Ranking's lr.pt)
     learned_eval_lr: bool = False
+    #: the softmax temperature the method's own evaluation trains on the soft labels its sets carry with
+    #: (``evaluate``'s default for them; None: evaluate's own default)
+    soft_label_temperature: float | None = None
     #: under the summed schedule the domain loss reuses the class loss's real forward pass (``share_real``)
     shares_real_pass: bool = False
     #: a longer run may continue from a finished shorter one of the same settings
@@ -212,9 +236,15 @@ class MethodSpec:
         return self.build(ctx)
 
     @property
-    def options(self) -> tuple[str, ...]:
-        """The names of the method's own settings."""
+    def own_options(self) -> tuple[str, ...]:
+        """The names of the settings the method declares itself."""
         return tuple(f.name for f in fields(self.options_class)) if self.options_class is not None else ()
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The names of the settings the method reads beyond the general ones (its own, and those it shares)."""
+        classes = [c for c in (self.options_class, self.shares_options) if c is not None]
+        return tuple(f.name for c in classes for f in fields(c))
 
     @property
     def theta_prime_default(self) -> str:

@@ -63,8 +63,12 @@ class Loop:
         self.groups: dict[str, list[torch.Tensor]] = {"images": [images]}
         if objective.extra_parameters():
             self.groups["masks"] = objective.extra_parameters()
+        self.momentum: dict[str, float] = {}
         for group in base.extra_parameter_groups():
             self.groups[group["name"]] = group["params"]
+            if "momentum" in group:
+                self.momentum[group["name"]] = group["momentum"]
+        self.skipped = 0  # updates the method declined (BaseMethod.accept_update)
         self.opts = {n: self._optimizer(n, p) for n, p in self.groups.items()}
         self.base_lr = {n: s.lr[n] for n in s.cosine_groups if n in self.groups}
         self.history = torch.zeros(s.iterations, 2)
@@ -78,7 +82,7 @@ class Loop:
         if name in self.s.adam_groups:
             betas = self.s.image_betas if name == "images" else (0.9, 0.999)
             return torch.optim.Adam(params, lr=self.s.lr[name], betas=betas)
-        return torch.optim.SGD(params, lr=self.s.lr[name], momentum=self.s.momentum)
+        return torch.optim.SGD(params, lr=self.s.lr[name], momentum=self.momentum.get(name, self.s.momentum))
 
     # -- state ---------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
@@ -124,6 +128,9 @@ class Loop:
 
     # -- one update ----------------------------------------------------------
     def _apply(self, names: list[str]) -> None:
+        if not self.base.accept_update():
+            self.skipped += 1
+            return
         sum_gradients([p for n in names for p in self.groups[n]])  # torchrun: each rank computed its classes' part
         if self.s.clip_grad is not None and self.images.grad is not None:
             torch.nn.utils.clip_grad_norm_([self.images], self.s.clip_grad)
@@ -355,4 +362,4 @@ class Loop:
             "resumed_from": start,
             "rollbacks": self.rollbacks,
             "final_lr": self.learning_rates(),
-        }
+        } | ({"updates_skipped": self.skipped} if self.skipped else {})

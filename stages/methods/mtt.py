@@ -84,7 +84,7 @@ class MTT(BaseMethod):
         return [{"name": "syn_lr", "params": [self.syn_lr], "lr": self.lr_lr}]
 
     def loss(self, role: str, batch: MatchBatch, pool: RealPool, g: torch.Generator) -> torch.Tensor:
-        syn, labels, expert_set, steps = batch.syn, batch.syn_labels, "class", self.syn_steps
+        syn, labels, expert_set, steps = batch.syn, self.targets(batch), "class", self.syn_steps
         if role == "domain":
             steps = self.domain_syn_steps
             d = int(torch.randint(batch.num_groups, (1,), generator=g)) if batch.focus is None else batch.focus
@@ -92,9 +92,18 @@ class MTT(BaseMethod):
             syn, labels = syn[chosen], labels[chosen]
             expert_set = "class" if self.shared_theta else f"domain{d}"
         k = int(torch.randint(self.store.num_experts, (1,), generator=g))
-        start = int(torch.randint(self.max_start_epoch, (1,), generator=g))
+        start = self.start_epoch(g)
         theta0, target = self.store.pair(expert_set, k, start, start + self.expert_epochs, self.device)
         return self.unroll(syn, labels, theta0, target, g, steps)
+
+    def targets(self, batch: MatchBatch) -> torch.Tensor:
+        """What the student's cross-entropy trains each row of ``batch.syn`` towards: its class (DATM: the
+        learned soft label of its image)."""
+        return batch.syn_labels
+
+    def start_epoch(self, g: torch.Generator) -> int:
+        """The expert epoch the student starts from: uniform in [0, max_start_epoch)."""
+        return int(torch.randint(self.max_start_epoch, (1,), generator=g))
 
     def _student_step(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         # The loss is differentiated twice (create_graph); of the attention kernels only the math one has a
@@ -114,7 +123,8 @@ class MTT(BaseMethod):
         g: torch.Generator,
         steps: int | None = None,
     ) -> torch.Tensor:
-        """The normalised parameter distance after ``steps`` (default ``syn_steps``) student steps."""
+        """The normalised parameter distance after ``steps`` (default ``syn_steps``) student steps;
+        ``labels`` are classes (N,) or class probabilities (N, classes)."""
         theta = theta0.clone().requires_grad_(True)
         batch = self.batch_syn or len(syn)
         chunks: list[torch.Tensor] = []
@@ -166,26 +176,36 @@ def _validate(cfg) -> None:
     require(cfg.syn_lr > 0 and cfg.min_syn_lr > 0, "--syn-lr must be positive")
 
 
-def _build(ctx: MethodContext) -> MTT:
+def arguments(ctx: MethodContext) -> dict:
+    """MTT's constructor arguments from the stage's context (DATM builds on them)."""
     if ctx.store is None:
         raise ValueError("MTT needs an ExpertStore")
     c = ctx.cfg
-    return MTT(
-        ctx.net_factory,
-        ctx.device,
-        ctx.dsa,
-        ctx.store,
-        c.syn_steps,
-        c.expert_epochs,
-        c.max_start_epoch,
-        c.syn_lr,
-        c.lr_lr,
-        c.batch_syn,
-        c.min_syn_lr,
-        c.checkpoint_student,
-        c.domain_syn_steps,
-        c.theta_prime == "shared",
-    )
+    return {
+        "net_factory": ctx.net_factory,
+        "device": ctx.device,
+        "dsa": ctx.dsa,
+        "store": ctx.store,
+        "syn_steps": c.syn_steps,
+        "expert_epochs": c.expert_epochs,
+        "max_start_epoch": c.max_start_epoch,
+        "syn_lr": c.syn_lr,
+        "lr_lr": c.lr_lr,
+        "batch_syn": c.batch_syn,
+        "min_syn_lr": c.min_syn_lr,
+        "checkpoint_student": c.checkpoint_student,
+        "domain_syn_steps": c.domain_syn_steps,
+        "shared_theta": c.theta_prime == "shared",
+    }
+
+
+def validate(cfg) -> None:
+    """MTT's checks of its settings (DATM's too)."""
+    _validate(cfg)
+
+
+def _build(ctx: MethodContext) -> MTT:
+    return MTT(**arguments(ctx))
 
 
 METHODS.register("mtt")(
