@@ -167,7 +167,7 @@ def test_condense_without_labels_names_the_command_to_run(tmp_path) -> None:
     "args,message",
     [
         (["condense", "--ipc", "500"], "exceeds the smallest class"),
-        (["condense", "--base", "kip"], "unknown base method 'kip'; valid: dc, dm, mtt, rded, sre2l"),
+        (["condense", "--base", "kip"], "unknown base method 'kip'; valid: datm, dc, dm, mtt, rded, sre2l"),
         (["condense", "--arch", "nope"], "unknown architecture 'nope'; valid: alexnet, convnet"),
         (["condense", "--lam", "nan"], "--lam must be a finite number"),
         (["--device", "cuda", "condense"], "CUDA is not available"),
@@ -345,7 +345,7 @@ def test_condense_help_lists_each_methods_options_in_its_own_section() -> None:
     for name in METHODS.names():
         spec = METHODS.get(name)
         title = f"{spec.title or name.upper()} options (--base {name})"
-        for field in spec.options:
+        for field in spec.own_options:
             assert f"--{field.replace('_', '-')} " in by_title[title], (name, field)
     assert "--tau " in by_title["CHDDL options (--domain-aware)"]
     assert "--syn-steps" not in by_title["Options"]
