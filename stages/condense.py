@@ -215,7 +215,7 @@ def run(
                     stats["masks"] = mask_diagnostics(objective.masks.alpha())
                 extras = _mask_extras(objective, images, dataset) if cfg.domain_aware else {}
                 final_state = safetensors.torch.save(
-                    {k: v.detach().cpu().contiguous() for k, v in loop.state().items()}
+                    {k: v.detach().cpu().contiguous() for k, v in loop.state(copy=False).items()}
                 )
                 history, earlier_s = loop.history, loop.earlier_s
                 set_tensors = {k: v.detach().cpu() for k, v in base.set_tensors().items()}

@@ -57,22 +57,29 @@ class DomainMasks(nn.Module):
         self.tau = tau
         self.shape = shape
 
-    def logits(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """z at the image's resolution, (M, D, Cz, H, W); of the images ``rows`` only when given."""
-        z, (h, w) = (self.z if rows is None else self.z[rows]), self.shape[1:]
+    def logits(self, rows: torch.Tensor | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
+        """z at the image's resolution, (M, D, Cz, H, W); of the images ``rows`` only when given, or of the
+        mask tensor ``z`` given (a slice of this module's)."""
+        z = (self.z if rows is None else self.z[rows]) if z is None else z
+        h, w = self.shape[1:]
         if z.shape[-2:] == (h, w):
             return z
         up = F.interpolate(z.flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False)
         return up.view(*z.shape[:3], h, w)
 
-    def alpha(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """(M, D, C, H, W) per-pixel domain weights, summing to 1 over D (of the images ``rows`` when given)."""
-        a = torch.softmax(self.logits(rows) / self.tau, dim=1)
+    def alpha(self, rows: torch.Tensor | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
+        """(M, D, C, H, W) per-pixel domain weights, summing to 1 over D (of the images ``rows`` when given,
+        or of the masks ``z``)."""
+        a = torch.softmax(self.logits(rows, z) / self.tau, dim=1)
         return a.expand(-1, -1, self.shape[0], -1, -1)
 
     def views(self, images: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(M, D, C, H, W) domain views of (M, C, H, W) images (of the images ``rows`` when given)."""
         return (images if rows is None else images[rows]).unsqueeze(1) * self.alpha(rows)
+
+    def views_from(self, images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """(M, D, C, H, W) domain views of ``images`` under the masks ``z`` (the same images' slice of z)."""
+        return images.unsqueeze(1) * self.alpha(z=z)
 
 
 def mask_diagnostics(alpha: torch.Tensor) -> dict:
@@ -93,7 +100,8 @@ def mask_diagnostics(alpha: torch.Tensor) -> dict:
     same = torch.cat(
         [(win[..., 1:, :] == win[..., :-1, :]).flatten(1), (win[..., :, 1:] == win[..., :, :-1]).flatten(1)], 1
     )
-    share = F.one_hot(win.flatten(1), d).float().mean(dim=1)  # (M, D)
+    flat = win.flatten(1)
+    share = torch.stack([(flat == k).float().mean(dim=1) for k in range(d)], dim=1)  # (M, D), one domain at a time
     return {
         "mean_max_alpha": round(float(top2[:, 0].mean()), 4),
         "neighbour_agreement": round(float(same.float().mean()), 4),
@@ -270,10 +278,19 @@ class DomainAwareObjective(ClassObjective):
             *self.pool.draw(self.class_of_pool, self.num_classes, self.batch_real, g), images
         )
         idx, groups = class_batch.real_index, class_batch.real_groups
-        views, labels, domains = self._flat_views(images, self.rows)
-        domain_batch = MatchBatch(
-            idx, self.domain_of_pool[idx], views, labels, domains, self.num_domains, spread=self.classes is not None
-        )
+        if self.base.lazy_views and self.rows is None:
+            # the base embeds the views chunk by chunk from the images and masks (MatchBatch.masks)
+            m, d = len(images), self.num_domains
+            labels = self.syn_labels.repeat_interleave(d)
+            domains = torch.arange(d, device=images.device).repeat(m)
+            domain_batch = MatchBatch(
+                idx, self.domain_of_pool[idx], images, labels, domains, self.num_domains, masks=self.masks
+            )
+        else:
+            views, labels, domains = self._flat_views(images, self.rows)
+            domain_batch = MatchBatch(
+                idx, self.domain_of_pool[idx], views, labels, domains, self.num_domains, spread=self.classes is not None
+            )
         joint = self.base.joint_loss(class_batch, domain_batch, self.pool, self.class_weight[groups], g)
         return joint if joint is not None else super().losses(images, g)
 

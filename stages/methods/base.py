@@ -76,6 +76,10 @@ class MatchBatch:
     #: real images); a method that accepts it (``sums_statistics``) sums its group statistics over the ranks and
     #: returns this rank's share of the loss (stages.sharding)
     spread: bool = False
+    #: when set (a ``DomainMasks``, only for a method with ``lazy_views``), the synthetic rows are the D domain
+    #: views of the images ``syn`` under these masks, image-major (M x D rows): the method makes them itself,
+    #: chunk by chunk, instead of receiving them all at once
+    masks: Any = None
 
 
 class BaseMethod(ABC):
@@ -90,6 +94,8 @@ class BaseMethod(ABC):
     #: classes summed over the torchrun ranks (DM's group means, SRe2L's batch-norm statistics), so CHDDL's
     #: domain loss, and a class loss that does not split by class, can be split across processes
     sums_statistics: bool = False
+    #: whether ``joint_loss`` accepts a domain batch whose views it makes itself (``MatchBatch.masks``)
+    lazy_views: bool = False
 
     @abstractmethod
     def new_round(self, round_index: int, roles: tuple[str, ...], g: torch.Generator) -> None:

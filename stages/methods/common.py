@@ -56,6 +56,7 @@ def augmented_pair(
 #: real images per forward pass of a no-grad embedding: the activations of 256 images at a time instead of the
 #: whole draw (10 classes x 256 real: 1.3 GB per ConvNet layer at 32 px) cut peak memory ~3x at the same speed
 REAL_CHUNK = 128
+GROUP_BLOCK = 1024  # rows of embeddings turned into float64 at once by group_means
 
 
 @torch.no_grad()
@@ -118,6 +119,64 @@ def embed_with_recompute(
     )
 
 
+class _SlicedRecompute(torch.autograd.Function):
+    """Rows made chunk by chunk from slices ``[a, b)`` of leaf tensors (dim 0), keeping nothing for the
+    backward pass but the leaves: there each chunk is made again from its slices and differentiated with
+    respect to them alone, its gradient written into that slice of a gradient of the leaf's size (no
+    gradient of the whole leaf per chunk, as indexing or slicing inside autograd would create)."""
+
+    @staticmethod
+    def forward(ctx, make: Callable, bounds: list[tuple[int, int]], *leaves: torch.Tensor) -> torch.Tensor:
+        ctx.make, ctx.bounds = make, bounds
+        ctx.save_for_backward(*leaves)
+        with torch.no_grad():
+            return torch.cat([make(a, b, *(leaf[a:b] for leaf in leaves)) for a, b in bounds])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        leaves, needs = ctx.saved_tensors, ctx.needs_input_grad[2:]
+        grads = [torch.zeros_like(leaf) if need else None for leaf, need in zip(leaves, needs)]
+        start = 0
+        for a, b in ctx.bounds:
+            parts = [leaf[a:b].detach().requires_grad_(need) for leaf, need in zip(leaves, needs)]
+            with torch.enable_grad():
+                out = ctx.make(a, b, *parts)
+            wanted = [p for p, need in zip(parts, needs) if need]
+            if wanted:
+                got = iter(torch.autograd.grad(out, wanted, grad[start : start + len(out)]))
+                for g, need in zip(grads, needs):
+                    if need:
+                        g[a:b] = next(got)
+            start += len(out)
+        return (None, None, *grads)
+
+
+def embed_views_with_recompute(
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    masks,
+    chunk: int = REAL_CHUNK,
+    augment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    first_row: int = 0,
+) -> torch.Tensor:
+    """``net.embed`` of the D domain views of ``images`` under ``masks`` (a ``DomainMasks``), image-major
+    (M x D rows), with gradients for the images and the masks, computed about ``chunk`` views at a time from
+    the images' and masks' slices: neither the views nor the masks' softmax of all images are ever held (at
+    200 classes x IPC 10 x 64 px with D = 4, each is 0.4 GB), nor any activation. ``augment(part, rows)``
+    takes the views' rows counted from ``first_row``."""
+    d = masks.z.shape[1]
+    per = max(1, chunk // d)
+
+    def make(a: int, b: int, imgs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        views = masks.views_from(imgs, z).flatten(0, 1)
+        if augment is not None:
+            views = augment(views, torch.arange(first_row + a * d, first_row + b * d))
+        return net.embed(views.contiguous(memory_format=torch.channels_last))
+
+    bounds = [(a, min(a + per, len(images))) for a in range(0, len(images), per)]
+    return _SlicedRecompute.apply(make, bounds, images, masks.z)
+
+
 def real_images(pool: RealPool, batch: MatchBatch) -> torch.Tensor:
     return pool.images[to_device(batch.real_index, pool.images.device)]
 
@@ -136,8 +195,10 @@ def group_means(
     the float32 mean, so a mean over rows split across ranks is the one-process mean, bit for bit."""
     groups = groups.to(x.device)
     w = torch.ones(len(x), device=x.device, dtype=x.dtype) if weights is None else weights.to(x.device, x.dtype)
-    rows = (x * w.unsqueeze(1)).double()
-    sums = torch.zeros(num_groups, x.shape[1], device=x.device, dtype=torch.float64).index_add(0, groups, rows)
+    sums = torch.zeros(num_groups, x.shape[1], device=x.device, dtype=torch.float64)
+    # added in order, a block of rows at a time: the float64 copy of one block at once, in both passes
+    for part, g, wp in zip(x.split(GROUP_BLOCK), groups.split(GROUP_BLOCK), w.split(GROUP_BLOCK)):
+        sums = sums.index_add(0, g, (part * wp.unsqueeze(1)).double())
     totals = torch.zeros(num_groups, device=x.device, dtype=torch.float64).index_add(0, groups, w.double())
     sums, totals = global_sum(sums, spread), global_sum(totals, spread)
     return (sums / totals.clamp(min=1e-12).unsqueeze(1)).to(x.dtype), totals > 0

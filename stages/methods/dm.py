@@ -21,6 +21,7 @@ from stages.methods.common import (
     NetFactory,
     RoleNets,
     embed_real,
+    embed_views_with_recompute,
     embed_with_recompute,
     mean_distance,
 )
@@ -29,6 +30,7 @@ from stages.methods.common import (
 class DM(BaseMethod):
     default_lambda = 0.1
     sums_statistics = True
+    lazy_views = True
 
     def __init__(
         self, net_factory: NetFactory, device: torch.device, dsa: DSA | None, compile_embed: bool = False
@@ -70,18 +72,24 @@ class DM(BaseMethod):
         # share one transform.
         net = self.nets["class"]
         n_syn = len(class_batch.syn)
-        syn_all = torch.cat([class_batch.syn, domain_batch.syn])
         syn_classes = torch.cat([class_batch.syn_labels, domain_batch.syn_labels]).cpu()
         real_params = augment = None
         if self.dsa is not None:
-            params = self.dsa.sample(class_batch.num_groups, tuple(syn_all.shape[-2:]), g)
+            params = self.dsa.sample(class_batch.num_groups, tuple(class_batch.syn.shape[-2:]), g)
             real_params, augment = params.index(class_batch.real_groups), self._augment(params.index(syn_classes))
         real_emb = embed_real(self._embed, net, pool, class_batch.real_index, self.dsa, real_params)
         # the views and their augmentation are recomputed chunk by chunk in the backward pass, not kept
-        syn_emb = embed_with_recompute(net, syn_all, augment=augment)
+        if domain_batch.masks is not None:  # the views made here, chunk by chunk, from the images and masks
+            syn_emb = embed_with_recompute(net, class_batch.syn, augment=augment)
+            view_emb = embed_views_with_recompute(
+                net, domain_batch.syn, domain_batch.masks, augment=augment, first_row=n_syn
+            )
+        else:
+            emb = embed_with_recompute(net, torch.cat([class_batch.syn, domain_batch.syn]), augment=augment)
+            syn_emb, view_emb = emb[:n_syn], emb[n_syn:]
         return (
-            mean_distance(real_emb, syn_emb[:n_syn], class_batch),
-            mean_distance(real_emb, syn_emb[n_syn:], domain_batch, real_weights=real_weights),
+            mean_distance(real_emb, syn_emb, class_batch),
+            mean_distance(real_emb, view_emb, domain_batch, real_weights=real_weights),
         )
 
 

@@ -69,6 +69,7 @@ class Loop:
             if "momentum" in group:
                 self.momentum[group["name"]] = group["momentum"]
         self.skipped = 0  # updates the method declined (BaseMethod.accept_update)
+        self.trains_between_steps = type(base).after_step is not BaseMethod.after_step
         self.opts = {n: self._optimizer(n, p) for n, p in self.groups.items()}
         self.base_lr = {n: s.lr[n] for n in s.cosine_groups if n in self.groups}
         self.history = torch.zeros(s.iterations, 2)
@@ -85,7 +86,8 @@ class Loop:
         return torch.optim.SGD(params, lr=self.s.lr[name], momentum=self.momentum.get(name, self.s.momentum))
 
     # -- state ---------------------------------------------------------------
-    def state(self) -> dict[str, torch.Tensor]:
+    def state(self, copy: bool = True) -> dict[str, torch.Tensor]:
+        """Everything a resumed run needs; ``copy=False``: the live tensors themselves (to be written at once)."""
         elapsed = self.earlier_s + time.monotonic() - self._clock
         out = {"history": self.history.clone(), "elapsed_s": torch.tensor(elapsed, dtype=torch.float64)}
         if self.continued_at is not None:  # kept through checkpoints, so a resumed rung still names its source
@@ -96,9 +98,9 @@ class Loop:
             if name in self.base_lr:
                 out[f"base_lr/{name}"] = torch.tensor(self.base_lr[name], dtype=torch.float64)
             for i, p in enumerate(params):
-                out[f"param/{name}/{i}"] = p.detach().clone()
+                out[f"param/{name}/{i}"] = p.detach().clone() if copy else p.detach()
                 for k, v in opt.state.get(p, {}).items():  # SGD: momentum_buffer; Adam: step, exp_avg, exp_avg_sq
-                    out[f"opt/{name}/{i}/{k}"] = torch.as_tensor(v).clone()
+                    out[f"opt/{name}/{i}/{k}"] = torch.as_tensor(v).clone() if copy else torch.as_tensor(v)
         return out
 
     def restore(self, saved: dict[str, torch.Tensor]) -> None:
@@ -295,7 +297,8 @@ class Loop:
                 for step in range(self.base.steps_per_round()):
                     l_cls, l_dom = self.step(g)
                     cls_sum, dom_sum = cls_sum + l_cls, dom_sum + l_dom
-                    self.base.after_step(step, self.objective.training_sets(self.images), g)
+                    if self.trains_between_steps:  # the views of every image, made only for a method that uses them
+                        self.base.after_step(step, self.objective.training_sets(self.images), g)
                 pending.append((it, cls_sum, dom_sum))
                 self.timings.append(time.perf_counter() - t0)
                 it += 1
@@ -339,7 +342,9 @@ class Loop:
                     shown["dom"] = float(self.history[it - 1, 1])
                 task.advance(len(pending), **shown)
                 pending = []
-                self._good = (it, self.state())
+                # a copy, to roll back to or save on interruption; after the last iteration nothing changes the
+                # live tensors any more, so they stand for themselves (no second copy of the masks at the end)
+                self._good = (it, self.state(copy=it < s.iterations))
                 stop = stop_after is not None and it - start >= stop_after
                 minutes = s.first_checkpoint_minutes if self._saved[0] == start else s.checkpoint_minutes
                 # timed checkpoints spaced so that writing them costs at most ~1% of the run
