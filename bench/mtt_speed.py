@@ -10,6 +10,7 @@ student's steps (0: syn_steps, as docs/design.md).
     python bench/mtt_speed.py                   # everything
     python bench/mtt_speed.py --only 10:1:0:0   # ipc:chddl:checkpoint:domain_syn_steps
     python bench/mtt_speed.py --reference .reference --only 10:0:1:0   # side by side with distill.py's loop
+    python bench/mtt_speed.py --base datm --only 10:0:1:0   # DATM's iteration on the same input
 
 With ``--reference DIR`` (GeorgeCazenavette/mtt-distillation fetched there,
 see bench/reference.py) each configuration without CHDDL is also timed with
@@ -72,7 +73,7 @@ def experts_child(tmp: Path) -> dict:
     }
 
 
-def mtt_child(tmp: Path, ipc: int, aware: int, ck: int, dss: int, iterations: int) -> dict:
+def mtt_child(tmp: Path, ipc: int, aware: int, ck: int, dss: int, iterations: int, base: str = "mtt") -> dict:
     from stages.condense import CondenseConfig, run
     from stages.config import build
     from stages.inputs import resolve
@@ -82,7 +83,7 @@ def mtt_child(tmp: Path, ipc: int, aware: int, ck: int, dss: int, iterations: in
     cfg = build(
         CondenseConfig,
         {
-            "base": "mtt",
+            "base": base,
             "ipc": ipc,
             "domain_aware": bool(aware),
             "iterations": iterations,
@@ -114,13 +115,16 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, help="folder with the reference repositories (bench/reference.py)")
     parser.add_argument("--rounds", type=int, default=1, help="with --reference: ours / reference alternations")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the table")
+    parser.add_argument(
+        "--base", default="mtt", choices=["mtt", "datm"], help="datm: DATM's iteration (the reference stays MTT's)"
+    )
     args = parser.parse_args()
     if args.child == "experts":
         print(json.dumps(experts_child(Path(args.tmp))))
         return
     if args.child:
         ipc, aware, ck, dss = map(int, args.child.split(":"))
-        print(json.dumps(mtt_child(Path(args.tmp), ipc, aware, ck, dss, args.iterations)))
+        print(json.dumps(mtt_child(Path(args.tmp), ipc, aware, ck, dss, args.iterations, args.base)))
         return
     if any(len(o.split(":")) != 4 or not o.replace(":", "").isdigit() for o in args.only or []):
         parser.error("--only takes ipc:chddl:checkpoint:domain_syn_steps as integers, e.g. 10:1:0:0")
@@ -129,7 +133,8 @@ def main() -> None:
 
         def child(name: str) -> dict:
             out = subprocess.run(
-                [sys.executable, __file__, "--child", name, "--tmp", tmp, "--iterations", str(args.iterations)],
+                [sys.executable, __file__, "--child", name, "--tmp", tmp, "--iterations", str(args.iterations)]
+                + ["--base", args.base],
                 capture_output=True,
                 text=True,
                 cwd=ROOT,
@@ -201,7 +206,7 @@ def main() -> None:
                 else "-"
             )
             name = (
-                f"MTT{'+CHDDL' if aware else ''} IPC {ipc}{' (checkpointed)' if ck else ''}"
+                f"{args.base.upper()}{'+CHDDL' if aware else ''} IPC {ipc}{' (checkpointed)' if ck else ''}"
                 f"{f' (domain student {dss} steps)' if dss else ''}"
             )
             over_cell = f"{over[0]:.2f}x, {over[1]:.2f}x" if over else "-"
@@ -210,6 +215,7 @@ def main() -> None:
             records.append(
                 {
                     "run": name,
+                    "base": args.base,
                     "ipc": ipc,
                     "chddl": bool(aware),
                     "checkpoint_student": bool(ck),
