@@ -186,6 +186,20 @@ def test_an_export_written_before_files_were_listed_is_still_replaceable(sets, t
     assert (export.run(dm, out, "npz", ds, force=True) / "condensed.npz").is_file()
 
 
+def test_a_soft_labels_file_beside_an_export_written_before_files_were_listed_is_not_replaced(sets, tmp_path) -> None:
+    import yaml
+
+    ds, dm, _ = sets
+    out = export.run(dm, tmp_path / "out", "ddranking", ds)
+    meta = yaml.safe_load((out / "chddl_export.yaml").read_text())
+    del meta["files"]  # as written before files were listed, when no export wrote soft_labels.pt
+    (out / "chddl_export.yaml").write_text(yaml.safe_dump(meta))
+    (out / "soft_labels.pt").write_text("the user's own")
+    with pytest.raises(ChddlError, match="not a chddl export"):
+        export.run(dm, out, "ddranking", ds, force=True)
+    assert (out / "soft_labels.pt").read_text() == "the user's own"
+
+
 def test_a_failed_replacement_leaves_the_earlier_export_intact(sets, tmp_path, monkeypatch) -> None:
     ds, dm, _ = sets
     out = export.run(dm, tmp_path / "out", "npz", ds)
