@@ -241,14 +241,16 @@ class DomainAwareObjective(ClassObjective):
     def separable(self) -> bool:
         return not self.share_real or type(self.base).joint_loss is BaseMethod.joint_loss
 
+    def _view_groups(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class labels and pseudo-domains of the flattened views (image-major) of all images, or of ``rows``."""
+        labels = self.syn_labels if rows is None else self.syn_labels[rows]
+        d = self.num_domains
+        return labels.repeat_interleave(d), torch.arange(d, device=labels.device).repeat(len(labels))
+
     def _flat_views(
         self, images: torch.Tensor, rows: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        views = self.masks.views(images, rows)
-        m, d = views.shape[:2]
-        labels = (self.syn_labels if rows is None else self.syn_labels[rows]).repeat_interleave(d)
-        domains = torch.arange(d, device=images.device).repeat(m)
-        return views.flatten(0, 1), labels, domains
+        return self.masks.views(images, rows).flatten(0, 1), *self._view_groups(rows)
 
     def domain_loss(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         views, labels, domains = self._flat_views(images, self.rows)
@@ -280,9 +282,7 @@ class DomainAwareObjective(ClassObjective):
         idx, groups = class_batch.real_index, class_batch.real_groups
         if self.base.lazy_views and self.rows is None:
             # the base embeds the views chunk by chunk from the images and masks (MatchBatch.masks)
-            m, d = len(images), self.num_domains
-            labels = self.syn_labels.repeat_interleave(d)
-            domains = torch.arange(d, device=images.device).repeat(m)
+            labels, domains = self._view_groups()
             domain_batch = MatchBatch(
                 idx, self.domain_of_pool[idx], images, labels, domains, self.num_domains, masks=self.masks
             )

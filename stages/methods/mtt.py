@@ -165,7 +165,8 @@ class MTTOptions:
     min_syn_lr: float = option(1e-6, "mtt: the learned synthetic lr is kept at or above this (positive)")
 
 
-def _validate(cfg) -> None:
+def validate(cfg) -> None:
+    """MTT's checks of its settings (DATM's too)."""
     require_finite("--syn-lr", cfg.syn_lr)
     require_finite("--lr-lr", cfg.lr_lr)
     require(
@@ -199,11 +200,6 @@ def arguments(ctx: MethodContext) -> dict:
     }
 
 
-def validate(cfg) -> None:
-    """MTT's checks of its settings (DATM's too)."""
-    _validate(cfg)
-
-
 def _build(ctx: MethodContext) -> MTT:
     return MTT(**arguments(ctx))
 
@@ -216,7 +212,7 @@ METHODS.register("mtt")(
         defaults={"iterations": 5000, "lr_img": 1000.0, "dsa": True, "lam": 0.01, "nan_retries": 3},
         theta_prime=("own", "shared"),
         options_class=MTTOptions,
-        validate=_validate,
+        validate=validate,
         needs="experts",
         learned_eval_lr=True,
     )
