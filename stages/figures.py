@@ -6,16 +6,24 @@ artist's gid as its group's id), so a page can be checked for what it plots.
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # no display: figures are only ever written to SVG
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
-plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
+@functools.cache
+def _pyplot():
+    """matplotlib's pyplot, set up for SVG output; imported at the first figure (its import costs most of a
+    second at every start of the CLI otherwise)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: figures are only ever written to SVG
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
+    return plt
 
 
 @dataclass
@@ -52,6 +60,7 @@ def _flatten(x):
 
 
 def _svg(fig) -> str:
+    plt = _pyplot()
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
@@ -79,6 +88,7 @@ def tick_labels(svg: str) -> list[str]:
 
 def loss_curves(history: np.ndarray, with_domain: bool, title: str) -> str:
     """Class (and domain) loss per iteration, log scale."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 2.6))
     series = _Series()
     it = np.arange(1, len(history) + 1)
@@ -101,6 +111,7 @@ def point_chart(
     """Horizontal estimates with error bars, one row per point (a forest plot
     when ``reference`` draws the zero line); ``extra`` adds other series
     (e.g. the paper's figures) on the same rows, matched by label."""
+    plt = _pyplot()
     labels = [p.label for p in points]
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.32 * len(points)))
     series = _Series()
@@ -139,6 +150,7 @@ def point_chart(
 def grouped_bars(groups: list[str], bars: dict[str, list[tuple[float, float]]], title: str, ylabel: str) -> str:
     """One group of bars per entry of ``groups`` (e.g. true domains), one
     series per key of ``bars`` (e.g. condensed sets), with error bars."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3))
     series = _Series()
     width = 0.8 / max(1, len(bars))
@@ -162,6 +174,7 @@ def grouped_bars(groups: list[str], bars: dict[str, list[tuple[float, float]]], 
 
 def sweep_lines(name: str, lines: dict[str, list[tuple[float, float, float]]], title: str) -> str:
     """Accuracy against one setting: a line with error bars per family."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 2.8))
     series = _Series()
     for label, pts in lines.items():
@@ -195,6 +208,7 @@ def labelled_grid(
 ) -> str:
     """An image grid (H, W, 3 uint8, equal cells) with a label per row and per column, and an optional
     ``legend`` of (name, RGB in [0, 1]) swatches (e.g. which colour is which domain in a winner map)."""
+    plt = _pyplot()
     height, width = image.shape[:2]
     fig, ax = plt.subplots(figsize=(min(10, 1.2 + width / 60), min(12, 0.4 + height / 60)))
     ax.imshow(image, interpolation="nearest")

@@ -1,5 +1,7 @@
 """Cross-architecture evaluation networks, adapted to 32/64 px inputs as the
-reference code adapts them, built from torchvision's blocks where they fit.
+reference code adapts them, built from torchvision's blocks where they fit
+(those in ``stages.models.torchvision_nets``, imported when one is built:
+importing torchvision's models costs a second or two at every start).
 
 Every network has ``embed(x)``, its penultimate features (the input of the
 last linear layer), so that DM and CHDDL's feature statistics can use it."""
@@ -8,8 +10,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet
-from torchvision.models.vision_transformer import VisionTransformer
 
 from stages.models.registry import ARCHITECTURES
 
@@ -72,35 +72,6 @@ class VGG11(nn.Module):
         return self.classifier(self.embed(x))
 
 
-class SmallResNet(ResNet):
-    """torchvision's ResNet with a 3x3 stride-1 stem and no max-pool (small images), plus ``embed``."""
-
-    def __init__(self, num_classes: int, channels: int, norm_layer: type[nn.Module] | None = None) -> None:
-        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, norm_layer=norm_layer)
-        self.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
-        self.maxpool = nn.Identity()
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.avgpool(x), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.embed(x))
-
-
-class SmallViT(VisionTransformer):
-    """torchvision's ViT plus ``embed``: the class token after the encoder."""
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._process_input(x)
-        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
-        return self.encoder(x)[:, 0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.heads(self.embed(x))
-
-
 @ARCHITECTURES.register("alexnet")
 def alexnet(num_classes: int, image_size: int, channels: int = 3) -> nn.Module:
     """AlexNet for small images (reference adaptation)."""
@@ -116,16 +87,22 @@ def vgg11(num_classes: int, image_size: int, channels: int = 3) -> nn.Module:
 @ARCHITECTURES.register("resnet18")
 def resnet18(num_classes: int, image_size: int, channels: int = 3) -> nn.Module:
     """torchvision's ResNet18 with a 3x3 stride-1 stem, no max-pool and instance norm."""
+    from stages.models.torchvision_nets import SmallResNet
+
     return SmallResNet(num_classes, channels, norm_layer=instance_norm)
 
 
 @ARCHITECTURES.register("resnet18_bn")
 def resnet18_bn(num_classes: int, image_size: int, channels: int = 3) -> nn.Module:
     """torchvision's ResNet18 with batch norm, a 3x3 stride-1 stem and no max-pool (SRe2L's small-image teacher)."""
+    from stages.models.torchvision_nets import SmallResNet
+
     return SmallResNet(num_classes, channels)
 
 
 def _vit(num_classes: int, image_size: int, dim: int, heads: int) -> nn.Module:
+    from stages.models.torchvision_nets import SmallViT
+
     patch = 4 if image_size <= 32 else 8  # 64 tokens at 32 and at 64 px
     return SmallViT(
         image_size=image_size,
