@@ -5,7 +5,7 @@ images (5,000 training images), MTT with syn_steps 50 and expert_epochs 2,
 IPC 1 and 10, with and without CHDDL (D = 4), with and without
 checkpointing of the student steps. Each MTT configuration runs in its own
 process, so its peak RSS is its own. The fourth field sets the domain
-student's steps (0: syn_steps, as docs/design.md).
+student's steps (0: the default, ceil(syn_steps / D); 50 for the earlier default).
 
     python bench/mtt_speed.py                   # everything
     python bench/mtt_speed.py --only 10:1:0:0   # ipc:chddl:checkpoint:domain_syn_steps

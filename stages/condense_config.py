@@ -231,6 +231,9 @@ class _Condense:
         others = {k for name in METHODS.names() if name != self.base for k in METHODS.get(name).options}
         for k in (others - set(spec.options)) | set(spec.ignores):
             out.pop(k, None)
+        if "domain_syn_steps" in out and out["domain_syn_steps"] is None and self.theta_prime != "shared":
+            # the default changed from syn_steps to ceil(syn_steps / D): sets made before keep keys of their own
+            out["domain_syn_steps"] = "ceil(syn_steps/D)"
         return out
 
 

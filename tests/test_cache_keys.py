@@ -21,7 +21,7 @@ PINNED = [
     ({"base": "dc", "theta_prime": "shared", "ipc": 1}, "f834e297325d"),
     (
         {"base": "mtt", "ipc": 1, "syn_steps": 10, "expert_epochs": 2, "max_start_epoch": 10, "lr_img": 10000},
-        "b9c15d067dcd",
+        "3c490b821602",  # was b9c15d067dcd: MTT + CHDDL's domain student now defaults to ceil(syn_steps / D) steps
     ),
     ({"base": "mtt", "domain_aware": False, "checkpoint_student": False}, "a25db2536a11"),
     ({"base": "mtt", "theta_prime": "shared", "domain_syn_steps": 5}, "f875b84b0173"),

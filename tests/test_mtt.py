@@ -10,6 +10,7 @@ import pytest
 import safetensors
 import torch
 
+from stages.artifacts import artifact_key
 from stages.condense import CondenseConfig, _build, _expert_store
 from stages.condense import run as condense_run
 from stages.config import build
@@ -400,3 +401,41 @@ def test_mtt_differentiates_through_a_vision_transformer_student(data, workspace
     )
     art, _ = condense_run(ds, labels, cfg, workspace, experts=store)
     assert torch.isfinite(art.tensor("images")).all()
+
+
+@pytest.mark.parametrize(
+    "given, theta_prime, expected",
+    [(None, "own", 3), (5, "own", 5), (None, "shared", 5)],  # D = 2: ceil(5 / 2) = 3 from a domain expert
+)
+def test_the_domain_student_takes_ceil_syn_steps_over_d_steps_unless_told(
+    data, experts, monkeypatch, given, theta_prime, expected
+):
+    ds, labels = data
+    cfg = build(
+        CondenseConfig, TINY_MTT, {"syn_steps": 5, "domain_syn_steps": given, "theta_prime": theta_prime}
+    ).resolved()
+    base, objective, images, _, _ = _build(
+        ds, labels, cfg, torch.device("cpu"), _expert_store(experts, ds, labels, cfg)
+    )
+    lengths = []
+    real_unroll = base.unroll
+
+    def unroll(syn, labels, theta0, target, g, steps=None):
+        lengths.append(steps or base.syn_steps)  # unroll takes `steps or syn_steps` student steps
+        return real_unroll(syn, labels, theta0, target, g, steps)
+
+    monkeypatch.setattr(base, "unroll", unroll)
+    objective.losses(images, torch.Generator().manual_seed(0))
+    assert lengths == [5, expected]  # the class student, then the domain student
+    assert base.run_stats()["domain_syn_steps"] == expected
+
+
+def test_the_default_domain_student_has_a_cache_key_of_its_own() -> None:
+    # sets made when the default was syn_steps (the key then held null) are not served for the new default
+    def key(given: int | None) -> str:
+        cfg = build(CondenseConfig, {"base": "mtt", "syn_steps": 8, "domain_syn_steps": given}).resolved()
+        return artifact_key("condensed", cfg.key_fields(), {}, 1)
+
+    fields = build(CondenseConfig, {"base": "mtt", "syn_steps": 8}).resolved().key_fields()
+    assert fields["domain_syn_steps"] == "ceil(syn_steps/D)"
+    assert len({key(None), key(8), key(2)}) == 3

@@ -11,8 +11,11 @@ the backward pass instead of stored: identical gradients; at IPC 10 with 50
 steps the peak falls from 16.1 to 1.9 GB for 12% more time. For CHDDL's
 domain loss, the student starts from a domain expert of a random
 pseudo-domain d and trains on the domain-d views (Theta' = the domain
-experts, docs/design.md 1.3); with ``shared_theta`` it starts from a class expert
-instead (Theta' = Theta).
+experts, docs/design.md 1.3) for ``domain_syn_steps`` steps, by default
+ceil(syn_steps / D): a domain expert is trained on about 1/D of the real
+images, so its ``expert_epochs`` span about 1/D of the class expert's SGD
+steps; with ``shared_theta`` it starts from a class expert instead (Theta' =
+Theta) and takes syn_steps steps by default.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ class MTT(BaseMethod):
     ) -> None:
         self.net = net_factory().to(device)
         self.device, self.dsa, self.store = device, dsa, store
-        self.domain_syn_steps = domain_syn_steps or syn_steps
+        self.domain_syn_steps = domain_syn_steps  # None: ceil(syn_steps / D), see domain_steps
+        self.domain_steps_used: int | None = None
         self.syn_steps, self.expert_epochs, self.max_start_epoch = syn_steps, expert_epochs, max_start_epoch
         self.batch_syn, self.lr_lr = batch_syn, lr_lr
         self.syn_lr = torch.tensor(float(syn_lr), device=device, requires_grad=True)
@@ -75,7 +79,17 @@ class MTT(BaseMethod):
         return float(self.syn_lr.detach())
 
     def run_stats(self) -> dict:
-        return {"syn_lr_clamped": self.clamped}
+        stats: dict = {"syn_lr_clamped": self.clamped}
+        if self.domain_steps_used is not None:
+            stats["domain_syn_steps"] = self.domain_steps_used
+        return stats
+
+    def domain_steps(self, num_domains: int) -> int:
+        """Student steps of the domain loss: ``domain_syn_steps`` when given; else ceil(syn_steps / D) from a
+        domain expert (its epochs hold ~1/D of the class expert's SGD steps), syn_steps from a class expert."""
+        if self.domain_syn_steps:
+            return self.domain_syn_steps
+        return self.syn_steps if self.shared_theta else -(-self.syn_steps // max(1, num_domains))
 
     def new_round(self, round_index: int, roles: tuple[str, ...], g: torch.Generator) -> None:
         """Nothing to re-initialise: the experts are fixed."""
@@ -86,7 +100,7 @@ class MTT(BaseMethod):
     def loss(self, role: str, batch: MatchBatch, pool: RealPool, g: torch.Generator) -> torch.Tensor:
         syn, labels, expert_set, steps = batch.syn, self.targets(batch), "class", self.syn_steps
         if role == "domain":
-            steps = self.domain_syn_steps
+            steps = self.domain_steps_used = self.domain_steps(batch.num_groups)
             d = int(torch.randint(batch.num_groups, (1,), generator=g)) if batch.focus is None else batch.focus
             chosen = batch.syn_groups == d
             syn, labels = syn[chosen], labels[chosen]
@@ -149,8 +163,8 @@ class MTTOptions:
     syn_steps: int = option(20, "mtt: student steps on the synthetic images per iteration")
     domain_syn_steps: int | None = option(
         None,
-        "mtt+chddl: student steps of the domain loss [syn_steps, docs/design.md; "
-        "a domain expert takes ~1/D of the class expert's SGD steps per epoch]",
+        "mtt+chddl: student steps of the domain loss [ceil(syn_steps / D): a domain expert takes ~1/D of the "
+        "class expert's SGD steps per epoch; syn_steps with --theta-prime shared]",
     )
     expert_epochs: int = option(3, "mtt: expert epochs the student must cover")
     max_start_epoch: int = option(25, "mtt: start epochs are drawn from [0, max_start_epoch)")
