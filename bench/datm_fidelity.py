@@ -19,7 +19,7 @@ Then, for each seed:
 
 None of the reference's code is part of chddl; it is imported from .reference/DATM at run time.
 
-    python bench/datm_fidelity.py WS --seeds 0 1 --iterations 60 --syn-steps 20 --runs 3 --epochs 300
+    python bench/datm_fidelity.py WS --seeds 0 1 --runs 3 --epochs 300   # RESULTS.md's table (the defaults)
 """
 
 from __future__ import annotations
@@ -204,14 +204,14 @@ def main() -> None:
     p.add_argument("workspace")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--ipc", type=int, default=10)
-    p.add_argument("--iterations", type=int, default=60)
+    p.add_argument("--iterations", type=int, default=50)
     p.add_argument("--syn-steps", type=int, default=20)
     p.add_argument("--expert-epochs", type=int, default=2)
-    p.add_argument("--batch-syn", type=int, default=None, help="images per student step [all]")
+    p.add_argument("--batch-syn", type=int, default=25, help="images per student step (0: all)")
     p.add_argument("--min-start-epoch", type=int, default=0)
     p.add_argument("--current-max-start-epoch", type=int, default=2)
     p.add_argument("--max-start-epoch", type=int, default=4)
-    p.add_argument("--expansion-end-epoch", type=int, default=40)
+    p.add_argument("--expansion-end-epoch", type=int, default=25)
     p.add_argument("--lr-img", type=float, default=100.0)
     p.add_argument("--syn-lr", type=float, default=0.01)
     p.add_argument("--lr-lr", type=float, default=1e-5)
@@ -237,7 +237,7 @@ def main() -> None:
         "iterations": args.iterations,
         "syn_steps": args.syn_steps,
         "expert_epochs": args.expert_epochs,
-        "batch_syn": args.batch_syn,
+        "batch_syn": args.batch_syn or None,
         "min_start_epoch": args.min_start_epoch,
         "current_max_start_epoch": args.current_max_start_epoch,
         "max_start_epoch": args.max_start_epoch,
