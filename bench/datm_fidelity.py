@@ -222,8 +222,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=300)
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
+    from beside import score, store_beside
+
     from stages import api
-    from stages.artifacts import Workspace, artifact_key
+    from stages.artifacts import Workspace
     from stages.data.dataset import load_dataset
     from stages.inputs import resolve
     from stages.methods.trajectories import ExpertStore
@@ -295,20 +297,9 @@ def main() -> None:
                 )
             finally:
                 os.chdir(cwd)
-            key = artifact_key("condensed", {"reference": "NUS-HPC-AI-Lab/DATM"} | ours_settings, {"ours": ours.key}, 1)
-            ref = ws.write(
-                stage="condensed",
-                name=f"condensed-datm_reference-ipc{args.ipc}-{key[:12]}",
-                key=key,
-                config=ours.config | {"reference": "NUS-HPC-AI-Lab/DATM"},
-                inputs=ours.meta["inputs"],
-                tensors=ours.tensors() | {"images": got["images"], "soft_labels": got["labels"]},
-                seed=seed,
-                fingerprint=ours.meta.get("fingerprint"),
-                info=ours.info | {"eval_lr": float(got["lr"])},
-                metrics={},
-                cost={"wall_s": round(theirs_s, 3)},
-            )
+            tensors = ours.tensors() | {"images": got["images"], "soft_labels": got["labels"]}
+            info = {"eval_lr": float(got["lr"])}
+            ref = store_beside(ws, ours, "NUS-HPC-AI-Lab/DATM", ours_settings, tensors, seed, theirs_s, info)
             row: dict = {"ours_condense_s": round(ours_s, 1), "reference_condense_s": round(theirs_s, 1)}
             row["reference_initial_label_acc"] = initial_acc
             row["reference_loss_every_10"] = [round(v, 4) for v in losses]
@@ -317,12 +308,10 @@ def main() -> None:
             row["ours_final_loss"] = ours.metrics.get("final_loss_cls")
             row["ours_s_per_iteration"] = ours.metrics.get("s_per_iteration")
             row["reference_s_per_iteration"] = round(theirs_s / args.iterations, 3)
+            row |= score(ws, {"ours": ours, "reference": ref}, runs=args.runs, epochs=args.epochs)
             for label, which in (("ours", ours), ("reference", ref)):
-                ev = api.evaluate(str(which.path), workspace=ws, runs=args.runs, epochs=args.epochs).artifact
-                (arch,) = ev.config["archs"]
-                row[label] = {"set": which.name, "mean": ev.metrics[arch]["mean"], "std": ev.metrics[arch]["std"]}
-                initial = torch.softmax(which.tensor("soft_labels").float(), 1).argmax(1)
-                row[label]["label_argmax_acc"] = float((initial == which.tensor("labels")).float().mean())
+                learned = torch.softmax(which.tensor("soft_labels").float(), 1).argmax(1)
+                row[label]["label_argmax_acc"] = float((learned == which.tensor("labels")).float().mean())
             result["seeds"][str(seed)] = row
             print(json.dumps(row), file=sys.stderr, flush=True)
     print(json.dumps(result, indent=1))

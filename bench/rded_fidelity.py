@@ -89,8 +89,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
+    from beside import score, store_beside
+
     from stages import api
-    from stages.artifacts import Workspace, artifact_key
+    from stages.artifacts import Workspace
     from stages.data.dataset import load_dataset
     from stages.inputs import resolve
     from stages.teacher import load_teacher
@@ -107,27 +109,11 @@ def main() -> None:
     started = time.monotonic()
     images = reference_set(dataset, teacher, args.ipc, args.candidates, args.crops, args.factor, args.seed)
     reference_s = time.monotonic() - started
-    key = artifact_key("condensed", {"reference": "LINs-lab/RDED"} | settings, {"ours": art.key}, 1)
-    ref = ws.write(
-        stage="condensed",
-        name=f"condensed-rded_reference-ipc{args.ipc}-{key[:12]}",
-        key=key,
-        config=art.config | {"reference": "LINs-lab/RDED"},
-        inputs=art.meta["inputs"],
-        tensors={k: v for k, v in art.tensors().items() if k != "region_logits"} | {"images": images},
-        seed=args.seed,
-        fingerprint=art.meta.get("fingerprint"),
-        info=art.info,
-        metrics={},
-        cost={"wall_s": round(reference_s, 3)},
-    )
+    tensors = {k: v for k, v in art.tensors().items() if k != "region_logits"} | {"images": images}
+    ref = store_beside(ws, art, "LINs-lab/RDED", settings, tensors, args.seed, reference_s)
     result = {"ours_condense_s": round(ours_s, 2), "reference_condense_s": round(reference_s, 2)}
-    for label, which in (("ours", art), ("reference", ref)):
-        ev = api.evaluate(
-            str(which.path), workspace=ws, soft_labels=str(teacher_art.path), runs=args.runs, epochs=args.epochs
-        ).artifact
-        (arch,) = ev.config["archs"]
-        result[label] = {"set": which.name, "mean": ev.metrics[arch]["mean"], "std": ev.metrics[arch]["std"]}
+    evaluate = {"soft_labels": str(teacher_art.path), "runs": args.runs, "epochs": args.epochs}
+    result |= score(ws, {"ours": art, "reference": ref}, **evaluate)
     result["teacher_test_acc"] = teacher_art.metrics.get("test_acc")
     print(json.dumps(result, indent=1))
 
