@@ -1,4 +1,4 @@
-"""Seconds per iteration and peak memory of DM, DM+CHDDL, DC, DC+CHDDL.
+"""Seconds per iteration and peak memory of DM, DM+CHDDL, DC, DC+CHDDL (and on request SRe2L, SRe2L+CHDDL).
 
 Input: the size the reference code was timed on (docs/reference.md): 10 classes
 of 32x32x3 images (500 per class here, random pixels: speed does not depend
@@ -7,6 +7,8 @@ Each configuration runs in its own process so its peak RSS is its own.
 
     python bench/condense_speed.py                     # the whole matrix
     python bench/condense_speed.py --only dm:10:1      # base:ipc:chddl
+    python bench/condense_speed.py --only dm:10:0 --only dm:10:1:one   # CHDDL with --domain-views one
+    python bench/condense_speed.py --only sre2l:10:0 --only sre2l:10:1   # a 1-epoch teacher is trained first
     python bench/condense_speed.py --iterations 6 --compile on
     python bench/condense_speed.py --reference .reference --only dm:10:0   # side by side
 
@@ -62,7 +64,7 @@ def median(values: list[float]) -> float:
     return float(np.median(values))
 
 
-def one(base: str, ipc: int, aware: int, iterations: int, compile_mode: str, device: str) -> dict:
+def one(base: str, ipc: int, aware: int, iterations: int, compile_mode: str, device: str, views: str = "all") -> dict:
     """Run one configuration in this process and return its figures."""
     import torch
     from synthetic import random_workspace
@@ -70,17 +72,27 @@ def one(base: str, ipc: int, aware: int, iterations: int, compile_mode: str, dev
     from stages.allocator import keep_freed_memory
     from stages.condense import CondenseConfig, run
     from stages.config import build
+    from stages.methods import METHODS
 
     keep_freed_memory()  # as the CLI does
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     with tempfile.TemporaryDirectory() as tmp:
         ws, ds, labels = random_workspace(Path(tmp))
+        # speed does not depend on how well the teacher is trained: one epoch, in a process of its own (this
+        # process's peak RSS is the measured stage's)
+        teacher = None
+        if METHODS.get(base).needs == "teacher":
+            cmd = [sys.executable, "-m", "chddl_cli", "-q", "-w", str(ws.root), "--device", device]
+            cmd += ["train-teacher", "--epochs", "1"]
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
+            teacher = ws.find(out.stdout.split("teacher:")[1].split()[0])
         cfg = build(
             CondenseConfig,
             {
                 "base": base,
                 "ipc": ipc,
                 "domain_aware": bool(aware),
+                "domain_views": views,
                 "iterations": iterations,
                 "batch_real": 256,
                 "compile": compile_mode,
@@ -90,7 +102,7 @@ def one(base: str, ipc: int, aware: int, iterations: int, compile_mode: str, dev
                 "first_checkpoint_minutes": 10**6,
             },
         )
-        art, _ = run(ds, labels, cfg, ws, device=torch.device(device))
+        art, _ = run(ds, labels, cfg, ws, device=torch.device(device), teacher=teacher)
         return {
             "s_per_iteration": art.metrics["s_per_iteration"],
             "peak_rss_gb": art.meta["cost"]["peak_rss_bytes"] / 2**30,
@@ -109,19 +121,21 @@ def main() -> None:
         help="auto: as `chddl condense` at the base's default length (DM 20,000 and DC 1,000 iterations compile)",
     )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--only", action="append", help="base:ipc:chddl, repeatable")
+    parser.add_argument(
+        "--only", action="append", help="base:ipc:chddl[:views], repeatable (views: --domain-views, all or one)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--reference", type=Path, help="folder with the reference repositories (bench/reference.py)")
     parser.add_argument("--rounds", type=int, default=2, help="with --reference: ours / reference alternations")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the table")
     args = parser.parse_args()
     if args.child:
-        base, ipc, aware = args.child.split(":")
-        print(json.dumps(one(base, int(ipc), int(aware), args.iterations, args.compile, args.device)))
+        base, ipc, aware, views = args.child.split(":")
+        print(json.dumps(one(base, int(ipc), int(aware), args.iterations, args.compile, args.device, views)))
         return
-    if any(len(o.split(":")) != 3 for o in args.only or []):
-        parser.error("--only takes base:ipc:chddl, e.g. dm:10:1")
-    todo = [tuple(int(x) if x.isdigit() else x for x in o.split(":")) for o in args.only] if args.only else MATRIX
+    if any(len(o.split(":")) not in (3, 4) or o.split(":")[3:] not in ([], ["all"], ["one"]) for o in args.only or []):
+        parser.error("--only takes base:ipc:chddl[:views], e.g. dm:10:1 or dm:10:1:one")
+    todo = [_configuration(o) for o in args.only] if args.only else [(*m, "all") for m in MATRIX]
     import torch
 
     from stages.condense import compiles_at
@@ -130,8 +144,8 @@ def main() -> None:
     threads = int(os.environ.get("BENCH_THREADS", torch.get_num_threads()))
     print(f"torch {torch.__version__}, {threads} threads, {args.iterations} iterations per run", file=sys.stderr)
     rows, refs = {}, {}
-    for base, ipc, aware in todo:
-        ours_args = [__file__, "--child", f"{base}:{ipc}:{aware}", "--iterations", str(args.iterations)]
+    for base, ipc, aware, views in todo:
+        ours_args = [__file__, "--child", f"{base}:{ipc}:{aware}:{views}", "--iterations", str(args.iterations)]
         compiled = args.compile == "on" or (
             args.compile == "auto" and compiles_at(base, METHODS.get(base).defaults["iterations"])
         )
@@ -151,7 +165,7 @@ def main() -> None:
                     theirs.append(t)
         if not ours:
             continue
-        rows[(base, ipc, aware)] = {
+        rows[(base, ipc, aware, views)] = {
             "s_per_iteration": median([r["s_per_iteration"] for r in ours]),
             "peak_rss_gb": max(r["peak_rss_gb"] for r in ours),
             "peak_cuda_gb": max(r["peak_cuda_gb"] for r in ours),
@@ -164,8 +178,9 @@ def main() -> None:
                 "peak_rss_gb": max(t["peak_rss_gb"] for t in theirs),
                 "runs": [t["s_per_iteration"] for t in theirs],
             }
-        r = rows[(base, ipc, aware)]
-        line = f"{base} ipc {ipc} chddl {aware}: {r['runs']} s/it, peak RSS {r['peak_rss_gb']:.2f} GB"
+        r = rows[(base, ipc, aware, views)]
+        name = f"{base} ipc {ipc} chddl {aware}{'' if views == 'all' else ' ' + views}"
+        line = f"{name}: {r['runs']} s/it, peak RSS {r['peak_rss_gb']:.2f} GB"
         if (base, ipc) in refs and not aware:
             line += f"; reference {refs[(base, ipc)]['runs']} s/it, peak RSS {refs[(base, ipc)]['peak_rss_gb']:.2f} GB"
         print(line, file=sys.stderr, flush=True)
@@ -190,9 +205,15 @@ def main() -> None:
         )
 
 
+def _configuration(text: str) -> tuple:
+    """(base, ipc, chddl, views) of an ``--only`` value."""
+    parts = text.split(":")
+    return parts[0], int(parts[1]), int(parts[2]), parts[3] if len(parts) == 4 else "all"
+
+
 def _record(key: tuple, r: dict, rows: dict, refs: dict) -> dict:
     """One configuration's figures, with the reference's (measured in this run, else recorded) and the ratios."""
-    base, ipc, aware = key
+    base, ipc, aware, views = key
     measured = refs.get((base, ipc)) if not aware else None
     recorded = REFERENCE.get((base, ipc)) if not aware else None
     if measured:
@@ -202,12 +223,15 @@ def _record(key: tuple, r: dict, rows: dict, refs: dict) -> dict:
         ref = {"s_per_iteration": recorded, "peak_rss_gb": None, "source": "recorded"}
     else:
         ref = None
-    plain = rows.get((base, ipc, 0))
+    plain = rows.get((base, ipc, 0, "all"))
+    one_domain = " (one domain per step)" if aware and views == "one" else ""
     return {
-        "run": f"{base.upper()}{'+CHDDL' if aware else ''} IPC {ipc}{' (compiled)' if r['compiled'] else ''}",
+        "run": f"{base.upper()}{'+CHDDL' if aware else ''}{one_domain} IPC {ipc}"
+        f"{' (compiled)' if r['compiled'] else ''}",
         "base": base,
         "ipc": ipc,
         "chddl": bool(aware),
+        "domain_views": views if aware else None,
         "compiled": r["compiled"],
         "s_per_iteration": r["s_per_iteration"],
         "runs": r["runs"],

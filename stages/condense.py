@@ -437,6 +437,14 @@ def compiles_at(base: str, iterations: int) -> bool:
     return start is not None and iterations >= start
 
 
+def _one_domain_scale(cfg: CondenseConfig, num_domains: int) -> float | None:
+    """With ``--domain-views one``, the factor that turns one drawn pseudo-domain's term into an unbiased
+    estimate of the whole domain loss: D where the base sums its domains' terms, 1 where it averages them."""
+    if cfg.domain_views != "one":
+        return None
+    return float(num_domains) if METHODS.get(cfg.base).domain_terms == "sum" else 1.0
+
+
 def _build(
     dataset: Dataset,
     labels: PseudoLabels | None,
@@ -509,6 +517,7 @@ def _build(
             masks,
             share_real=share,
             classes=shard,
+            one_domain_scale=_one_domain_scale(cfg, labels.num_domains),
         )
     else:
         objective = ClassObjective(base, pool, pool.labels, dataset.num_classes, syn_labels, cfg.batch_real, shard)

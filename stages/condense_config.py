@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 from stages.config import option, require, require_finite, to_dict
 from stages.data.augment import DEFAULT_STRATEGY, DSA
-from stages.domain.aware import MASK_CHANNELS, MASK_INITS
+from stages.domain.aware import DOMAIN_VIEWS, MASK_CHANNELS, MASK_INITS
 from stages.methods import METHODS
 from stages.models import ARCHITECTURES
 
@@ -21,6 +21,11 @@ def theta_prime_default(base: str) -> str | None:
 
 def _base_help() -> str:
     return "base method: " + "; ".join(f"{name}, {METHODS.get(name).summary}" for name in METHODS.names())
+
+
+def _one_domain_bases() -> list[str]:
+    """The base methods that take ``--domain-views one``."""
+    return [name for name in METHODS.names() if METHODS.get(name).domain_terms is not None]
 
 
 MASK_OPTIMIZERS = ("sgd", "adam")
@@ -83,6 +88,12 @@ class _Condense:
     )
     mask_channels: str = option(
         "per-channel", "per-channel: one mask per colour channel (the paper); shared: one mask for all three"
+    )
+    domain_views: str = option(
+        "all",
+        "views the domain loss sees per step: all (every image's D views, the paper) or one (one pseudo-domain "
+        "drawn per step, its term scaled to estimate the whole loss: about 1/D of CHDDL's added cost; "
+        f"{', '.join(_one_domain_bases())})",
     )
     share_real: bool = option(
         True,
@@ -159,6 +170,15 @@ class _Condense:
             f"--mask-channels must be one of {', '.join(MASK_CHANNELS)}, got {self.mask_channels}",
         )
         require(
+            self.domain_views in DOMAIN_VIEWS,
+            f"--domain-views must be one of {', '.join(DOMAIN_VIEWS)}, got {self.domain_views}",
+        )
+        require(
+            self.domain_views == "all" or not self.domain_aware or spec.domain_terms is not None,
+            f"--domain-views one is not available for {self.base} (only {', '.join(_one_domain_bases())}); "
+            "leave it out",
+        )
+        require(
             self.mask_optimizer is None or self.mask_optimizer in MASK_OPTIMIZERS,
             f"--mask-optimizer must be one of {', '.join(MASK_OPTIMIZERS)}, got {self.mask_optimizer}",
         )
@@ -220,7 +240,12 @@ class _Condense:
             out.pop("mask_optimizer")
         if self.theta_prime in (None, theta_prime_default(self.base)):
             out.pop("theta_prime")
-        for k, default in (("domain_lambda", True), ("mask_resolution", None), ("mask_channels", "per-channel")):
+        for k, default in (
+            ("domain_lambda", True),
+            ("mask_resolution", None),
+            ("mask_channels", "per-channel"),
+            ("domain_views", "all"),
+        ):
             if out.get(k) == default:
                 out.pop(k)
         if not self.domain_aware:
@@ -252,6 +277,7 @@ DOMAIN_AWARE_FIELDS = (
     "domain_lambda",
     "mask_resolution",
     "mask_channels",
+    "domain_views",
 )
 
 

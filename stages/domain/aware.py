@@ -21,6 +21,8 @@ from stages.methods.base import BaseMethod, MatchBatch, RealPool
 
 MASK_INITS = ("constant", "normal")
 MASK_CHANNELS = ("per-channel", "shared")
+#: which views the domain loss sees per step: all D views of every image (the paper), or those of one pseudo-domain
+DOMAIN_VIEWS = ("all", "one")
 
 
 class DomainMasks(nn.Module):
@@ -77,9 +79,11 @@ class DomainMasks(nn.Module):
         """(M, D, C, H, W) domain views of (M, C, H, W) images (of the images ``rows`` when given)."""
         return (images if rows is None else images[rows]).unsqueeze(1) * self.alpha(rows)
 
-    def views_from(self, images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """(M, D, C, H, W) domain views of ``images`` under the masks ``z`` (the same images' slice of z)."""
-        return images.unsqueeze(1) * self.alpha(z=z)
+    def views_from(self, images: torch.Tensor, z: torch.Tensor, domain: int | None = None) -> torch.Tensor:
+        """(M, D, C, H, W) domain views of ``images`` under the masks ``z`` (the same images' slice of z); with
+        ``domain``, (M, 1, C, H, W): only that pseudo-domain's views (the softmax still over all D)."""
+        alpha = self.alpha(z=z)
+        return images.unsqueeze(1) * (alpha if domain is None else alpha[:, domain : domain + 1])
 
 
 def mask_diagnostics(alpha: torch.Tensor) -> dict:
@@ -224,12 +228,16 @@ class DomainAwareObjective(ClassObjective):
         masks: DomainMasks,
         share_real: bool = False,
         classes: torch.Tensor | None = None,
+        one_domain_scale: float | None = None,
     ) -> None:
         super().__init__(base, pool, class_of_pool, num_classes, syn_labels, batch_real, classes)
         self.domain_of_pool = domain_of_pool.cpu()
         self.masks = masks
         self.num_domains = masks.z.shape[1]
         self.share_real = share_real
+        # ``--domain-views one``: each step draws one pseudo-domain d and L_dom is this factor x d's term alone,
+        # an unbiased estimate of the all-domain loss (D for a loss that sums its domains' terms, 1 for a mean)
+        self.one_domain_scale = one_domain_scale
         class_sizes = torch.bincount(self.class_of_pool, minlength=num_classes).to(torch.float64)
         # 1 / inclusion probability of an image of each class in a class-grouped draw
         self.class_weight = class_sizes / class_sizes.clamp(max=batch_real)
@@ -241,22 +249,47 @@ class DomainAwareObjective(ClassObjective):
     def separable(self) -> bool:
         return not self.share_real or type(self.base).joint_loss is BaseMethod.joint_loss
 
-    def _view_groups(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class labels and pseudo-domains of the flattened views (image-major) of all images, or of ``rows``."""
+    def draw_domain(self, g: torch.Generator) -> int | None:
+        """The pseudo-domain whose views this step's domain loss sees (``--domain-views one``), drawn uniformly;
+        None: all of them."""
+        if self.one_domain_scale is None:
+            return None
+        return int(torch.randint(self.num_domains, (1,), generator=g))
+
+    def _scaled(self, loss: torch.Tensor, domain: int | None) -> torch.Tensor:
+        return loss if domain is None else self.one_domain_scale * loss
+
+    def _view_groups(
+        self, rows: torch.Tensor | None = None, domain: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class labels and pseudo-domains of the flattened views (image-major) of all images, or of ``rows``;
+        with ``domain``, of that domain's views alone (one per image)."""
         labels = self.syn_labels if rows is None else self.syn_labels[rows]
+        if domain is not None:
+            return labels, torch.full_like(labels, domain)
         d = self.num_domains
         return labels.repeat_interleave(d), torch.arange(d, device=labels.device).repeat(len(labels))
 
     def _flat_views(
-        self, images: torch.Tensor, rows: torch.Tensor | None = None
+        self, images: torch.Tensor, rows: torch.Tensor | None = None, domain: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if domain is not None:
+            views = (images if rows is None else images[rows]) * self.masks.alpha(rows)[:, domain]
+            return views, *self._view_groups(rows, domain)
         return self.masks.views(images, rows).flatten(0, 1), *self._view_groups(rows)
 
     def domain_loss(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        views, labels, domains = self._flat_views(images, self.rows)
+        domain = self.draw_domain(g)
+        views, labels, domains = self._flat_views(images, self.rows, domain)
         idx, groups = self.own_real(*self.pool.draw(self.domain_of_pool, self.num_domains, self.batch_real, g))
         batch = MatchBatch(idx, groups, views, labels, domains, self.num_domains, spread=self.classes is not None)
-        return self.base.loss("domain", batch, self.pool, g)
+        return self._scaled(self.base.loss("domain", batch, self.pool, g), domain)
+
+    def step_domains(self, g: torch.Generator) -> list[int]:
+        """The pseudo-domains Algorithm 1 takes a step on this iteration: all of them, or with
+        ``--domain-views one`` one drawn uniformly."""
+        domain = self.draw_domain(g)
+        return list(range(self.num_domains)) if domain is None else [domain]
 
     def domain_loss_of(self, d: int, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Algorithm 1's step for pseudo-domain d: real images of d against the
@@ -280,19 +313,29 @@ class DomainAwareObjective(ClassObjective):
             *self.pool.draw(self.class_of_pool, self.num_classes, self.batch_real, g), images
         )
         idx, groups = class_batch.real_index, class_batch.real_groups
+        domain = self.draw_domain(g)
         if self.base.lazy_views and self.rows is None:
             # the base embeds the views chunk by chunk from the images and masks (MatchBatch.masks)
-            labels, domains = self._view_groups()
+            labels, domains = self._view_groups(domain=domain)
             domain_batch = MatchBatch(
-                idx, self.domain_of_pool[idx], images, labels, domains, self.num_domains, masks=self.masks
+                idx,
+                self.domain_of_pool[idx],
+                images,
+                labels,
+                domains,
+                self.num_domains,
+                masks=self.masks,
+                view_domain=domain,
             )
         else:
-            views, labels, domains = self._flat_views(images, self.rows)
+            views, labels, domains = self._flat_views(images, self.rows, domain)
             domain_batch = MatchBatch(
                 idx, self.domain_of_pool[idx], views, labels, domains, self.num_domains, spread=self.classes is not None
             )
         joint = self.base.joint_loss(class_batch, domain_batch, self.pool, self.class_weight[groups], g)
-        return joint if joint is not None else super().losses(images, g)
+        if joint is None:
+            return super().losses(images, g)
+        return joint[0], self._scaled(joint[1], domain)
 
     def training_sets(self, images: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         with torch.no_grad():

@@ -80,6 +80,8 @@ class MatchBatch:
     #: views of the images ``syn`` under these masks, image-major (M x D rows): the method makes them itself,
     #: chunk by chunk, instead of receiving them all at once
     masks: Any = None
+    #: with ``masks``: the rows are the views of this pseudo-domain alone, one per image (``--domain-views one``)
+    view_domain: int | None = None
 
 
 class BaseMethod(ABC):
@@ -226,6 +228,9 @@ class MethodSpec:
     #: training-free: the method's ``synthesize(pool, classes, ipc, generator_of, progress_step)`` makes the set
     #: (no optimisation loop; the loop's settings, placeholders, go in ``ignores``)
     synthesizes: bool = False
+    #: how its domain loss combines the per-pseudo-domain terms: "sum" (DM) or "mean" (SRe2L), so that with
+    #: ``--domain-views one`` one drawn domain's term (x D for a sum) estimates it; None: it cannot
+    domain_terms: str | None = None
     #: ``--compile auto`` compiles the real-image forward from this many iterations on (None: never)
     compile_from: int | None = None
     #: the images' optimiser: SGD with momentum (False) or Adam with these betas and a cosine decay (True)

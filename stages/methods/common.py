@@ -158,17 +158,19 @@ def embed_views_with_recompute(
     chunk: int = REAL_CHUNK,
     augment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     first_row: int = 0,
+    domain: int | None = None,
 ) -> torch.Tensor:
     """``net.embed`` of the D domain views of ``images`` under ``masks`` (a ``DomainMasks``), image-major
-    (M x D rows), with gradients for the images and the masks, computed about ``chunk`` views at a time from
-    the images' and masks' slices: neither the views nor the masks' softmax of all images are ever held (at
-    200 classes x IPC 10 x 64 px with D = 4, each is 0.4 GB), nor any activation. ``augment(part, rows)``
-    takes the views' rows counted from ``first_row``."""
-    d = masks.z.shape[1]
+    (M x D rows), or with ``domain`` of that pseudo-domain's views alone (M rows), with gradients for the
+    images and the masks, computed about ``chunk`` views at a time from the images' and masks' slices: neither
+    the views nor the masks' softmax of all images are ever held (at 200 classes x IPC 10 x 64 px with D = 4,
+    each is 0.4 GB), nor any activation. ``augment(part, rows)`` takes the views' rows counted from
+    ``first_row``."""
+    d = masks.z.shape[1] if domain is None else 1
     per = max(1, chunk // d)
 
     def make(a: int, b: int, imgs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        views = masks.views_from(imgs, z).flatten(0, 1)
+        views = masks.views_from(imgs, z, domain).flatten(0, 1)
         if augment is not None:
             views = augment(views, torch.arange(first_row + a * d, first_row + b * d))
         return net.embed(views.contiguous(memory_format=torch.channels_last))

@@ -82,7 +82,12 @@ class DM(BaseMethod):
         if domain_batch.masks is not None:  # the views made here, chunk by chunk, from the images and masks
             syn_emb = embed_with_recompute(net, class_batch.syn, augment=augment)
             view_emb = embed_views_with_recompute(
-                net, domain_batch.syn, domain_batch.masks, augment=augment, first_row=n_syn
+                net,
+                domain_batch.syn,
+                domain_batch.masks,
+                augment=augment,
+                first_row=n_syn,
+                domain=domain_batch.view_domain,
             )
         else:
             emb = embed_with_recompute(net, torch.cat([class_batch.syn, domain_batch.syn]), augment=augment)
@@ -107,6 +112,7 @@ METHODS.register("dm")(
         theta_prime_why="its Theta' is the class loss's random network by construction (docs/design.md)",
         needs_embedding=True,
         shares_real_pass=True,
+        domain_terms="sum",
         compile_from=2000,
     )
 )

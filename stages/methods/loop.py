@@ -221,7 +221,7 @@ class Loop:
             else:
                 self._apply_rows(rows)
             cls_total = cls_total + l_cls.detach()
-        for d in range(self.objective.num_domains):
+        for d in self.objective.step_domains(g):
             l_dom = self.objective.domain_loss_of(d, self.images, g)
             self._zero()
             (self._domain_weight() * l_dom).backward()

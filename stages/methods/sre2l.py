@@ -240,6 +240,7 @@ METHODS.register("sre2l")(
         # no real image is forwarded, the teacher is the network, and its jitter replaces DSA
         ignores=("batch_real", "share_real", "dsa", "dsa_strategy", "arch"),
         needs="teacher",
+        domain_terms="mean",
         continues=False,
         adam_images=True,
         image_betas=SRE2L_BETAS,

@@ -76,6 +76,8 @@ def chddl_settings(cond: Artifact, ws: Workspace) -> str:
     shares = c.get("base") in METHODS and METHODS.get(c["base"]).shares_real_pass
     if shares and c.get("schedule") == "summed":
         parts.append("shared real draw" if c.get("share_real") else "separate real draws")
+    if c.get("domain_views", "all") != "all":
+        parts.append("one pseudo-domain's views per step")
     if c.get("domain_syn_steps"):
         parts.append(f"domain steps {c['domain_syn_steps']}")
     return ", ".join(parts)
