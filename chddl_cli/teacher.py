@@ -56,7 +56,8 @@ def train_teacher(
         table.add_row("training", f"{plural(c['epochs'], 'epoch')}, lr {c['lr']}, batch {c['batch_size']}")
         per = art.metrics.get("per_domain") or {}
         domains = " (" + ", ".join(f"{d} {v:.1f}" for d, v in per.items()) + ")" if per else ""
-        table.add_row("test accuracy", f"{art.metrics['test_acc']:.2f}%{domains}")
+        acc = art.metrics.get("test_acc")
+        table.add_row("test accuracy", "- (the dataset has no test split)" if acc is None else f"{acc:.2f}%{domains}")
         table.add_row("cost", cost_line(art.meta.get("cost", {})))
         print_table(table)
     result_line("teacher", art.path)

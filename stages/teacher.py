@@ -163,8 +163,10 @@ def run(
             )
             test = dataset.test_indices
             pred = predict(net, dataset.normalized(test, device))
-            metrics = {"test_acc": round(accuracy(pred, dataset.labels[test]), 3), "final_train_loss": round(loss, 5)}
-            if dataset.domains is not None and dataset.domain_names:
+            # a dataset without a test split gives no test accuracy (None), not NaN
+            acc = round(accuracy(pred, dataset.labels[test]), 3) if len(test) else None
+            metrics = {"test_acc": acc, "final_train_loss": round(loss, 5)}
+            if len(test) and dataset.domains is not None and dataset.domain_names:
                 per = group_accuracy(pred, dataset.labels[test], dataset.domains[test], len(dataset.domain_names))
                 metrics["per_domain"] = {d: round(float(v), 3) for d, v in zip(dataset.domain_names, per)}
         if not record_ranks(cost):  # torchrun: rank 0 writes the artifact

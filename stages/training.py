@@ -213,6 +213,8 @@ def train_networks(
 def predict(net: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Predicted classes of ``images`` (evaluation mode)."""
     net.eval()
+    if not len(images):
+        return torch.zeros(0, dtype=torch.long, device=images.device)
     return torch.cat([net(images[i : i + batch_size]).argmax(dim=1) for i in range(0, len(images), batch_size)])
 
 

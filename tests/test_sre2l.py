@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -245,3 +246,12 @@ def test_sre2l_masks_default_to_adam_and_the_other_bases_to_sgd() -> None:
     assert (dm.mask_optimizer, dm.mask_lr) == ("sgd", 1.0)
     explicit = build(CondenseConfig, {"base": "sre2l", "mask_optimizer": "adam"}).resolved()
     assert explicit.key_fields() == sre2l.key_fields()
+
+
+def test_a_teacher_of_a_dataset_without_test_images_records_no_test_accuracy(tmp_path, workspace) -> None:
+    path = make_npz(tmp_path / "d.npz", n=30, size=16, split=False)
+    np.savez(path, **dict(np.load(path)), split=np.zeros(30, dtype=np.int64))  # every image in the training split
+    art, _ = ingest(str(path), build(DatasetConfig, {"size": 16}), workspace)
+    teacher, _ = teacher_run(load_dataset(art), build(TeacherConfig, {"epochs": 1, "batch_size": 16}), workspace)
+    assert teacher.metrics["test_acc"] is None and "per_domain" not in teacher.metrics
+    assert teacher.metrics["final_train_loss"] > 0
