@@ -102,10 +102,11 @@ def batch_moments(x: torch.Tensor, spread: bool = False) -> tuple[torch.Tensor, 
 
 @torch.no_grad()
 def real_statistics(
-    teacher: nn.Module, images: torch.Tensor, groups: torch.Tensor, num_groups: int, chunk: int = 512
+    teacher: nn.Module, images: torch.Tensor, groups: torch.Tensor, num_groups: int, chunk: int = 128
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per batch-norm layer, (mean, var) of its input over the real images of
-    each group (G, C), the teacher in evaluation mode; computed in chunks."""
+    each group (G, C), the teacher in evaluation mode; computed in chunks (each chunk's inputs are held in
+    float64: 128 images keep that below the recover step's own peak, 512 added ~1 GB at 32 px)."""
     teacher.eval()
     hooks = BatchNormInputs(teacher)
     try:
