@@ -19,7 +19,6 @@ def test_the_device_check_smoke_run_passes_on_cpu(tmp_path) -> None:
     env = os.environ | {
         "OUT": str(tmp_path),
         "PYTHON": sys.executable,
-        "OMP_NUM_THREADS": "1",
         "REFERENCE": str(tmp_path / "no-reference"),
     }
     out = subprocess.run(
