@@ -294,11 +294,10 @@ class DomainAwareObjective(ClassObjective):
     def domain_loss_of(self, d: int, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Algorithm 1's step for pseudo-domain d: real images of d against the
         d-views of all synthetic images (views from the current masks)."""
-        views = images * self.masks.alpha()[:, d]
+        views, labels, domains = self._flat_views(images, domain=d)
         idx, groups = self.pool.draw(self.domain_of_pool, self.num_domains, self.batch_real, g)
         real = groups == d
-        domains = torch.full((len(views),), d, dtype=torch.long, device=images.device)
-        batch = MatchBatch(idx[real], groups[real], views, self.syn_labels, domains, self.num_domains, focus=d)
+        batch = MatchBatch(idx[real], groups[real], views, labels, domains, self.num_domains, focus=d)
         return self.base.loss("domain", batch, self.pool, g)
 
     def losses(self, images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
