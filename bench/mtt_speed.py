@@ -11,6 +11,7 @@ student's steps (0: the default, ceil(syn_steps / D); 50 for the earlier default
     python bench/mtt_speed.py --only 10:1:0:0   # ipc:chddl:checkpoint:domain_syn_steps
     python bench/mtt_speed.py --reference .reference --only 10:0:1:0   # side by side with distill.py's loop
     python bench/mtt_speed.py --base datm --only 10:0:1:0   # DATM's iteration on the same input
+    python bench/mtt_speed.py --compile off --only 10:0:1:0   # the eager student (auto: compiled, as condense)
 
 With ``--reference DIR`` (GeorgeCazenavette/mtt-distillation fetched there,
 see bench/reference.py) each configuration without CHDDL is also timed with
@@ -73,7 +74,9 @@ def experts_child(tmp: Path) -> dict:
     }
 
 
-def mtt_child(tmp: Path, ipc: int, aware: int, ck: int, dss: int, iterations: int, base: str = "mtt") -> dict:
+def mtt_child(
+    tmp: Path, ipc: int, aware: int, ck: int, dss: int, iterations: int, base: str = "mtt", compile_mode: str = "off"
+) -> dict:
     from stages.condense import CondenseConfig, run
     from stages.config import build
     from stages.inputs import resolve
@@ -93,6 +96,7 @@ def mtt_child(tmp: Path, ipc: int, aware: int, ck: int, dss: int, iterations: in
             "lr_img": 1000.0,
             "checkpoint_student": bool(ck),
             "domain_syn_steps": dss or None,
+            "compile": compile_mode,
             "log_every": 1,
             "checkpoint_every": 10**6,
             "checkpoint_minutes": 10**6,
@@ -118,13 +122,24 @@ def main() -> None:
     parser.add_argument(
         "--base", default="mtt", choices=["mtt", "datm"], help="datm: DATM's iteration (the reference stays MTT's)"
     )
+    parser.add_argument(
+        "--compile",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="the student's step compiled; auto: as `chddl condense` at the base's default length (compiled)",
+    )
     args = parser.parse_args()
+    if args.compile == "auto":
+        from stages.condense import compiles_at
+        from stages.methods import METHODS
+
+        args.compile = "on" if compiles_at(args.base, METHODS.get(args.base).defaults["iterations"]) else "off"
     if args.child == "experts":
         print(json.dumps(experts_child(Path(args.tmp))))
         return
     if args.child:
         ipc, aware, ck, dss = map(int, args.child.split(":"))
-        print(json.dumps(mtt_child(Path(args.tmp), ipc, aware, ck, dss, args.iterations, args.base)))
+        print(json.dumps(mtt_child(Path(args.tmp), ipc, aware, ck, dss, args.iterations, args.base, args.compile)))
         return
     if any(len(o.split(":")) != 4 or not o.replace(":", "").isdigit() for o in args.only or []):
         parser.error("--only takes ipc:chddl:checkpoint:domain_syn_steps as integers, e.g. 10:1:0:0")
@@ -134,7 +149,7 @@ def main() -> None:
         def child(name: str) -> dict:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", name, "--tmp", tmp, "--iterations", str(args.iterations)]
-                + ["--base", args.base],
+                + ["--base", args.base, "--compile", args.compile],
                 capture_output=True,
                 text=True,
                 cwd=ROOT,
@@ -152,7 +167,10 @@ def main() -> None:
         )
         import torch
 
-        say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.iterations} iterations per run")
+        say(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.iterations} iterations per run, "
+            f"student compiled: {args.compile}"
+        )
         say(
             "\n| run | s / iteration | peak RSS | reference s / it, peak | ours / reference (time, memory) "
             "| CHDDL / base (time, memory) |\n|---|---|---|---|---|---|"
@@ -220,6 +238,7 @@ def main() -> None:
                     "chddl": bool(aware),
                     "checkpoint_student": bool(ck),
                     "domain_syn_steps": dss or None,
+                    "compiled": args.compile == "on",
                     "s_per_iteration": r["s_per_iteration"],
                     "peak_rss_gb": r["peak_rss_gb"],
                     "reference": None

@@ -121,7 +121,11 @@ class _Condense:
     )
     domains: tuple = option((), "protocols: condense only real images of these true domains (empty: all)")
     exclude_domain: str | None = option(None, "protocols: leave this true domain out of condensation")
-    compile: str = option("auto", "torch.compile the real-image forward: auto (long runs), on, off")
+    compile: str = option(
+        "auto",
+        "torch.compile the hot path (DM, DC: the real images' forward; MTT, DATM: the student's step): "
+        "auto (long runs), on, off",
+    )
     seed: int = option(0, "seed of init, networks, batches and augmentation")
     checkpoint_every: int = option(100, "iterations between checkpoints (resume point)")
     first_checkpoint_minutes: float = option(

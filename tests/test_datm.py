@@ -118,6 +118,22 @@ def test_the_student_trains_on_the_soft_labels(data) -> None:
     assert label_grad[:3].abs().sum() > 0 and label_grad[3:].abs().sum() == 0
 
 
+def test_the_compiled_student_gives_the_eager_gradients_of_images_and_soft_labels(data, monkeypatch) -> None:
+    # traced without code generation, as in tests/test_student_step.py
+    from stages.methods import mtt, student
+
+    monkeypatch.setattr(mtt, "CompiledStudentStep", lambda *a: student.CompiledStudentStep(*a, backend="aot_eager"))
+    grads = []
+    for compiled in ("off", "on"):
+        base, objective, images, _, _ = _built(data, compile=compiled)
+        objective.class_loss(images, torch.Generator().manual_seed(0)).backward()
+        grads.append((images.grad.clone(), base.label_logits.grad.clone()))
+    (images_eager, labels_eager), (images_compiled, labels_compiled) = grads
+    assert images_eager.abs().max() > 0 and labels_eager.abs().max() > 0
+    assert (images_compiled - images_eager).abs().max() <= 1e-4 * images_eager.abs().max()
+    assert (labels_compiled - labels_eager).abs().max() <= 1e-4 * labels_eager.abs().max()
+
+
 def test_a_set_stores_learned_soft_labels_and_evaluate_trains_on_them(data, workspace) -> None:
     ds, labels, experts = data
     art, _ = condense_run(ds, labels, build(CondenseConfig, TINY_DATM), workspace, experts=experts)

@@ -315,6 +315,27 @@ def test_checkpointed_student_gives_the_same_gradients(data, experts) -> None:
     assert torch.allclose(grads[0][1], grads[1][1], rtol=1e-4)
 
 
+def test_compiled_student_gives_the_eager_gradients(data, experts, monkeypatch) -> None:
+    # traced without code generation (inductor's compile time stays out of the suite; tests/test_student_step.py)
+    from stages.methods import mtt, student
+
+    monkeypatch.setattr(mtt, "CompiledStudentStep", lambda *a: student.CompiledStudentStep(*a, backend="aot_eager"))
+    ds, labels = data
+    grads = []
+    for compiled in ("off", "on"):
+        cfg = build(CondenseConfig, TINY_MTT, {"domain_aware": False, "syn_steps": 3, "compile": compiled}).resolved()
+        base, objective, images, _, _ = _build(
+            ds, labels, cfg, torch.device("cpu"), _expert_store(experts, ds, labels, cfg)
+        )
+        assert (base.compiled_step is not None) == (compiled == "on")
+        objective.class_loss(images, torch.Generator().manual_seed(0)).backward()
+        grads.append((images.grad.clone(), base.syn_lr.grad.clone()))
+    (images_eager, lr_eager), (images_compiled, lr_compiled) = grads
+    assert images_eager.abs().max() > 0
+    assert (images_compiled - images_eager).abs().max() <= 1e-4 * images_eager.abs().max()
+    assert torch.allclose(lr_compiled, lr_eager, rtol=1e-4)
+
+
 def test_summed_step_back_propagates_one_graph_at_a_time_with_the_same_gradient(data, workspace, experts) -> None:
     ds, labels = data
     cfg = build(CondenseConfig, TINY_MTT, {"share_real": False})

@@ -231,7 +231,7 @@ class MethodSpec:
     #: how its domain loss combines the per-pseudo-domain terms: "sum" (DM) or "mean" (SRe2L), so that with
     #: ``--domain-views one`` one drawn domain's term (x D for a sum) estimates it; None: it cannot
     domain_terms: str | None = None
-    #: ``--compile auto`` compiles the real-image forward from this many iterations on (None: never)
+    #: ``--compile auto`` compiles the method's hot path from this many iterations on (None: never)
     compile_from: int | None = None
     #: the images' optimiser: SGD with momentum (False) or Adam with these betas and a cosine decay (True)
     adam_images: bool = False

@@ -34,7 +34,7 @@ from torch.func import functional_call
 
 from stages.config import option, require
 from stages.methods.base import METHODS, MatchBatch, MethodContext, MethodSpec, RealPool
-from stages.methods.mtt import MTT, MTTOptions, arguments
+from stages.methods.mtt import COMPILE_FROM, MTT, MTTOptions, arguments
 from stages.methods.mtt import validate as validate_mtt
 
 PREDICT_CHUNK = 256
@@ -218,6 +218,7 @@ METHODS.register("datm")(
         validate=_validate,
         needs="experts",
         learned_eval_lr=True,
+        compile_from=COMPILE_FROM,
         soft_label_temperature=1.0,  # DATM trains on softmax(labels) with plain cross-entropy
     )
 )

@@ -8,7 +8,10 @@ is ||theta_N - theta*||^2 / ||theta_0 - theta*||^2 with theta* the expert
 ``torch.func.functional_call`` on a flat parameter vector; with
 ``checkpoint_student`` (the default) each student step is recomputed during
 the backward pass instead of stored: identical gradients; at IPC 10 with 50
-steps the peak falls from 16.1 to 1.9 GB for 12% more time. For CHDDL's
+steps the peak falls from 16.1 to 1.9 GB for 12% more time. With
+``compile_student`` (``--compile``; auto from 300 iterations) each step and
+its vector-Jacobian product are compiled graphs (stages/methods/student.py),
+recomputed like a checkpointed step: 0.72x the eager step's time at IPC 10. For CHDDL's
 domain loss, the student starts from a domain expert of a random
 pseudo-domain d and trains on the domain-d views (Theta' = the domain
 experts, docs/design.md 1.3) for ``domain_syn_steps`` steps, by default
@@ -32,6 +35,7 @@ from stages.config import option, require, require_finite
 from stages.data.augment import DSA
 from stages.methods.base import METHODS, BaseMethod, MatchBatch, MethodContext, MethodSpec, RealPool
 from stages.methods.common import NetFactory
+from stages.methods.student import CompiledStudentStep
 from stages.methods.trajectories import ExpertStore
 
 
@@ -55,6 +59,7 @@ class MTT(BaseMethod):
         checkpoint_student: bool = False,
         domain_syn_steps: int | None = None,
         shared_theta: bool = False,
+        compile_student: bool = False,
     ) -> None:
         self.net = net_factory().to(device)
         self.device, self.dsa, self.store = device, dsa, store
@@ -65,6 +70,8 @@ class MTT(BaseMethod):
         self.syn_lr = torch.tensor(float(syn_lr), device=device, requires_grad=True)
         self.min_syn_lr = min_syn_lr
         self.checkpoint_student = checkpoint_student
+        # compiled, a step is always made again in the backward pass (the memory of checkpoint_student)
+        self.compiled_step = CompiledStudentStep(self.net, store.unflatten) if compile_student else None
         self.shared_theta = shared_theta
         self.clamped = 0
 
@@ -149,11 +156,19 @@ class MTT(BaseMethod):
             x = syn[idx]
             if self.dsa is not None:
                 x = self.dsa.apply(x, self.dsa.sample(len(idx), tuple(x.shape[-2:]), g, one_family=True))
-            if self.checkpoint_student:
+            if self.compiled_step is not None:
+                theta = self.compiled_step(theta, x, labels[idx], self.syn_lr)
+            elif self.checkpoint_student:
                 theta = checkpoint(self._student_step, theta, x, labels[idx], self.syn_lr, use_reentrant=False)
             else:
                 theta = self._student_step(theta, x, labels[idx], self.syn_lr)
         return ((theta - target) ** 2).sum() / ((theta0 - target) ** 2).sum().clamp(min=1e-12)
+
+
+#: ``--compile auto`` compiles the student's step from this many iterations on. Compiling the class and the
+#: domain student's graphs takes ~110 s once on 2 cores; it saves ~0.5 s an iteration of the PACS IPC 1
+#: preset (1.40 -> 0.86 s) and ~18 s at IPC 10 with 50 steps (62 -> 45 s; BENCHMARKS.md)
+COMPILE_FROM = 300
 
 
 @dataclass
@@ -174,7 +189,7 @@ class MTTOptions:
     checkpoint_student: bool = option(
         True,
         "mtt: recompute student steps in the backward pass "
-        "(IPC 10: 0.12x the memory for 1.12x the time, BENCHMARKS.md)",
+        "(IPC 10: 0.12x the memory for 1.12x the time, BENCHMARKS.md; a compiled student always does)",
     )
     min_syn_lr: float = option(1e-6, "mtt: the learned synthetic lr is kept at or above this (positive)")
 
@@ -211,6 +226,7 @@ def arguments(ctx: MethodContext) -> dict:
         "checkpoint_student": c.checkpoint_student,
         "domain_syn_steps": c.domain_syn_steps,
         "shared_theta": c.theta_prime == "shared",
+        "compile_student": ctx.compile_embed,
     }
 
 
@@ -229,5 +245,6 @@ METHODS.register("mtt")(
         validate=validate,
         needs="experts",
         learned_eval_lr=True,
+        compile_from=COMPILE_FROM,
     )
 )

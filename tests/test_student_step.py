@@ -1,0 +1,81 @@
+"""The compiled student step: the gradients of an unrolled student, as the eager step gives them."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from stages.methods.student import CompiledStudentStep, flattened
+from stages.models.convnet import ConvNet
+
+STEPS = 3
+# The step's own logic (its autograd function, its graphs, one-hot classes) traced and run without code
+# generation: inductor's compile time (~40 s for these graphs on 2 cores) is kept out of the suite; its
+# numbers on the real student are measured in bench/mtt_speed.py (BENCHMARKS.md).
+BACKEND = "aot_eager"
+
+
+def _student():
+    torch.manual_seed(0)
+    net = ConvNet(3, 8, width=8, depth=2)
+    theta0, unflatten = flattened(net)
+    target = theta0 + 0.05 * torch.randn(theta0.shape)
+    return net, unflatten, theta0, target
+
+
+def test_flattened_parameters_map_back_to_the_network():
+    net = ConvNet(3, 8, width=8, depth=2)
+    theta, unflatten = flattened(net)
+    assert theta.numel() == sum(p.numel() for p in net.parameters())
+    for (name, p), (name_back, q) in zip(net.named_parameters(), unflatten(theta).items()):
+        assert name == name_back and torch.equal(p, q)
+
+
+def _eager_step(net, unflatten):
+    def step(theta, x, y, lr):
+        loss = F.cross_entropy(functional_call(net, unflatten(theta), (x,)), y)
+        return theta - lr * torch.autograd.grad(loss, theta, create_graph=True)[0]
+
+    return step
+
+
+def _unrolled(step, theta0, target, x, y, lr):
+    theta = theta0.clone().requires_grad_(True)
+    for i in range(STEPS):
+        theta = step(theta, x * (1.0 + 0.1 * i), y, lr)  # a different input at each step, as augmentation gives
+    return ((theta - target) ** 2).sum() / ((theta0 - target) ** 2).sum()
+
+
+def _gradients(step, theta0, target, y_of):
+    torch.manual_seed(1)
+    x = torch.randn(6, 3, 8, 8, requires_grad=True)
+    logits = torch.randn(6, 3, requires_grad=True)
+    lr = torch.tensor(0.05, requires_grad=True)
+    loss = _unrolled(step, theta0, target, x, y_of(logits), lr)
+    wanted = [x, lr] + ([logits] if y_of(logits).requires_grad else [])
+    return loss.detach(), torch.autograd.grad(loss, wanted)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float) -> bool:
+    return bool((a - b).abs().max() <= rtol * b.abs().max())
+
+
+def test_compiled_step_gives_the_eager_gradients_for_class_labels():
+    net, unflatten, theta0, target = _student()
+    hard = lambda logits: torch.tensor([0, 1, 2, 0, 1, 2])  # noqa: E731
+    loss_e, (gx_e, glr_e) = _gradients(_eager_step(net, unflatten), theta0, target, hard)
+    loss_c, (gx_c, glr_c) = _gradients(CompiledStudentStep(net, unflatten, backend=BACKEND), theta0, target, hard)
+    assert torch.allclose(loss_c, loss_e, rtol=1e-5)
+    assert _close(gx_c, gx_e, 1e-3) and gx_e.abs().max() > 0
+    assert torch.allclose(glr_c, glr_e, rtol=1e-3)
+
+
+def test_compiled_step_differentiates_learned_soft_labels():
+    net, unflatten, theta0, target = _student()
+    soft = lambda logits: logits.softmax(1)  # noqa: E731  (DATM's learned labels)
+    _, (gx_e, glr_e, gy_e) = _gradients(_eager_step(net, unflatten), theta0, target, soft)
+    _, (gx_c, glr_c, gy_c) = _gradients(CompiledStudentStep(net, unflatten, backend=BACKEND), theta0, target, soft)
+    assert _close(gy_c, gy_e, 1e-3) and gy_e.abs().max() > 0
+    assert _close(gx_c, gx_e, 1e-3)
+    assert torch.allclose(glr_c, glr_e, rtol=1e-3)
