@@ -224,7 +224,8 @@ def main() -> None:
                 else "-"
             )
             name = (
-                f"{args.base.upper()}{'+CHDDL' if aware else ''} IPC {ipc}{' (checkpointed)' if ck else ''}"
+                f"{args.base.upper()}{'+CHDDL' if aware else ''} IPC {ipc}"
+                f"{' (compiled)' if args.compile == 'on' else ' (checkpointed)' if ck else ''}"
                 f"{f' (domain student {dss} steps)' if dss else ''}"
             )
             over_cell = f"{over[0]:.2f}x, {over[1]:.2f}x" if over else "-"

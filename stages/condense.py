@@ -466,7 +466,7 @@ def _build(
     domain_stats = statistics_of(every, labels.labels[keep]) if statistics_of is not None else None
     factory = lambda: create_model(cfg.arch, dataset.num_classes, dataset.size)  # noqa: E731
     dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
-    # Compiling costs 15-30 s once: worth it for the default lengths, not for short runs.
+    # Compiling costs 15 s to 2 min once: worth it for the default lengths, not for short runs.
     compile_embed = cfg.compile == "on" or (cfg.compile == "auto" and compiles_at(cfg.base, cfg.iterations))
     base = METHODS.get(cfg.base)(
         MethodContext(
