@@ -467,14 +467,14 @@ def _build(
     factory = lambda: create_model(cfg.arch, dataset.num_classes, dataset.size)  # noqa: E731
     dsa = DSA(cfg.dsa_strategy) if cfg.dsa else None
     # Compiling costs 15 s to 2 min once: worth it for the default lengths, not for short runs.
-    compile_embed = cfg.compile == "on" or (cfg.compile == "auto" and compiles_at(cfg.base, cfg.iterations))
+    compile_hot_path = cfg.compile == "on" or (cfg.compile == "auto" and compiles_at(cfg.base, cfg.iterations))
     base = METHODS.get(cfg.base)(
         MethodContext(
             cfg=cfg,
             net_factory=factory,
             device=device,
             dsa=dsa,
-            compile_embed=compile_embed,
+            compile_hot_path=compile_hot_path,
             store=store,
             teacher=teacher,
             domain_stats=domain_stats,

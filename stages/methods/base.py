@@ -180,7 +180,7 @@ class MethodContext:
     net_factory: NetFactory
     device: torch.device
     dsa: Any  # a stages.data.augment.DSA, or None
-    compile_embed: bool = False
+    compile_hot_path: bool = False  # --compile resolved: each method compiles its own hot path
     store: Any = None  # MTT's ExpertStore
     teacher: torch.nn.Module | None = None
     domain_stats: list | None = None  # SRe2L + CHDDL's per-domain batch-norm targets

@@ -179,7 +179,7 @@ def _build(ctx: MethodContext) -> DC:
         c.outer_loop,
         c.inner_loop,
         c.batch_train,
-        compile_real=ctx.compile_embed,
+        compile_real=ctx.compile_hot_path,
         shared_theta=c.theta_prime == "shared",
     )
 

@@ -99,7 +99,7 @@ class DM(BaseMethod):
 
 
 def _build(ctx: MethodContext) -> DM:
-    return DM(ctx.net_factory, ctx.device, ctx.dsa, ctx.compile_embed)
+    return DM(ctx.net_factory, ctx.device, ctx.dsa, ctx.compile_hot_path)
 
 
 METHODS.register("dm")(

@@ -26,16 +26,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from stages.config import option, require, require_finite
 from stages.data.augment import DSA
 from stages.methods.base import METHODS, BaseMethod, MatchBatch, MethodContext, MethodSpec, RealPool
 from stages.methods.common import NetFactory
-from stages.methods.student import CompiledStudentStep
+from stages.methods.student import CompiledStudentStep, student_loss
 from stages.methods.trajectories import ExpertStore
 
 
@@ -127,12 +124,8 @@ class MTT(BaseMethod):
         return int(torch.randint(self.max_start_epoch, (1,), generator=g))
 
     def _student_step(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        # The loss is differentiated twice (create_graph); of the attention kernels only the math one has a
-        # second derivative (flash and memory-efficient attention have none, on CPU or CUDA). Inside the step,
-        # so that checkpoint's recomputation uses it too.
-        with sdpa_kernel(SDPBackend.MATH):
-            out = functional_call(self.net, self.store.unflatten(theta), (x,))
-        grad = torch.autograd.grad(F.cross_entropy(out, y), theta, create_graph=True)[0]
+        loss = student_loss(self.net, self.store.unflatten(theta), x, y)
+        grad = torch.autograd.grad(loss, theta, create_graph=True)[0]
         return theta - lr * grad
 
     def unroll(
@@ -226,7 +219,7 @@ def arguments(ctx: MethodContext) -> dict:
         "checkpoint_student": c.checkpoint_student,
         "domain_syn_steps": c.domain_syn_steps,
         "shared_theta": c.theta_prime == "shared",
-        "compile_student": ctx.compile_embed,
+        "compile_student": ctx.compile_hot_path,
     }
 
 

@@ -18,21 +18,29 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vjp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from stages.methods.trajectories import unflatten
+
 
 def flattened(net: torch.nn.Module) -> tuple[torch.Tensor, Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
     """``net``'s parameters as one flat vector, and the map from such a vector back to a parameter dict (views
     into it, for ``functional_call``), in ``named_parameters`` order, as ExpertStore lays experts out."""
     names = [n for n, _ in net.named_parameters()]
     shapes = [p.shape for _, p in net.named_parameters()]
+    return torch.cat([p.detach().flatten() for p in net.parameters()]), lambda flat: unflatten(flat, names, shapes)
 
-    def unflatten(flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, i = {}, 0
-        for name, shape in zip(names, shapes):
-            out[name] = flat[i : i + shape.numel()].view(shape)
-            i += shape.numel()
-        return out
 
-    return torch.cat([p.detach().flatten() for p in net.parameters()]), unflatten
+def student_loss(
+    net: torch.nn.Module,
+    params: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> torch.Tensor:
+    """The student's cross-entropy on ``x`` with parameters ``params`` (``y``: classes or probabilities)."""
+    # It is differentiated twice; of the attention kernels only the math one has a second derivative (flash
+    # and memory-efficient attention have none, on CPU or CUDA). Inside the step, so that a recomputation
+    # (checkpoint, or the compiled backward) uses it too.
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.cross_entropy(functional_call(net, params, (x,)), y)
 
 
 class CompiledStudentStep:
@@ -48,12 +56,7 @@ class CompiledStudentStep:
         self.net, self.unflatten = net, unflatten
         self.num_classes: int | None = None  # the student's outputs, read at its first step
 
-        def loss(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            # only the math attention kernel has a second derivative
-            with sdpa_kernel(SDPBackend.MATH):
-                return F.cross_entropy(functional_call(net, unflatten(theta), (x,)), y)
-
-        gradient = grad(loss)
+        gradient = grad(lambda theta, x, y: student_loss(net, unflatten(theta), x, y))
 
         def pullback(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor):
             return vjp(gradient, theta, x, y)[1](v)

@@ -89,9 +89,13 @@ class ExpertStore:
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Parameter dict (for torch.func.functional_call) from a flat vector."""
-        out, i = {}, 0
-        for name, shape in zip(self.names, self.shapes):
-            n = shape.numel()
-            out[name] = flat[i : i + n].view(shape)
-            i += n
-        return out
+        return unflatten(flat, self.names, self.shapes)
+
+
+def unflatten(flat: torch.Tensor, names: list[str], shapes: list[torch.Size]) -> dict[str, torch.Tensor]:
+    """The parameters ``names`` of ``shapes``, in that order, as views into the flat vector ``flat``."""
+    out, i = {}, 0
+    for name, shape in zip(names, shapes):
+        out[name] = flat[i : i + shape.numel()].view(shape)
+        i += shape.numel()
+    return out
