@@ -350,3 +350,23 @@ def test_views_made_chunk_by_chunk_give_the_losses_and_gradients_of_views_made_a
     assert torch.allclose(c1, c2, rtol=1e-5) and torch.allclose(d1, d2, rtol=1e-5)
     assert torch.allclose(gi1, gi2, rtol=1e-4, atol=1e-7) and torch.allclose(gz1, gz2, rtol=1e-4, atol=1e-8)
     assert gz1.abs().sum() > 0
+
+
+def test_compiled_chunked_views_give_the_losses_and_gradients_of_eager_views_made_at_once(data) -> None:
+    from stages.methods.common import Embedding
+
+    ds, labels = data
+    cfg = _cfg(ipc=20, mask_init_mode="normal").resolved()  # 180 views: several chunks
+    base, objective, images, *_ = _build(ds, labels, cfg, torch.device("cpu"))
+    results = []
+    for lazy, embedding in ((False, Embedding()), (True, Embedding(compiled=True, backend="aot_eager"))):
+        base.lazy_views, base.embedding = lazy, embedding
+        base.new_round(0, objective.roles, torch.Generator().manual_seed(1))
+        images.grad = objective.masks.z.grad = None
+        l_cls, l_dom = objective.losses(images, torch.Generator().manual_seed(2))
+        (l_cls + 0.1 * l_dom).backward()
+        results.append((l_cls.detach(), l_dom.detach(), images.grad.clone(), objective.masks.z.grad.clone()))
+    (c1, d1, gi1, gz1), (c2, d2, gi2, gz2) = results
+    assert torch.allclose(c1, c2, rtol=1e-5) and torch.allclose(d1, d2, rtol=1e-5)
+    assert torch.allclose(gi1, gi2, rtol=1e-4, atol=1e-7) and torch.allclose(gz1, gz2, rtol=1e-4, atol=1e-8)
+    assert gz2.abs().sum() > 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.methods.common import embed_in_chunks, embed_with_recompute
+from stages.methods.common import Embedding, embed_in_chunks, embed_with_recompute
 from stages.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +35,20 @@ def test_recomputed_synthetic_embeddings_give_the_plain_gradient() -> None:
     ((net.embed(plain_x) - target) ** 2).sum().backward()
     ((embed_with_recompute(net, chunked_x, chunk=16) - target) ** 2).sum().backward()
     assert torch.allclose(plain_x.grad, chunked_x.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [16, 128])  # recomputed chunk by chunk, and one chunk kept
+def test_compiled_synthetic_embeddings_give_the_plain_values_and_gradient(chunk: int) -> None:
+    net, x = _net_and_images()
+    target = torch.randn(40, net.embed_dim, generator=torch.Generator().manual_seed(2))
+    eager_x, compiled_x = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    compiled = Embedding(compiled=True, backend="aot_eager")
+    eager_emb = net.embed(eager_x)
+    compiled_emb = embed_with_recompute(net, compiled_x, chunk=chunk, embedding=compiled)
+    ((eager_emb - target) ** 2).sum().backward()
+    ((compiled_emb - target) ** 2).sum().backward()
+    assert torch.allclose(eager_emb, compiled_emb, atol=1e-5)
+    assert torch.allclose(eager_x.grad, compiled_x.grad, atol=1e-4, rtol=1e-4) and eager_x.grad.abs().sum() > 0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

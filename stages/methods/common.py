@@ -91,64 +91,97 @@ def embed_real(
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
+class Embedding:
+    """``net.embed`` and its input gradient (the vector-Jacobian product with respect to the images), eager or
+    each one ``torch.compile`` graph: compiled, the recomputed forward pass and its backward pass are one fused
+    graph per chunk instead of the eager composite formulas of group norm, ReLU and pooling, op by op."""
+
+    def __init__(self, compiled: bool = False, backend: str = "inductor") -> None:
+        self.compiled = compiled
+        if compiled:
+            self.forward = torch.compile(_embed, dynamic=True, backend=backend)
+            self.input_vjp = torch.compile(_embed_input_vjp, dynamic=True, backend=backend)
+        else:
+            self.forward, self.input_vjp = _embed, _embed_input_vjp
+
+
+def _embed(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return net.embed(x)
+
+
+def _embed_input_vjp(net: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    return torch.func.vjp(net.embed, x)[1](grad)[0]
+
+
+EAGER = Embedding()
+
+
 def embed_with_recompute(
     net: torch.nn.Module,
     x: torch.Tensor,
     chunk: int = REAL_CHUNK,
     augment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    embedding: Embedding = EAGER,
 ) -> torch.Tensor:
-    """``net.embed(augment(x))`` with gradients, keeping the activations of none of the chunks for the backward
-    pass (each chunk's augmentation and forward are recomputed there, one chunk at a time): for the synthetic
-    images and their domain views (IPC x C x (1 + D) images), peak memory of one chunk for one more forward
-    pass. ``augment(part, rows)`` transforms the images ``rows`` of ``x``, given as ``part``."""
+    """``net.embed(augment(x))`` with gradients for ``x``, keeping the activations of none of the chunks for the
+    backward pass (each chunk's augmentation and forward are recomputed there, one chunk at a time): for the
+    synthetic images and their domain views (IPC x C x (1 + D) images), peak memory of one chunk for one more
+    forward pass. ``augment(part, rows)`` transforms the images ``rows`` of ``x``, given as ``part``."""
 
-    def forward(part: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def prepare(a: int, b: int, part: torch.Tensor) -> torch.Tensor:
         if augment is not None:
-            part = augment(part, rows)
-        return net.embed(part.contiguous(memory_format=torch.channels_last))
+            part = augment(part, torch.arange(a, b))
+        return part
 
-    if len(x) <= chunk:
-        return forward(x, torch.arange(len(x)))
-    from torch.utils.checkpoint import checkpoint
-
-    return torch.cat(
-        [
-            checkpoint(forward, x[i : i + chunk], torch.arange(i, min(i + chunk, len(x))), use_reentrant=False)
-            for i in range(0, len(x), chunk)
-        ]
-    )
+    if len(x) <= chunk:  # one chunk: its activations are kept, as a recomputation would hold them anyway
+        return embedding.forward(net, _net_input(prepare(0, len(x), x)))
+    bounds = [(a, min(a + chunk, len(x))) for a in range(0, len(x), chunk)]
+    return _SlicedRecompute.apply(net, embedding, prepare, bounds, x)
 
 
 class _SlicedRecompute(torch.autograd.Function):
-    """Rows made chunk by chunk from slices ``[a, b)`` of leaf tensors (dim 0), keeping nothing for the
-    backward pass but the leaves: there each chunk is made again from its slices and differentiated with
-    respect to them alone, its gradient written into that slice of a gradient of the leaf's size (no
-    gradient of the whole leaf per chunk, as indexing or slicing inside autograd would create)."""
+    """Embeddings of inputs made chunk by chunk from slices ``[a, b)`` of leaf tensors (dim 0) by
+    ``prepare(a, b, *slices)``, keeping nothing for the backward pass but the leaves: there each chunk's input is
+    made again from its slices, the network's input gradient taken (``embedding.input_vjp``, the forward pass
+    recomputed inside it) and carried back to the slices alone, written into that slice of a gradient of the
+    leaf's size (no gradient of the whole leaf per chunk, as indexing or slicing inside autograd would create)."""
 
     @staticmethod
-    def forward(ctx, make: Callable, bounds: list[tuple[int, int]], *leaves: torch.Tensor) -> torch.Tensor:
-        ctx.make, ctx.bounds = make, bounds
+    def forward(ctx, net, embedding: Embedding, prepare: Callable, bounds: list[tuple[int, int]], *leaves):
+        ctx.net, ctx.embedding, ctx.prepare, ctx.bounds = net, embedding, prepare, bounds
         ctx.save_for_backward(*leaves)
         with torch.no_grad():
-            return torch.cat([make(a, b, *(leaf[a:b] for leaf in leaves)) for a, b in bounds])
+            return torch.cat(
+                [embedding.forward(net, _net_input(prepare(a, b, *_slices(leaves, a, b)))) for a, b in bounds]
+            )
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        leaves, needs = ctx.saved_tensors, ctx.needs_input_grad[2:]
+        leaves, needs = ctx.saved_tensors, ctx.needs_input_grad[4:]
         grads = [torch.zeros_like(leaf) if need else None for leaf, need in zip(leaves, needs)]
         start = 0
         for a, b in ctx.bounds:
             parts = [leaf[a:b].detach().requires_grad_(need) for leaf, need in zip(leaves, needs)]
             with torch.enable_grad():
-                out = ctx.make(a, b, *parts)
+                x = _net_input(ctx.prepare(a, b, *parts))
+            rows = len(x)
             wanted = [p for p, need in zip(parts, needs) if need]
             if wanted:
-                got = iter(torch.autograd.grad(out, wanted, grad[start : start + len(out)]))
+                x_grad = ctx.embedding.input_vjp(ctx.net, x.detach(), grad[start : start + rows].contiguous())
+                got = iter(torch.autograd.grad(x, wanted, x_grad))
                 for g, need in zip(grads, needs):
                     if need:
                         g[a:b] = next(got)
-            start += len(out)
-        return (None, None, *grads)
+            start += rows
+        return (None, None, None, None, *grads)
+
+
+def _slices(leaves, a: int, b: int) -> list[torch.Tensor]:
+    return [leaf[a:b] for leaf in leaves]
+
+
+def _net_input(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def embed_views_with_recompute(
@@ -159,6 +192,7 @@ def embed_views_with_recompute(
     augment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     first_row: int = 0,
     domain: int | None = None,
+    embedding: Embedding = EAGER,
 ) -> torch.Tensor:
     """``net.embed`` of the D domain views of ``images`` under ``masks`` (a ``DomainMasks``), image-major
     (M x D rows), or with ``domain`` of that pseudo-domain's views alone (M rows), with gradients for the
@@ -169,14 +203,14 @@ def embed_views_with_recompute(
     d = masks.z.shape[1] if domain is None else 1
     per = max(1, chunk // d)
 
-    def make(a: int, b: int, imgs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def prepare(a: int, b: int, imgs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         views = masks.views_from(imgs, z, domain).flatten(0, 1)
         if augment is not None:
             views = augment(views, torch.arange(first_row + a * d, first_row + b * d))
-        return net.embed(views.contiguous(memory_format=torch.channels_last))
+        return views
 
     bounds = [(a, min(a + per, len(images))) for a in range(0, len(images), per)]
-    return _SlicedRecompute.apply(make, bounds, images, masks.z)
+    return _SlicedRecompute.apply(net, embedding, prepare, bounds, images, masks.z)
 
 
 def real_images(pool: RealPool, batch: MatchBatch) -> torch.Tensor:

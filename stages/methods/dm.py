@@ -18,6 +18,7 @@ import torch
 from stages.data.augment import DSA, DSAParams
 from stages.methods.base import METHODS, BaseMethod, MatchBatch, MethodContext, MethodSpec, RealPool
 from stages.methods.common import (
+    Embedding,
     NetFactory,
     RoleNets,
     embed_real,
@@ -37,9 +38,8 @@ class DM(BaseMethod):
     ) -> None:
         self.nets = RoleNets(net_factory, device)
         self.dsa = dsa
-        self._embed = (
-            torch.compile(lambda net, x: net.embed(x), dynamic=True) if compile_embed else (lambda net, x: net.embed(x))
-        )
+        self.embedding = Embedding(compiled=compile_embed)
+        self._embed = self.embedding.forward
 
     def new_round(self, round_index: int, roles: tuple[str, ...], g: torch.Generator) -> None:
         self.nets.renew(roles, g, shared=True)
@@ -53,7 +53,9 @@ class DM(BaseMethod):
             groups = self.dsa.sample(batch.num_groups, tuple(batch.syn.shape[-2:]), g)
             params, augment = groups.index(batch.real_groups), self._augment(groups.index(batch.syn_groups.cpu()))
         real = embed_real(self._embed, net, pool, batch.real_index, self.dsa, params)
-        return mean_distance(real, embed_with_recompute(net, batch.syn, augment=augment), batch)
+        return mean_distance(
+            real, embed_with_recompute(net, batch.syn, augment=augment, embedding=self.embedding), batch
+        )
 
     def _augment(self, params: DSAParams) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """Augmentation of synthetic images by their row in the batch (``params`` has one entry per row)."""
@@ -80,7 +82,7 @@ class DM(BaseMethod):
         real_emb = embed_real(self._embed, net, pool, class_batch.real_index, self.dsa, real_params)
         # the views and their augmentation are recomputed chunk by chunk in the backward pass, not kept
         if domain_batch.masks is not None:  # the views made here, chunk by chunk, from the images and masks
-            syn_emb = embed_with_recompute(net, class_batch.syn, augment=augment)
+            syn_emb = embed_with_recompute(net, class_batch.syn, augment=augment, embedding=self.embedding)
             view_emb = embed_views_with_recompute(
                 net,
                 domain_batch.syn,
@@ -88,9 +90,12 @@ class DM(BaseMethod):
                 augment=augment,
                 first_row=n_syn,
                 domain=domain_batch.view_domain,
+                embedding=self.embedding,
             )
         else:
-            emb = embed_with_recompute(net, torch.cat([class_batch.syn, domain_batch.syn]), augment=augment)
+            emb = embed_with_recompute(
+                net, torch.cat([class_batch.syn, domain_batch.syn]), augment=augment, embedding=self.embedding
+            )
             syn_emb, view_emb = emb[:n_syn], emb[n_syn:]
         return (
             mean_distance(real_emb, syn_emb, class_batch),
