@@ -8,6 +8,7 @@ Input as bench/condense_speed.py: 10 classes x 500 random 32x32x3 images,
     python bench/profile_iteration.py dm 10           # base ipc [chddl 0/1]
     python bench/profile_iteration.py dc 1 0 --profile
     CHDDL_KEEP_MEMORY=0 python bench/profile_iteration.py dm 10   # glibc's default allocator behaviour
+    python bench/profile_iteration.py dc 1 0 --compile on --flops --target 3.42   # the floor (bench/flops.py)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from synthetic import random_workspace
@@ -36,22 +38,15 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--compile", default="off", choices=["on", "off"])
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--flops", action="store_true", help="count one iteration's FLOPs (eager) and print its floor here"
+    )
+    parser.add_argument("--target", type=float, help="with --flops: a target s/it to set beside the floor")
     args = parser.parse_args()
     keep_freed_memory()
     with tempfile.TemporaryDirectory() as tmp:
         ws, ds, labels = random_workspace(Path(tmp))
-        settings = {"base": args.base, "ipc": args.ipc, "domain_aware": bool(args.chddl), "iterations": 100}
-        cfg = build(CondenseConfig, settings | {"batch_real": 256, "compile": args.compile}).resolved()
-        base, objective, images, _, _ = _build(ds, labels, cfg, torch.device("cpu"))
-        loop = Loop(base, objective, images, _settings(cfg, base), "profile", Path(tmp) / "p", NullProgress())
-
-        def iteration(i: int) -> None:
-            g = iteration_generator(0, i)
-            base.new_round(i, objective.roles, g)
-            for step in range(base.steps_per_round()):
-                loop.step(g)
-                base.after_step(step, objective.training_sets(images), g)
-
+        iteration = _iterations(args, ds, labels, args.compile, Path(tmp) / "p")
         iteration(0)
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         for i in range(1, 1 + args.iterations):
@@ -69,6 +64,31 @@ def main() -> None:
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 iteration(1 + n)
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        if args.flops:
+            from flops import conv_rate, count_flops, floor_report
+
+            eager = _iterations(args, ds, labels, "off", Path(tmp) / "f")
+            eager(0)
+            work = count_flops(lambda: eager(1))
+            name = f"{args.base} IPC {args.ipc} chddl {args.chddl}, one iteration"
+            print(floor_report(name, work, (t1 - t0) / n, conv_rate(), args.target))
+
+
+def _iterations(args, ds, labels, compile: str, folder: Path) -> Callable[[int], None]:
+    """The method of ``args`` built on the bench's input; returns a function running its iteration ``i``."""
+    settings = {"base": args.base, "ipc": args.ipc, "domain_aware": bool(args.chddl), "iterations": 100}
+    cfg = build(CondenseConfig, settings | {"batch_real": 256, "compile": compile}).resolved()
+    base, objective, images, _, _ = _build(ds, labels, cfg, torch.device("cpu"))
+    loop = Loop(base, objective, images, _settings(cfg, base), "profile", folder, NullProgress())
+
+    def iteration(i: int) -> None:
+        g = iteration_generator(0, i)
+        base.new_round(i, objective.roles, g)
+        for step in range(base.steps_per_round()):
+            loop.step(g)
+            base.after_step(step, objective.training_sets(images), g)
+
+    return iteration
 
 
 if __name__ == "__main__":

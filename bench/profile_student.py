@@ -19,6 +19,7 @@ unroll.
 
     python bench/profile_student.py --steps 10 --rounds 4
     python bench/profile_student.py --steps 10 --profile
+    python bench/profile_student.py --steps 10 --flops --target 0.66   # the floor (bench/flops.py)
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--flops", action="store_true", help="each eager variant's FLOPs per step and its floor here")
+    parser.add_argument("--target", type=float, help="with --flops: a target s/step to set beside the floors")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -103,6 +106,15 @@ def main() -> None:
         vs_exact = float((grads[name].double() - exact).abs().max() / exact.abs().max())
         runs = ", ".join(f"{t:.3f}" for t in ts)
         print(f"| {name} | {statistics.median(ts):.3f} | {runs} | {vs_eager:.1e} | {vs_exact:.1e} |")
+    if args.flops:  # the compiled step does the checkpointed step's arithmetic
+        from flops import conv_rate, count_flops, floor_report
+
+        rate = conv_rate()
+        for name in ("eager", "checkpointed"):
+            work = count_flops(lambda: unroll(steps[name])) / args.steps
+            seconds = statistics.median(times["compiled" if name == "checkpointed" else name])
+            label = "compiled (the checkpointed arithmetic)" if name == "checkpointed" else name
+            print(floor_report(f"{label}, one student step", work, seconds, rate, args.target))
     if args.profile:
         from torch.profiler import profile
 

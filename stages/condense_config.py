@@ -123,8 +123,8 @@ class _Condense:
     exclude_domain: str | None = option(None, "protocols: leave this true domain out of condensation")
     compile: str = option(
         "auto",
-        "torch.compile the hot path (DM, DC: the real images' forward; MTT, DATM: the student's step): "
-        "auto (long runs), on, off",
+        "torch.compile the hot path (DM: every forward pass and the synthetic images' and CHDDL views' input "
+        "gradient; DC: the real images' gradient; MTT, DATM: the student's step): auto (long runs), on, off",
     )
     seed: int = option(0, "seed of init, networks, batches and augmentation")
     checkpoint_every: int = option(100, "iterations between checkpoints (resume point)")
