@@ -333,6 +333,22 @@ def test_the_report_names_the_schedule_and_mask_settings(data, workspace) -> Non
 
 
 # -- DM + CHDDL's views made chunk by chunk -------------------------------------
+def _one_step(base, objective, images) -> tuple[torch.Tensor, ...]:
+    """Class and domain loss of one step from fixed seeds, and the images' and masks' gradients."""
+    base.new_round(0, objective.roles, torch.Generator().manual_seed(1))
+    images.grad = objective.masks.z.grad = None
+    l_cls, l_dom = objective.losses(images, torch.Generator().manual_seed(2))
+    (l_cls + 0.1 * l_dom).backward()
+    return l_cls.detach(), l_dom.detach(), images.grad.clone(), objective.masks.z.grad.clone()
+
+
+def _assert_same_step(first: tuple[torch.Tensor, ...], second: tuple[torch.Tensor, ...]) -> None:
+    (c1, d1, gi1, gz1), (c2, d2, gi2, gz2) = first, second
+    assert torch.allclose(c1, c2, rtol=1e-5) and torch.allclose(d1, d2, rtol=1e-5)
+    assert torch.allclose(gi1, gi2, rtol=1e-4, atol=1e-7) and torch.allclose(gz1, gz2, rtol=1e-4, atol=1e-8)
+    assert gz1.abs().sum() > 0 and gz2.abs().sum() > 0
+
+
 @pytest.mark.parametrize("extra", [{}, {"mask_resolution": 4, "mask_channels": "shared"}])
 def test_views_made_chunk_by_chunk_give_the_losses_and_gradients_of_views_made_at_once(data, extra) -> None:
     ds, labels = data
@@ -341,15 +357,8 @@ def test_views_made_chunk_by_chunk_give_the_losses_and_gradients_of_views_made_a
     results = []
     for lazy in (True, False):
         base.lazy_views = lazy
-        base.new_round(0, objective.roles, torch.Generator().manual_seed(1))
-        images.grad = objective.masks.z.grad = None
-        l_cls, l_dom = objective.losses(images, torch.Generator().manual_seed(2))
-        (l_cls + 0.1 * l_dom).backward()
-        results.append((l_cls.detach(), l_dom.detach(), images.grad.clone(), objective.masks.z.grad.clone()))
-    (c1, d1, gi1, gz1), (c2, d2, gi2, gz2) = results
-    assert torch.allclose(c1, c2, rtol=1e-5) and torch.allclose(d1, d2, rtol=1e-5)
-    assert torch.allclose(gi1, gi2, rtol=1e-4, atol=1e-7) and torch.allclose(gz1, gz2, rtol=1e-4, atol=1e-8)
-    assert gz1.abs().sum() > 0
+        results.append(_one_step(base, objective, images))
+    _assert_same_step(*results)
 
 
 def test_compiled_chunked_views_give_the_losses_and_gradients_of_eager_views_made_at_once(data) -> None:
@@ -361,12 +370,5 @@ def test_compiled_chunked_views_give_the_losses_and_gradients_of_eager_views_mad
     results = []
     for lazy, embedding in ((False, Embedding()), (True, Embedding(compiled=True, backend="aot_eager"))):
         base.lazy_views, base.embedding = lazy, embedding
-        base.new_round(0, objective.roles, torch.Generator().manual_seed(1))
-        images.grad = objective.masks.z.grad = None
-        l_cls, l_dom = objective.losses(images, torch.Generator().manual_seed(2))
-        (l_cls + 0.1 * l_dom).backward()
-        results.append((l_cls.detach(), l_dom.detach(), images.grad.clone(), objective.masks.z.grad.clone()))
-    (c1, d1, gi1, gz1), (c2, d2, gi2, gz2) = results
-    assert torch.allclose(c1, c2, rtol=1e-5) and torch.allclose(d1, d2, rtol=1e-5)
-    assert torch.allclose(gi1, gi2, rtol=1e-4, atol=1e-7) and torch.allclose(gz1, gz2, rtol=1e-4, atol=1e-8)
-    assert gz2.abs().sum() > 0
+        results.append(_one_step(base, objective, images))
+    _assert_same_step(*results)
