@@ -33,13 +33,10 @@ class DM(BaseMethod):
     sums_statistics = True
     lazy_views = True
 
-    def __init__(
-        self, net_factory: NetFactory, device: torch.device, dsa: DSA | None, compile_embed: bool = False
-    ) -> None:
+    def __init__(self, net_factory: NetFactory, device: torch.device, dsa: DSA | None, compiled: bool = False) -> None:
         self.nets = RoleNets(net_factory, device)
         self.dsa = dsa
-        self.embedding = Embedding(compiled=compile_embed)
-        self._embed = self.embedding.forward
+        self.embedding = Embedding(compiled=compiled)
 
     def new_round(self, round_index: int, roles: tuple[str, ...], g: torch.Generator) -> None:
         self.nets.renew(roles, g, shared=True)
@@ -52,7 +49,7 @@ class DM(BaseMethod):
         if self.dsa is not None:
             groups = self.dsa.sample(batch.num_groups, tuple(batch.syn.shape[-2:]), g)
             params, augment = groups.index(batch.real_groups), self._augment(groups.index(batch.syn_groups.cpu()))
-        real = embed_real(self._embed, net, pool, batch.real_index, self.dsa, params)
+        real = embed_real(self.embedding.forward, net, pool, batch.real_index, self.dsa, params)
         return mean_distance(
             real, embed_with_recompute(net, batch.syn, augment=augment, embedding=self.embedding), batch
         )
@@ -79,7 +76,7 @@ class DM(BaseMethod):
         if self.dsa is not None:
             params = self.dsa.sample(class_batch.num_groups, tuple(class_batch.syn.shape[-2:]), g)
             real_params, augment = params.index(class_batch.real_groups), self._augment(params.index(syn_classes))
-        real_emb = embed_real(self._embed, net, pool, class_batch.real_index, self.dsa, real_params)
+        real_emb = embed_real(self.embedding.forward, net, pool, class_batch.real_index, self.dsa, real_params)
         # the views and their augmentation are recomputed chunk by chunk in the backward pass, not kept
         if domain_batch.masks is not None:  # the views made here, chunk by chunk, from the images and masks
             syn_emb = embed_with_recompute(net, class_batch.syn, augment=augment, embedding=self.embedding)
