@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
@@ -79,3 +82,24 @@ def test_compiled_step_differentiates_learned_soft_labels():
     assert _close(gy_c, gy_e, 1e-3) and gy_e.abs().max() > 0
     assert _close(gx_c, gx_e, 1e-3)
     assert torch.allclose(glr_c, glr_e, rtol=1e-3)
+
+
+def _bench_tape_step():
+    # bench/student_residuals.py's residual-keeping step (a benchmark variant, BENCHMARKS.md issue 32)
+    path = Path(__file__).parents[1] / "bench" / "student_residuals.py"
+    spec = importlib.util.spec_from_file_location("student_residuals", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.TapeStep
+
+
+def test_the_benchmarked_residual_keeping_step_gives_the_eager_gradients():
+    net, unflatten, theta0, target = _student()
+    tape = _bench_tape_step()(net, unflatten, backend=BACKEND)
+    soft = lambda logits: logits.softmax(1)  # noqa: E731
+    loss_e, (gx_e, glr_e, gy_e) = _gradients(_eager_step(net, unflatten), theta0, target, soft)
+    loss_t, (gx_t, glr_t, gy_t) = _gradients(tape, theta0, target, soft)
+    assert torch.allclose(loss_t, loss_e, rtol=1e-5)
+    assert _close(gx_t, gx_e, 1e-3) and gx_e.abs().max() > 0
+    assert _close(gy_t, gy_e, 1e-3) and gy_e.abs().max() > 0
+    assert torch.allclose(glr_t, glr_e, rtol=1e-3)
