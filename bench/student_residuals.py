@@ -20,7 +20,7 @@ gradient against ``recomputed``; with ``--kernels``, each variant's time in conv
 generated kernels over one profiled unroll.
 
     python bench/student_residuals.py --steps 10 --rounds 3
-    python bench/student_residuals.py --steps 5 --rounds 1 --kernels
+    python bench/student_residuals.py --steps 10 --rounds 1 --kernels
 """
 
 from __future__ import annotations
