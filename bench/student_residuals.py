@@ -237,6 +237,10 @@ def main() -> None:
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # one variant, in a child process
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.steps < 1 or args.rounds < 1:
+        parser.error(f"--steps and --rounds must be at least 1 (got {args.steps} and {args.rounds})")
+    if args.budget is not None and not 0 < args.budget <= 1:
+        parser.error(f"--budget is a fraction of the activations to keep, in (0, 1] (got {args.budget})")
     if args.variant:
         _run(args.variant, args.steps, args.budget, args.kernels, args.out)
         return
@@ -251,7 +255,11 @@ def main() -> None:
                 out = Path(tmp, f"{v}{r}.json")
                 child = [sys.executable, __file__, "--variant", v, "--steps", str(args.steps), "--out", str(out)]
                 child += ["--budget", str(args.budget)] if args.budget is not None and v == "aot" else []
-                subprocess.run(child + (["--kernels"] if args.kernels else []), check=True, capture_output=True)
+                done = subprocess.run(child + (["--kernels"] if args.kernels else []), capture_output=True, text=True)
+                if done.returncode:
+                    lines = done.stderr.strip().splitlines() or ["no message"]
+                    last = next((line for line in reversed(lines) if "Error" in line), lines[-1])  # the exception
+                    sys.exit(f"error: the {v} variant failed (exit {done.returncode}): {last}")
                 results[v].append(json.loads(out.read_text()))
         reference = torch.load(Path(tmp, f"recomputed{args.rounds - 1}.pt"))
         diffs = {
