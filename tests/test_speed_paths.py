@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from stages.methods import dc
 from stages.methods.common import Embedding, embed_in_chunks, embed_with_recompute
 from stages.models import create_model
 
@@ -49,6 +50,38 @@ def test_compiled_synthetic_embeddings_give_the_plain_values_and_gradient(chunk:
     ((compiled_emb - target) ** 2).sum().backward()
     assert torch.allclose(eager_emb, compiled_emb, atol=1e-5)
     assert torch.allclose(eager_x.grad, compiled_x.grad, atol=1e-4, rtol=1e-4) and eager_x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_dc_takes_the_real_gradient_in_chunks_with_the_whole_batch_values(compiled: bool, monkeypatch) -> None:
+    x = torch.randn(40, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    x, y = x.contiguous(memory_format=torch.channels_last), torch.arange(40) % 4  # as DC.loss passes them
+    net = lambda: create_model("convnet", 4, 16)  # noqa: E731
+    method = dc.DC(net, torch.device("cpu"), None, 0.01, 1, 1, 8, compiled, backend="eager")
+    method.new_round(0, ("class",), torch.Generator().manual_seed(0))
+    whole = method._real_gradients("class", x, y)
+    monkeypatch.setattr(dc, "REAL_GRAD_CHUNK", 16)  # chunks of 16, 16 and 8 images
+    chunked = method._real_gradients("class", x, y)
+    plain = torch.autograd.grad(
+        torch.nn.functional.cross_entropy(method.nets["class"](x), y),
+        [p for p in method.nets["class"].parameters() if p.ndim > 1],
+    )
+    assert len(whole) == len(chunked) == len(plain) == 4  # three convolutions and the classifier
+    for w, c, p in zip(whole, chunked, plain):
+        assert torch.allclose(c, p, rtol=1e-4, atol=1e-6) and torch.allclose(w, p, rtol=1e-4, atol=1e-6)
+        assert p.abs().sum() > 0
+
+
+def test_dc_takes_a_batch_norm_networks_real_gradient_whole(monkeypatch) -> None:
+    x = torch.randn(40, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    x, y = x.contiguous(memory_format=torch.channels_last), torch.arange(40) % 4
+    method = dc.DC(lambda: create_model("convnet_bn", 4, 16), torch.device("cpu"), None, 0.01, 1, 1, 8)
+    method.new_round(0, ("class",), torch.Generator().manual_seed(0))
+    monkeypatch.setattr(dc, "REAL_GRAD_CHUNK", 16)  # ignored: chunks would have their own batch statistics
+    params = [p for p in method.nets["class"].parameters() if p.ndim > 1]
+    plain = torch.autograd.grad(torch.nn.functional.cross_entropy(method.nets["class"](x), y), params)
+    for got, want in zip(method._real_gradients("class", x, y), plain):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from stages.methods import student
 from stages.methods.student import CompiledStudentStep, flattened
 from stages.models.convnet import ConvNet
 
@@ -82,6 +84,40 @@ def test_compiled_step_differentiates_learned_soft_labels():
     assert _close(gy_c, gy_e, 1e-3) and gy_e.abs().max() > 0
     assert _close(gx_c, gx_e, 1e-3)
     assert torch.allclose(glr_c, glr_e, rtol=1e-3)
+
+
+@pytest.mark.parametrize("images_per_chunk", [1, 3])  # 7 chunks of one image; chunks of 3, 2 and 2 images
+def test_a_cpu_step_in_chunks_gives_the_whole_batch_gradients(images_per_chunk: int, monkeypatch) -> None:
+    net, unflatten, theta0, target = _student()
+    monkeypatch.setattr(student, "CHUNK_PIXELS", images_per_chunk * 8 * 8)
+    torch.manual_seed(1)
+    x, logits = torch.randn(7, 3, 8, 8, requires_grad=True), torch.randn(7, 3, requires_grad=True)
+    lr = torch.tensor(0.05, requires_grad=True)
+    assert student.chunks(x) == {1: 7, 3: 3}[images_per_chunk]  # 7 images: no equal split in 3 to 6 chunks
+    grads = {}
+    for name, step in [
+        ("eager", _eager_step(net, unflatten)),
+        ("chunked", CompiledStudentStep(net, unflatten, BACKEND)),
+    ]:
+        loss = _unrolled(step, theta0, target, x, logits.softmax(1), lr)
+        grads[name] = (loss.detach(), *torch.autograd.grad(loss, [x, lr, logits]))
+    (loss_e, gx_e, glr_e, gy_e), (loss_c, gx_c, glr_c, gy_c) = grads["eager"], grads["chunked"]
+    assert torch.allclose(loss_c, loss_e, rtol=1e-5)
+    assert _close(gx_c, gx_e, 1e-3) and _close(gy_c, gy_e, 1e-3) and gx_e.abs().max() > 0
+    assert torch.allclose(glr_c, glr_e, rtol=1e-3)
+
+
+@pytest.mark.parametrize(("images", "size", "expected"), [(100, 32, 4), (70, 64, 14), (70, 32, 5), (10, 32, 1)])
+def test_a_cpu_batch_is_split_into_equal_chunks_where_it_can_be(images: int, size: int, expected: int) -> None:
+    x = torch.empty(images, 3, size, size)
+    assert student.chunks(x) == expected  # 25 images of 32 px, 6 of 64 px at most: 4 x 25, 14 x 5, 5 x 14
+    assert student.chunks(torch.empty(images, 3, size, size, device="meta")) == 1  # not a CPU batch
+
+
+def test_a_batch_norm_student_is_never_chunked() -> None:
+    assert student.per_sample(ConvNet(3, 8, width=8, depth=2))
+    bn = ConvNet(3, 8, width=8, depth=2, norm="batchnorm")
+    assert not student.per_sample(bn) and not CompiledStudentStep(bn, flattened(bn)[1], BACKEND).chunked
 
 
 def _bench_tape_step():

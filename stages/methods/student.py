@@ -7,6 +7,11 @@ product are each a ``torch.compile``d ``torch.func`` graph, called from an autog
 keeps only the step's inputs and gradient (like ``checkpoint_student``: the backward pass makes the
 step again inside its compiled graph). Same values as the eager step up to float32 rounding; see
 ``tests/test_student_step.py`` for the tolerance.
+
+On CPU a step's batch goes through the graphs in chunks of about ``CHUNK_PIXELS`` input pixels (25 images
+at 32 px), their gradients and products summed with each chunk's share of the batch as its weight: the
+same mean, in less time (BENCHMARKS.md). The networks are per-sample (instance norm), so a chunk's
+gradient does not depend on the other images.
 """
 
 from __future__ import annotations
@@ -19,6 +24,26 @@ from torch.func import functional_call, grad, vjp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from stages.methods.trajectories import unflatten
+
+#: input pixels per chunk of a CPU step's batch: the IPC 10 student (100 images of 32 px) took 0.68-0.82 s per step
+#: in chunks of 25 against 0.88-0.89 s whole, at 0.97 against 1.4-1.9 GB; 20 to 25 images were the best of 10 to 50
+#: in a sweep, and at 64 px chunks of 7 and 14 both beat the whole batch (BENCHMARKS.md)
+CHUNK_PIXELS = 25 * 32 * 32
+
+
+def per_sample(net: torch.nn.Module) -> bool:
+    """Whether ``net``'s output for an image depends on that image alone (no batch norm): only then is a
+    batch's mean gradient the weighted sum of its chunks'."""
+    return not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+def chunks(x: torch.Tensor) -> int:
+    """How many chunks a step splits batch ``x`` into: at most ``CHUNK_PIXELS`` pixels each, and of one size
+    where up to twice the fewest chunks allow it (one compiled graph); one on a GPU (not measured there)."""
+    if x.device.type != "cpu":
+        return 1
+    fewest = -(-len(x) // max(1, CHUNK_PIXELS // (x.shape[-1] * x.shape[-2])))
+    return next((k for k in range(fewest, 2 * fewest + 1) if len(x) % k == 0), fewest)
 
 
 def flattened(net: torch.nn.Module) -> tuple[torch.Tensor, Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
@@ -54,6 +79,7 @@ class CompiledStudentStep:
         backend: str = "inductor",
     ) -> None:
         self.net, self.unflatten = net, unflatten
+        self.chunked = per_sample(net)  # batch norm: the whole batch, its statistics as the eager step's
         self.num_classes: int | None = None  # the student's outputs, read at its first step
 
         gradient = grad(lambda theta, x, y: student_loss(net, unflatten(theta), x, y))
@@ -80,7 +106,7 @@ class _Step(torch.autograd.Function):
     def forward(ctx, step: CompiledStudentStep, theta, x, y, lr):
         # contiguous: the graphs are traced for one layout (an augmented batch may come in another)
         theta, x, y = (t.detach().contiguous() for t in (theta, x, y))
-        g = step.gradient(theta, x, y)
+        g = _weighted_sum([(w, step.gradient(theta, xc, yc)) for w, xc, yc in _split(step, x, y)])
         ctx.step = step
         ctx.save_for_backward(theta, x, y, lr, g)
         return theta - lr * g
@@ -88,6 +114,29 @@ class _Step(torch.autograd.Function):
     @staticmethod
     def backward(ctx, v: torch.Tensor):
         theta, x, y, lr, g = ctx.saved_tensors
-        g_theta, g_x, g_y = ctx.step.pullback(theta, x, y, v)
+        pulled = [(w, ctx.step.pullback(theta, xc, yc, v)) for w, xc, yc in _split(ctx.step, x, y)]
+        g_theta = _weighted_sum([(w, p[0]) for w, p in pulled])
+        g_x, g_y = (_weighted_sum([(w, p[i]) for w, p in pulled], concatenate=True) for i in (1, 2))
         # d(theta - lr g)/d(.)^T v: v - lr H v for theta, -lr (dg/dx)^T v for x (and y), -<v, g> for lr
         return None, v - lr * g_theta, -lr * g_x, -lr * g_y if ctx.needs_input_grad[3] else None, -(v * g).sum()
+
+
+def _split(
+    step: CompiledStudentStep, x: torch.Tensor, y: torch.Tensor
+) -> list[tuple[float, torch.Tensor, torch.Tensor]]:
+    """The batch's chunks, each with its share of the batch (the weight of its mean loss in the batch's)."""
+    k = chunks(x) if step.chunked else 1
+    return [(len(xc) / len(x), xc, yc) for xc, yc in zip(torch.tensor_split(x, k), torch.tensor_split(y, k))]
+
+
+def _weighted_sum(terms: list[tuple[float, torch.Tensor]], concatenate: bool = False) -> torch.Tensor:
+    """Sum (or, for per-image gradients, concatenation) of weight x term; one term: the term itself, as the
+    unchunked step gives it."""
+    if len(terms) == 1:
+        return terms[0][1]
+    if concatenate:
+        return torch.cat([t * w for w, t in terms])
+    total = terms[0][1] * terms[0][0]
+    for w, t in terms[1:]:
+        total = total + t * w
+    return total
