@@ -10,8 +10,8 @@ step again inside its compiled graph). Same values as the eager step up to float
 
 On CPU a step's batch goes through the graphs in chunks of about ``CHUNK_PIXELS`` input pixels (25 images
 at 32 px), their gradients and products summed with each chunk's share of the batch as its weight: the
-same mean, in less time (BENCHMARKS.md). The networks are per-sample (instance norm), so a chunk's
-gradient does not depend on the other images.
+same mean, in less time (BENCHMARKS.md). Only a network without batch norm is chunked: there a chunk's
+gradient does not depend on the other images; with batch norm the statistics are the whole batch's.
 """
 
 from __future__ import annotations
