@@ -12,6 +12,7 @@ from torch.func import functional_call
 
 from stages.methods import student
 from stages.methods.student import CompiledStudentStep, flattened
+from stages.models import per_sample
 from stages.models.convnet import ConvNet
 
 STEPS = 3
@@ -115,9 +116,9 @@ def test_a_cpu_batch_is_split_into_equal_chunks_where_it_can_be(images: int, siz
 
 
 def test_a_batch_norm_student_is_never_chunked() -> None:
-    assert student.per_sample(ConvNet(3, 8, width=8, depth=2))
+    assert per_sample(ConvNet(3, 8, width=8, depth=2))
     bn = ConvNet(3, 8, width=8, depth=2, norm="batchnorm")
-    assert not student.per_sample(bn) and not CompiledStudentStep(bn, flattened(bn)[1], BACKEND).chunked
+    assert not per_sample(bn) and not CompiledStudentStep(bn, flattened(bn)[1], BACKEND).chunked
 
 
 def _bench_tape_step():

@@ -23,7 +23,7 @@ from stages.config import option, require, require_finite
 from stages.data.augment import DSA
 from stages.methods.base import METHODS, BaseMethod, MatchBatch, MethodContext, MethodSpec, RealPool
 from stages.methods.common import NetFactory, RoleNets, augmented_pair, real_images
-from stages.methods.student import per_sample
+from stages.models import per_sample
 
 #: (outer_loop, inner_loop) by IPC, from the reference implementation
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}

@@ -24,17 +24,12 @@ from torch.func import functional_call, grad, vjp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from stages.methods.trajectories import unflatten
+from stages.models import per_sample
 
 #: input pixels per chunk of a CPU step's batch: the IPC 10 student (100 images of 32 px) took 0.68-0.82 s per step
 #: in chunks of 25 against 0.88-0.89 s whole, at 0.97 against 1.4-1.9 GB; 20 to 25 images were the best of 10 to 50
 #: in a sweep, and at 64 px chunks of 7 and 14 both beat the whole batch (BENCHMARKS.md)
 CHUNK_PIXELS = 25 * 32 * 32
-
-
-def per_sample(net: torch.nn.Module) -> bool:
-    """Whether ``net``'s output for an image depends on that image alone (no batch norm): only then is a
-    batch's mean gradient the weighted sum of its chunks'."""
-    return not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
 def chunks(x: torch.Tensor) -> int:

@@ -32,6 +32,12 @@ def embeds(name: str) -> bool:
     return callable(getattr(net, "embed", None))
 
 
+def per_sample(model: nn.Module) -> bool:
+    """Whether ``model``'s output for an image depends on that image alone (no batch norm): only then is a
+    batch's mean gradient the weighted sum of its chunks'."""
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def list_models() -> list[str]:
     """Names of all registered architectures."""
     return ARCHITECTURES.names()
