@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import _tree  # noqa: F401  (this checkout first on sys.path)
+
 
 def store_beside(ws, ours, repository: str, settings: dict, tensors: dict, seed: int, seconds: float, info=None):
     """Write the reference's set as a condensed artifact named after ``ours`` (``condensed-<base>_reference-…``),

@@ -36,8 +36,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _tree import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 MATRIX = [
     ("dm", 1, 0),
     ("dm", 1, 1),

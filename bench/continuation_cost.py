@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _tree  # noqa: F401  (this checkout first on sys.path)
 import torch
 
 from stages import api

@@ -38,8 +38,8 @@ import types
 from pathlib import Path
 
 import torch
+from _tree import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / ".reference" / "DATM"
 
 
@@ -221,7 +221,6 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--epochs", type=int, default=300)
     args = p.parse_args()
-    sys.path.insert(0, str(ROOT))
     from beside import score, store_beside
 
     from stages import api

@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from _tree import ROOT
 
 
 def main() -> None:

@@ -31,8 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from _tree import ROOT
 
 
 def make_tree(root: Path, images: int, source_px: int, domains: int, classes: int, seed: int = 0) -> Path:
@@ -50,7 +49,6 @@ def make_tree(root: Path, images: int, source_px: int, domains: int, classes: in
 
 
 def _chddl(tree: Path, size: int) -> tuple[int, float]:
-    sys.path.insert(0, str(ROOT))
     from stages.data.folder import read_folder
 
     start = time.perf_counter()  # imports excluded on both sides

@@ -35,8 +35,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _tree import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 MATRIX = [
     (1, 0, 0, 0),
     (1, 1, 0, 0),

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import _tree  # noqa: F401  (this checkout first on sys.path)
 import torch
 from synthetic import random_workspace
 

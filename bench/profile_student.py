@@ -29,6 +29,7 @@ import copy
 import statistics
 import time
 
+import _tree  # noqa: F401  (this checkout first on sys.path)
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call

@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 import torch
+from _tree import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / ".reference" / "RDED"
 
 
@@ -88,7 +88,6 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    sys.path.insert(0, str(ROOT))
     from beside import score, store_beside
 
     from stages import api

@@ -28,8 +28,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from _tree import ROOT
 
 
 def _condense(ws: Path, iterations: int, threads: int, ranks: int, chddl: bool, batch_real: int) -> dict:

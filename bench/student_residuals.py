@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import _tree  # noqa: F401  (this checkout first on sys.path)
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vjp

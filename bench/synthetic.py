@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import _tree  # noqa: F401  (this checkout first on sys.path)
 import numpy as np
 
 

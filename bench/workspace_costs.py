@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _tree  # noqa: F401  (this checkout first on sys.path)
 import numpy as np
 import torch
 

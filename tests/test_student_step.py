@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,10 +124,14 @@ def test_a_batch_norm_student_is_never_chunked() -> None:
 
 def _bench_tape_step():
     # bench/student_residuals.py's residual-keeping step (a benchmark variant, BENCHMARKS.md issue 32)
-    path = Path(__file__).parents[1] / "bench" / "student_residuals.py"
-    spec = importlib.util.spec_from_file_location("student_residuals", path)
+    bench = Path(__file__).parents[1] / "bench"
+    spec = importlib.util.spec_from_file_location("student_residuals", bench / "student_residuals.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(bench))  # for its `import _tree`, as when it runs as a script
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
     return module.TapeStep
 
 

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # this checkout's code before an editable install's (bench/_tree.py)
 MATRIX = [(b, ipc, aware) for b in ("dm", "dc", "mtt") for ipc in (1, 10) for aware in (0, 1)]
 #: the paper's Table H, PACS: (peak GiB, seconds per loop) on an A6000
 TABLE_H = {
