@@ -588,7 +588,7 @@ class Workspace:
         info: Mapping[str, Any] | None = None,
         metrics: Mapping[str, Any] | None = None,
         cost: Mapping[str, Any] | None = None,
-        files: Mapping[str, bytes] | None = None,
+        files: Mapping[str, bytes | Mapping[str, torch.Tensor]] | None = None,
         link_files: Mapping[str, Path] | None = None,
         schema_version: int = 1,
     ) -> Artifact:
@@ -605,7 +605,10 @@ class Workspace:
             write_safetensors(tmp / TENSORS_FILE, flat)
             size, digest = file_digest(tmp / TENSORS_FILE)
             for fname, content in (files or {}).items():
-                (tmp / fname).write_bytes(content)
+                if isinstance(content, bytes):
+                    (tmp / fname).write_bytes(content)
+                else:  # tensors: a safetensors file streamed from their memory, not a serialised copy first
+                    write_safetensors(tmp / fname, content)
             for fname, source in (link_files or {}).items():
                 # large files: hard-linked (no copy); the caller's originals stay until it removes them
                 try:

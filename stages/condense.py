@@ -211,12 +211,10 @@ def run(
                 stats = loop.stats(start)
                 if start_from is not None and loop.continued_at == start_from[0]:
                     stats["continued_from"] = source.name
-                if cfg.domain_aware:
-                    stats["masks"] = mask_diagnostics(objective.masks.alpha())
                 extras = _mask_extras(objective, images, dataset) if cfg.domain_aware else {}
-                final_state = safetensors.torch.save(
-                    {k: v.detach().cpu().contiguous() for k, v in loop.state(copy=False).items()}
-                )
+                if extras:
+                    stats["masks"] = mask_diagnostics(extras["masks"]["alpha"])
+                final_state = {k: v.detach().cpu() for k, v in loop.state(copy=False).items()}
                 history, earlier_s = loop.history, loop.earlier_s
                 set_tensors = {k: v.detach().cpu() for k, v in base.set_tensors().items()}
         if not record_ranks(cost):  # torchrun: rank 0 writes the artifact
@@ -226,7 +224,7 @@ def run(
         if final_state is not None:
             files[FINAL_STATE] = final_state
         if extras:
-            files["extra_domain_masks.safetensors"] = extras["blob"]
+            files["extra_domain_masks.safetensors"] = extras["masks"]
             files["extra_domain_views.png"] = extras["views_png"]
         eval_lr = base.evaluation_lr() or 0.01  # the evaluation protocol's lr, unless the method learned one
         stats |= base.run_stats()
@@ -525,12 +523,12 @@ def _build(
 
 
 def _mask_extras(objective: DomainAwareObjective, images: torch.Tensor, dataset: Dataset) -> dict:
-    """The final masks and views, saved beside (never inside) the condensed set."""
+    """The final masks (z and alpha, written from their memory when the artifact is) and a picture of the first
+    images' views, saved beside (never inside) the condensed set."""
     with torch.no_grad():
-        alpha = objective.masks.alpha().cpu()
-        views = objective.masks.views(images).cpu()
+        alpha = objective.masks.alpha().cpu()  # shared masks: a view over the colour channels, made whole as written
+        shown = objective.masks.views(images, torch.arange(min(len(images), 8), device=images.device)).cpu()
     std = torch.tensor(dataset.std)
-    shown = views[: min(len(views), 8)]
     d = shown.shape[1]
     # per shown image: the image | its D views | its D masks | which domain wins each pixel
     panel = torch.cat(
@@ -543,8 +541,6 @@ def _mask_extras(objective: DomainAwareObjective, images: torch.Tensor, dataset:
         dim=1,
     )
     return {
-        "blob": safetensors.torch.save(
-            {"z": objective.masks.z.detach().cpu().contiguous(), "alpha": alpha.contiguous()}
-        ),
+        "masks": {"z": objective.masks.z.detach().cpu(), "alpha": alpha},
         "views_png": grid_png(panel.flatten(0, 1), nrow=2 + 2 * d),
     }

@@ -39,6 +39,16 @@ def test_round_trip_keeps_tensors_and_metadata(workspace) -> None:
     assert (art.path / "grid.png").read_bytes() == b"\x89PNG"
 
 
+def test_a_file_given_as_tensors_is_written_as_a_safetensors_file_of_those_tensors(workspace) -> None:
+    import safetensors.torch
+
+    expanded = torch.arange(6.0).view(2, 1, 3).expand(2, 4, 3)  # a view: made whole as it is written
+    art = _write(workspace, files={"extra.safetensors": {"a": expanded, "b": torch.tensor([1, 2], dtype=torch.int32)}})
+    again = safetensors.torch.load_file(str(art.path / "extra.safetensors"))
+    assert torch.equal(again["a"], expanded.contiguous()) and again["b"].tolist() == [1, 2]
+    assert "extra.safetensors" in art.meta["files"]
+
+
 def test_keys_are_stable_and_change_with_any_input() -> None:
     k = artifact_key("s", {"a": 1, "b": [1, 2]}, {"d": "x"}, 1)
     assert k == artifact_key("s", {"b": [1, 2], "a": 1}, {"d": "x"}, 1)

@@ -46,6 +46,21 @@ def test_output_has_exactly_ipc_times_classes_images(data, workspace, base, awar
     assert art.meta["cost"]["wall_s"] > 0 and art.meta["cost"]["peak_rss_bytes"] > 0
 
 
+@pytest.mark.parametrize("channels, zc", [("per-channel", 3), ("shared", 1)])
+def test_the_saved_masks_hold_z_and_its_softmax_over_domains_for_every_colour_channel(
+    data, workspace, channels, zc
+) -> None:
+    import safetensors.torch
+
+    art = _run(data, workspace, base="dm", domain_aware=True, mask_channels=channels)
+    saved = safetensors.torch.load_file(str(art.path / "extra_domain_masks.safetensors"))
+    z, alpha = saved["z"], saved["alpha"]
+    assert z.shape == (6, 3, zc, 16, 16) and alpha.shape == (6, 3, 3, 16, 16)
+    tau = art.config["tau"]
+    assert torch.allclose(alpha, torch.softmax(z / tau, dim=1).expand(-1, -1, 3, -1, -1), atol=1e-6)
+    assert art.metrics["masks"]["mean_max_alpha"] == pytest.approx(alpha.max(dim=1).values.mean().item(), abs=1e-4)
+
+
 def test_output_size_does_not_depend_on_the_number_of_domains(tmp_path, workspace) -> None:
     art, _ = ingest(str(make_npz(tmp_path / "d.npz", n=60, size=16)), build(DatasetConfig, {"size": 16}), workspace)
     ds = load_dataset(art)

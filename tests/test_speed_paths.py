@@ -111,3 +111,15 @@ def test_the_reference_harness_loads_utils_with_the_in_place_copy_made_safe(tmp_
         sys.path.remove(str(ROOT / "bench"))
         sys.modules.pop("utils", None)
         sys.modules.pop("reference", None)
+
+
+@pytest.mark.slow
+def test_the_tiny_imagenet_memory_bench_reports_each_run_against_dm() -> None:
+    import json
+
+    cmd = [sys.executable, "bench/tiny_memory.py", "--classes", "3", "--per-class", "12", "--size", "16", "--json"]
+    result = json.loads(subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout)
+    runs = result["runs"]
+    assert set(runs) == {"dm", "chddl", "shared"} and runs["dm"]["peak_vs_dm"] == 1.0
+    assert all(r["peak_rss_gib"] > 0.1 and r["wall_s"] > 0 for r in runs.values())
+    assert result["input"].startswith("3 classes x 12 random 16 px")
