@@ -167,20 +167,16 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def write_safetensors(
-    path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
-) -> None:
+def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
     """Write CPU tensors to ``path`` in the safetensors format, each streamed from its own memory
     (``safetensors.torch.save_file`` first copies every tensor into a bytes object: a second full copy
-    of a large dataset), with the string ``metadata`` in its header. Tensors are laid out by decreasing
-    element size, then name, so every tensor starts at a multiple of its element size, as safetensors
-    itself does."""
+    of a large dataset). Tensors are laid out by decreasing element size, then name, so every tensor
+    starts at a multiple of its element size, as safetensors itself does."""
     if any(t.dtype not in _SAFETENSORS_DTYPES for t in tensors.values()):
-        safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+        safetensors.torch.save_file(dict(tensors), str(path))
         return
     order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
-    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
-    offset = 0
+    header, offset = {}, 0
     for name in order:
         t = tensors[name]
         size = t.numel() * t.element_size()

@@ -9,8 +9,6 @@ import safetensors.torch
 import torch
 import yaml
 
-from stages.artifacts import write_safetensors
-
 CKPT_TENSORS = "checkpoint.safetensors"
 CKPT_META = "checkpoint.yaml"
 
@@ -21,8 +19,11 @@ def save_checkpoint(folder: Path, key: str, iteration: int, tensors: dict[str, t
     is a complete checkpoint; the YAML beside it is for people to read."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{CKPT_TENSORS}.tmp"
-    # streamed from the tensors' memory: no serialised copy of the whole state while it is written
-    write_safetensors(tmp, {k: v.detach().cpu() for k, v in tensors.items()}, {"iteration": str(iteration), "key": key})
+    safetensors.torch.save_file(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        str(tmp),
+        metadata={"iteration": str(iteration), "key": key},
+    )
     os.replace(tmp, folder / CKPT_TENSORS)
     meta_tmp = folder / f".{CKPT_META}.tmp"
     meta_tmp.write_text(yaml.safe_dump({"key": key, "iteration": iteration}))
