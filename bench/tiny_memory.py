@@ -72,6 +72,10 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if min(args.classes, args.iterations) < 1 or args.size < 16:
+        parser.error("--classes and --iterations must be at least 1 and --size at least 16")
+    if args.per_class - args.per_class // 6 < 10:
+        parser.error("--per-class must leave IPC 10 training images per class (a sixth are test): use 12 or more")
     if args.child == "setup":
         setup(Path(args.tmp), args.classes, args.per_class, args.size)
         return

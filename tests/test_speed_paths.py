@@ -123,3 +123,9 @@ def test_the_tiny_imagenet_memory_bench_reports_each_run_against_dm() -> None:
     assert set(runs) == {"dm", "chddl", "shared"} and runs["dm"]["peak_vs_dm"] == 1.0
     assert all(r["peak_rss_gib"] > 0.1 and r["wall_s"] > 0 for r in runs.values())
     assert result["input"].startswith("3 classes x 12 random 16 px")
+
+
+def test_the_tiny_imagenet_memory_bench_refuses_too_few_images_per_class_in_one_line() -> None:
+    cmd = [sys.executable, "bench/tiny_memory.py", "--per-class", "8"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "use 12 or more" in out.stderr and "Traceback" not in out.stderr
