@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from stages.domain.aware import DomainMasks
 from stages.methods import dc
-from stages.methods.common import Embedding, embed_in_chunks, embed_with_recompute
+from stages.methods.common import (
+    REAL_CHUNK,
+    Embedding,
+    embed_in_chunks,
+    embed_views_with_recompute,
+    embed_with_recompute,
+    recompute_chunk,
+)
 from stages.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +44,33 @@ def test_recomputed_synthetic_embeddings_give_the_plain_gradient() -> None:
     ((net.embed(plain_x) - target) ** 2).sum().backward()
     ((embed_with_recompute(net, chunked_x, chunk=16) - target) ** 2).sum().backward()
     assert torch.allclose(plain_x.grad, chunked_x.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("size", "images"), [(16, 128), (32, 128), (64, 32), (128, 8)])
+def test_a_recomputed_chunk_holds_the_pixels_of_128_images_of_32_px_at_most(size: int, images: int) -> None:
+    net = create_model("convnet", 4, size)
+    assert recompute_chunk(net, torch.zeros(1, 3, size, size)) == images
+
+
+def test_a_network_with_batch_norm_keeps_chunks_of_128_images_whatever_their_size() -> None:
+    net = create_model("convnet_bn", 4, 64)
+    assert recompute_chunk(net, torch.zeros(1, 3, 64, 64)) == REAL_CHUNK
+
+
+def test_views_recomputed_in_pixel_sized_chunks_give_the_values_of_128_view_chunks() -> None:
+    net = create_model("convnet", 4, 64, seed=0)
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(40, 3, 64, 64, generator=g)
+    target = torch.randn(160, net.embed_dim, generator=g)
+    out = {}
+    for chunk in (None, 128):  # 8 images (32 views) per chunk at 64 px, against 32 images (128 views)
+        x = images.clone().requires_grad_(True)
+        masks = DomainMasks(40, 4, (3, 64, 64), 0.5, "normal", 1.0, torch.Generator().manual_seed(2))
+        emb = embed_views_with_recompute(net, x, masks, chunk=chunk)
+        ((emb - target) ** 2).sum().backward()
+        out[chunk] = (emb.detach(), x.grad, masks.z.grad)
+    for new, old in zip(out[None], out[128]):
+        assert torch.allclose(new, old, atol=1e-5, rtol=1e-4) and old.abs().sum() > 0
 
 
 @pytest.mark.parametrize("chunk", [16, 128])  # recomputed chunk by chunk, and one chunk kept

@@ -10,7 +10,7 @@ from torch import nn
 from stages.data.augment import DSA, DSAParams
 from stages.device import to_device
 from stages.methods.base import MatchBatch, RealPool
-from stages.models import reinitialize
+from stages.models import per_sample, reinitialize
 from stages.sharding import global_sum, replicated_share
 
 NetFactory = Callable[[], nn.Module]
@@ -56,6 +56,10 @@ def augmented_pair(
 #: real images per forward pass of a no-grad embedding: the activations of 256 images at a time instead of the
 #: whole draw (10 classes x 256 real: 1.3 GB per ConvNet layer at 32 px) cut peak memory ~3x at the same speed
 REAL_CHUNK = 128
+#: pixels per chunk of an embedding recomputed in the backward pass (128 images of 32 x 32, 32 of 64 x 64): each
+#: chunk's recomputed forward keeps its activations for the backward product, 268 MB per first-layer tensor for
+#: 128 images of 64 px; in images, a 64 px chunk held ~1 GiB and set a Tiny-ImageNet-shaped run's peak
+RECOMPUTE_PIXELS = REAL_CHUNK * 32 * 32
 GROUP_BLOCK = 1024  # rows of embeddings turned into float64 at once by group_means
 
 
@@ -116,25 +120,36 @@ def _embed_input_vjp(net: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> tor
 EAGER = Embedding()
 
 
+def recompute_chunk(net: torch.nn.Module, images: torch.Tensor) -> int:
+    """Images of ``images`` (N, C, H, W) per recomputed chunk: as many as hold ``RECOMPUTE_PIXELS``, at most
+    ``REAL_CHUNK``; ``REAL_CHUNK`` for a network with batch norm, whose statistics are each chunk's."""
+    if not per_sample(net):
+        return REAL_CHUNK
+    return max(1, min(REAL_CHUNK, RECOMPUTE_PIXELS // (images.shape[-2] * images.shape[-1])))
+
+
 def embed_with_recompute(
     net: torch.nn.Module,
     x: torch.Tensor,
-    chunk: int = REAL_CHUNK,
+    chunk: int | None = None,
     augment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     embedding: Embedding = EAGER,
 ) -> torch.Tensor:
     """``net.embed(augment(x))`` with gradients for ``x``, keeping the activations of none of the chunks for the
     backward pass (each chunk's augmentation and forward are recomputed there, one chunk at a time): for the
     synthetic images and their domain views (IPC x C x (1 + D) images), peak memory of one chunk for one more
-    forward pass. ``augment(part, rows)`` transforms the images ``rows`` of ``x``, given as ``part``."""
+    forward pass. ``augment(part, rows)`` transforms the images ``rows`` of ``x``, given as ``part``. Up to
+    ``REAL_CHUNK`` images are one chunk, kept; more are recomputed ``chunk`` at a time (by default
+    :func:`recompute_chunk`'s)."""
 
     def prepare(a: int, b: int, part: torch.Tensor) -> torch.Tensor:
         if augment is not None:
             part = augment(part, torch.arange(a, b))
         return part
 
-    if len(x) <= chunk:  # one chunk: its activations are kept, as a recomputation would hold them anyway
+    if len(x) <= (REAL_CHUNK if chunk is None else chunk):  # one chunk, kept: recomputed, it would be held anyway
         return embedding.forward(net, _net_input(prepare(0, len(x), x)))
+    chunk = recompute_chunk(net, x) if chunk is None else chunk
     bounds = [(a, min(a + chunk, len(x))) for a in range(0, len(x), chunk)]
     return _SlicedRecompute.apply(net, embedding, prepare, bounds, x)
 
@@ -188,7 +203,7 @@ def embed_views_with_recompute(
     net: torch.nn.Module,
     images: torch.Tensor,
     masks,
-    chunk: int = REAL_CHUNK,
+    chunk: int | None = None,
     augment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     first_row: int = 0,
     domain: int | None = None,
@@ -199,9 +214,9 @@ def embed_views_with_recompute(
     images and the masks, computed about ``chunk`` views at a time from the images' and masks' slices: neither
     the views nor the masks' softmax of all images are ever held (at 200 classes x IPC 10 x 64 px with D = 4,
     each is 0.4 GB), nor any activation. ``augment(part, rows)`` takes the views' rows counted from
-    ``first_row``."""
+    ``first_row``. ``chunk``: views per chunk (by default :func:`recompute_chunk`'s)."""
     d = masks.z.shape[1] if domain is None else 1
-    per = max(1, chunk // d)
+    per = max(1, (recompute_chunk(net, images) if chunk is None else chunk) // d)
 
     def prepare(a: int, b: int, imgs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         views = masks.views_from(imgs, z, domain).flatten(0, 1)
