@@ -6,9 +6,10 @@ random pseudo-domain labels (D = 4), IPC 10, 32 real images per group, eager (co
 is not what is compared here). Each configuration runs in its own process, so its peak RSS is its own; the input
 is generated once and shared.
 
-Two iterations, the state checked (and copied for a rollback) after each: the second iteration holds what every
-later iteration of a long run holds, the optimiser's momenta and the rollback copy of them included. A first
-iteration alone has neither and reads lower (``--iterations 1``).
+Two iterations, the state checked after each: the second iteration holds what every later iteration of a long
+run holds, the optimiser's momenta included (a first iteration alone has none and reads lower, ``--iterations
+1``). The state to roll back to is written as the checkpoint at each check here, as in a user's run of this
+size, not copied in memory (``stages/methods/loop.py``: SPILL_BYTES, SPILL_BUDGET).
 
     python bench/tiny_memory.py                      # dm, chddl (the paper's per-channel masks), shared masks
     python bench/tiny_memory.py --only dm --only chddl --json

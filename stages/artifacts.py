@@ -167,11 +167,14 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+WRITE_BLOCK_BYTES = 64 * 2**20
+
+
 def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Write CPU tensors to ``path`` in the safetensors format, each streamed from its own memory
-    (``safetensors.torch.save_file`` first copies every tensor into a bytes object: a second full copy
-    of a large dataset). Tensors are laid out by decreasing element size, then name, so every tensor
-    starts at a multiple of its element size, as safetensors itself does."""
+    """Write tensors to ``path`` in the safetensors format, each streamed from its own memory at most
+    WRITE_BLOCK_BYTES at a time (``safetensors.torch.save_file`` first copies every tensor into a bytes
+    object: a second full copy of a large dataset). Tensors are laid out by decreasing element size,
+    then name, so every tensor starts at a multiple of its element size, as safetensors itself does."""
     if any(t.dtype not in _SAFETENSORS_DTYPES for t in tensors.values()):
         safetensors.torch.save_file(dict(tensors), str(path))
         return
@@ -192,9 +195,15 @@ def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
         fh.write(len(text).to_bytes(8, "little"))
         fh.write(text)
         for name in order:
-            t = tensors[name].detach().cpu().contiguous()
-            if t.numel():
-                fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            t = tensors[name].detach()
+            t = t.reshape(1, -1) if t.ndim == 0 else t
+            # a block of rows at a time: a tensor that is not contiguous (shared masks' alpha, expanded over the
+            # colour channels) or not in host memory is never made whole in host memory
+            rows = max(1, WRITE_BLOCK_BYTES // max(1, t[0].numel() * t.element_size())) if len(t) else 1
+            for i in range(0, len(t), rows):
+                block = t[i : i + rows].cpu().contiguous()
+                if block.numel():
+                    fh.write(memoryview(block.reshape(-1).view(torch.uint8).numpy()))
 
 
 def file_digest(path: Path) -> tuple[int, str]:

@@ -133,7 +133,11 @@ class _Condense:
         "the first checkpoint comes after this many minutes of work (so a killed run loses at most about this much)",
     )
     checkpoint_minutes: float = option(5.0, "then checkpoint whenever this many minutes passed since the last one")
-    log_every: int = option(10, "iterations between progress updates and NaN checks")
+    log_every: int = option(
+        10,
+        "iterations between progress updates and NaN checks; a state of 64 MiB or more is checkpointed at every "
+        "check (what a NaN rolls back to) while writing it costs at most 2% of the time, instead of copied in memory",
+    )
 
     def __post_init__(self) -> None:
         # Settings whose default depends on the base method (CHDDL is on unless it does not apply); an

@@ -260,6 +260,113 @@ def test_a_crash_keeps_the_last_timed_checkpoint(data, workspace, monkeypatch, f
     assert (saved[0] if saved else None) == expected
 
 
+def _record_saves(monkeypatch) -> list[int]:
+    """The iterations of the checkpoints the loop writes, in order."""
+    from stages.methods import loop
+
+    saves, real_save = [], loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda *a: saves.append(a[2]) or real_save(*a))
+    return saves
+
+
+def _every_state_large_and_cheap_to_write(monkeypatch) -> None:
+    from stages.methods import loop
+
+    monkeypatch.setattr(loop, "SPILL_BYTES", 0)
+    monkeypatch.setattr(loop, "SPILL_BUDGET", float("inf"))
+
+
+def test_a_large_state_is_written_at_every_check_and_not_copied(data, tmp_path, monkeypatch) -> None:
+    from stages.artifacts import Workspace
+    from stages.methods import loop
+
+    extra = {"domain_aware": True, "iterations": 5, "checkpoint_every": 100}
+    copied = _run(data, Workspace(tmp_path / "memory"), **extra)
+    _every_state_large_and_cheap_to_write(monkeypatch)
+    saves, kept = _record_saves(monkeypatch), []
+    real_keep = loop.Loop._keep_good
+    monkeypatch.setattr(
+        loop.Loop, "_keep_good", lambda self, *a: real_keep(self, *a) or kept.append(self._good[1] is None)
+    )
+    spilled = _run(data, Workspace(tmp_path / "disk"), **extra)
+    assert saves == [0, 1, 2, 3, 4]  # the start and every check but the last (log_every 1)
+    assert kept == [True, True, True, True, True, False]  # no copy in memory until the final state
+    assert torch.equal(copied.tensor("images"), spilled.tensor("images"))
+    assert torch.equal(_masks_of(copied), _masks_of(spilled))
+
+
+def test_a_state_too_slow_to_write_at_every_check_is_copied_in_memory(data, workspace, monkeypatch) -> None:
+    from stages.methods import loop
+
+    now = [0.0]
+    monkeypatch.setattr(loop, "SPILL_BYTES", 0)
+    monkeypatch.setattr(loop.time, "monotonic", lambda: now[0])
+    saves, real_save = [], loop.save_checkpoint
+
+    def slow_save(*args):  # a write takes 1 "second": 10% of an iteration, over the 2% budget
+        now[0] += 1.0
+        saves.append(args[2])
+        real_save(*args)
+
+    monkeypatch.setattr(loop, "save_checkpoint", slow_save)
+    real_step = loop.Loop.step
+    monkeypatch.setattr(loop.Loop, "step", lambda self, g: now.__setitem__(0, now[0] + 10.0) or real_step(self, g))
+    _run(data, workspace, iterations=5, checkpoint_every=100)
+    assert saves == [0]  # the start's write (nothing measured yet), then copies in memory
+
+
+def test_a_nan_rolls_back_to_a_state_kept_on_disk_as_to_one_in_memory(data, tmp_path, monkeypatch) -> None:
+    from stages.artifacts import Workspace
+    from stages.methods import dm
+
+    real_joint, calls = dm.DM.joint_loss, {"n": 0}
+
+    def flaky(self, *args):
+        calls["n"] += 1
+        l_cls, l_dom = real_joint(self, *args)
+        return (l_cls * float("nan"), l_dom) if calls["n"] % 100 == 4 else (l_cls, l_dom)  # iteration 4, once
+
+    monkeypatch.setattr(dm.DM, "joint_loss", flaky)
+    extra = {"domain_aware": True, "iterations": 6, "checkpoint_every": 100, "log_every": 2, "nan_retries": 1}
+    copied = _run(data, Workspace(tmp_path / "memory"), **extra)
+    calls["n"] = 100
+    _every_state_large_and_cheap_to_write(monkeypatch)
+    spilled = _run(data, Workspace(tmp_path / "disk"), **extra)
+    assert copied.metrics["rollbacks"] == spilled.metrics["rollbacks"]
+    assert [r["back_to"] for r in spilled.metrics["rollbacks"]] == [2]
+    assert torch.equal(copied.tensor("images"), spilled.tensor("images"))
+    assert torch.equal(_masks_of(copied), _masks_of(spilled))
+
+
+def test_ctrl_c_with_the_state_on_disk_resumes_to_the_uninterrupted_result(data, tmp_path, monkeypatch) -> None:
+    from stages.artifacts import Workspace
+
+    ds, labels = data
+    cfg = build(CondenseConfig, TINY, {"domain_aware": True, "iterations": 6, "checkpoint_every": 100})
+    full, _ = run(ds, labels, cfg, Workspace(tmp_path / "full"))
+    _every_state_large_and_cheap_to_write(monkeypatch)
+    ws = Workspace(tmp_path / "resumed")
+    with monkeypatch.context() as m:
+        _fail_at_step(m, 5, KeyboardInterrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run(ds, labels, cfg, ws)
+    saves = _record_saves(monkeypatch)
+    resumed, _ = run(ds, labels, cfg, ws)
+    assert resumed.metrics["resumed_from"] == 4 and saves == [5]  # the resumed checkpoint is not written again
+    assert torch.equal(full.tensor("images"), resumed.tensor("images"))
+    assert torch.equal(_masks_of(full), _masks_of(resumed))
+
+
+def test_a_finished_loop_holds_no_gradients_while_the_artifact_is_made(data, workspace, monkeypatch) -> None:
+    from stages.methods import loop
+
+    loops, real_run = [], loop.Loop.run
+    monkeypatch.setattr(loop.Loop, "run", lambda self, *a: loops.append(self) or real_run(self, *a))
+    _run(data, workspace, domain_aware=True)
+    groups = loops[0].groups
+    assert set(groups) == {"images", "masks"} and all(p.grad is None for ps in groups.values() for p in ps)
+
+
 def test_a_second_run_is_a_cache_hit(data, workspace) -> None:
     ds, labels = data
     cfg = build(CondenseConfig, TINY)

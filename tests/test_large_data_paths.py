@@ -75,6 +75,20 @@ def test_tensor_files_written_in_place_read_back_through_safetensors(tmp_path) -
         assert back[name].dtype == t.dtype and back[name].shape == t.shape and torch.equal(back[name], t), name
 
 
+def test_a_view_written_a_few_rows_at_a_time_reads_back_as_the_whole_tensor(tmp_path, monkeypatch) -> None:
+    from safetensors.torch import load_file
+
+    import stages.artifacts
+    from stages.artifacts import write_safetensors
+
+    monkeypatch.setattr(stages.artifacts, "WRITE_BLOCK_BYTES", 100)  # one row of 96 bytes per block
+    alpha = torch.rand(5, 2, 1, 2, 2)
+    tensors = {"alpha": alpha.expand(-1, -1, 3, -1, -1), "columns": torch.randn(4, 6).t(), "scalar": torch.tensor(1.5)}
+    write_safetensors(tmp_path / "t.safetensors", tensors)
+    back = load_file(str(tmp_path / "t.safetensors"))
+    assert all(torch.equal(back[k], t) for k, t in tensors.items())
+
+
 def test_mapped_tensors_read_back_as_the_file_holds_them(workspace) -> None:
     from stages.artifacts import read_artifact
 

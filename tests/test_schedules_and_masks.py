@@ -300,6 +300,18 @@ def test_diagnostics_flag_uniform_masks_as_tied() -> None:
     assert d["mean_max_alpha"] == 0.25 and d["tied_fraction"] == 1.0
 
 
+def test_diagnostics_counted_a_few_images_at_a_time_equal_those_of_all_at_once() -> None:
+    g = torch.Generator().manual_seed(0)
+    alpha = torch.softmax(torch.randn(7, 4, 3, 8, 8, generator=g) * 3, dim=1)
+    assert mask_diagnostics(alpha, block=2) == mask_diagnostics(alpha, block=100)
+
+
+def test_diagnostics_of_one_mask_expanded_over_the_channels_equal_those_of_its_copies() -> None:
+    g = torch.Generator().manual_seed(0)
+    alpha = torch.softmax(torch.randn(5, 3, 1, 8, 8, generator=g) * 3, dim=1)
+    assert mask_diagnostics(alpha.expand(-1, -1, 3, -1, -1)) == mask_diagnostics(alpha.repeat(1, 1, 3, 1, 1))
+
+
 def test_condensed_sets_record_mask_diagnostics(data, workspace) -> None:
     ds, labels = data
     art, _ = run(ds, labels, _cfg(iterations=2), workspace)

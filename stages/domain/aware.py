@@ -86,7 +86,7 @@ class DomainMasks(nn.Module):
         return images.unsqueeze(1) * (alpha if domain is None else alpha[:, domain : domain + 1])
 
 
-def mask_diagnostics(alpha: torch.Tensor) -> dict:
+def mask_diagnostics(alpha: torch.Tensor, block: int = 128) -> dict:
     """Whether the masks form regions: of alpha (M, D, C, H, W),
 
     - ``mean_max_alpha``: mean over pixels of the largest weight (1/D: uniform, 1: one domain per pixel);
@@ -96,23 +96,33 @@ def mask_diagnostics(alpha: torch.Tensor) -> dict:
     - ``domain_share``: each domain's share of winning pixels, averaged over images;
     - ``dominant_share``: the largest domain's share within an image, averaged over images;
     - ``tied_fraction``: pixels where the two largest weights are equal (uniform masks).
+
+    Counted ``block`` images at a time, so its memory stays a few times a block's masks.
     """
-    alpha = alpha.detach().float()
+    if alpha.shape[2] > 1 and alpha.stride(2) == 0:  # one mask expanded over the colour channels: its figures
+        alpha = alpha[:, :, :1]
     d = alpha.shape[1]
-    top2 = alpha.topk(min(2, d), dim=1).values
-    win = alpha.argmax(dim=1)  # (M, C, H, W)
-    same = torch.cat(
-        [(win[..., 1:, :] == win[..., :-1, :]).flatten(1), (win[..., :, 1:] == win[..., :, :-1]).flatten(1)], 1
-    )
-    flat = win.flatten(1)
-    share = torch.stack([(flat == k).float().mean(dim=1) for k in range(d)], dim=1)  # (M, D), one domain at a time
+    top, agree, pairs, tied = torch.zeros((), dtype=torch.float64), 0, 0, 0
+    shares = []
+    for i in range(0, len(alpha), block):
+        a = alpha[i : i + block].detach().float()
+        top2 = a.topk(min(2, d), dim=1).values
+        top += top2[:, 0].sum(dtype=torch.float64)
+        tied += int(((top2[:, 0] - top2[:, -1]) <= 1e-6).sum()) if d > 1 else top2[:, 0].numel()
+        win = a.argmax(dim=1)  # (block, C, H, W)
+        for same in (win[..., 1:, :] == win[..., :-1, :], win[..., :, 1:] == win[..., :, :-1]):
+            agree, pairs = agree + int(same.sum()), pairs + same.numel()
+        flat = win.flatten(1)
+        shares.append(torch.stack([(flat == k).float().mean(dim=1) for k in range(d)], dim=1))  # one domain at a time
+    pixels = alpha[:, 0].numel()
+    share = torch.cat(shares)  # (M, D)
     return {
-        "mean_max_alpha": round(float(top2[:, 0].mean()), 4),
-        "neighbour_agreement": round(float(same.float().mean()), 4),
+        "mean_max_alpha": round(float(top / pixels), 4),
+        "neighbour_agreement": round(agree / pairs, 4) if pairs else 1.0,
         "chance_agreement": round(float((share**2).sum(dim=1).mean()), 4),
         "domain_share": [round(float(v), 4) for v in share.mean(dim=0)],
         "dominant_share": round(float(share.max(dim=1).values.mean()), 4),
-        "tied_fraction": round(float(((top2[:, 0] - top2[:, -1]) <= 1e-6).float().mean()) if d > 1 else 1.0, 4),
+        "tied_fraction": round(tied / pixels, 4),
     }
 
 
