@@ -48,7 +48,13 @@ def condensed_table(art: Artifact) -> Table:
     if training_free(art):
         table.add_row("iterations", f"none: training-free ({m['synthesis_s']} s)")
     else:
-        table.add_row("iterations", f"{cfg['iterations']} ({m.get('s_per_iteration')} s/iteration{origin})")
+        written = (
+            f"; {m['checkpoints_written']} checkpoint{'s' * (m['checkpoints_written'] > 1)} written "
+            f"in {m['checkpoint_write_s']:.3g} s"
+            if m.get("checkpoints_written")
+            else ""
+        )
+        table.add_row("iterations", f"{cfg['iterations']} ({m.get('s_per_iteration')} s/iteration{origin}{written})")
     if m.get("masks"):
         k = m["masks"]
         table.add_row(

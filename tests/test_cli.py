@@ -146,6 +146,14 @@ def test_condense_uses_the_workspace_labels_and_reports(tmp_path) -> None:
     assert "cached - skipping" in again.output
 
 
+def test_condense_says_how_many_checkpoints_it_wrote(tmp_path) -> None:
+    ws = _labelled_workspace(tmp_path)
+    args = ["-w", ws, "condense", "--ipc", "1", "--iterations", "3", "--batch-real", "8", "--compile", "off"]
+    result = invoke(*args, "--checkpoint-every", "1", "--log-every", "1")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"2 checkpoints written in [0-9.e-]+ s", result.output)  # after iterations 1 and 2, not 3
+
+
 def test_no_share_real_reaches_the_artifact_config_and_key(tmp_path) -> None:
     ws = _labelled_workspace(tmp_path)
     args = ["-w", ws, "condense", "--ipc", "1", "--iterations", "1", "--batch-real", "8", "--compile", "off"]

@@ -290,6 +290,7 @@ def test_a_large_state_is_written_at_every_check_and_not_copied(data, tmp_path, 
     )
     spilled = _run(data, Workspace(tmp_path / "disk"), **extra)
     assert saves == [0, 1, 2, 3, 4]  # the start and every check but the last (log_every 1)
+    assert spilled.metrics["checkpoints_written"] == 5 and copied.metrics["checkpoints_written"] == 0
     assert kept == [True, True, True, True, True, False]  # no copy in memory until the final state
     assert torch.equal(copied.tensor("images"), spilled.tensor("images"))
     assert torch.equal(_masks_of(copied), _masks_of(spilled))

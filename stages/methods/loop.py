@@ -85,6 +85,7 @@ class Loop:
         self.earlier_s = 0.0  # wall time earlier (interrupted) runs spent reaching the resumed checkpoint
         self.continued_at: int | None = None  # the finished shorter run's iteration this run started from
         self._clock = time.monotonic()
+        self.writes = [0, 0.0]  # checkpoints this process wrote, and the seconds they took
 
     def _optimizer(self, name: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
         if name in self.s.adam_groups:
@@ -321,6 +322,7 @@ class Loop:
             save_checkpoint(self.partial, self.key, it, state)
         self._saved = (it, time.monotonic())
         self._save_s = self._saved[1] - t0
+        self.writes = [self.writes[0] + 1, self.writes[1] + self._save_s]
 
     def _iterate(self, start: int, stop_after: int | None) -> None:
         s = self.s
@@ -406,5 +408,7 @@ class Loop:
             "iterations_run": len(self.timings),
             "resumed_from": start,
             "rollbacks": self.rollbacks,
+            "checkpoints_written": self.writes[0],
+            "checkpoint_write_s": round(self.writes[1], 3),
             "final_lr": self.learning_rates(),
         } | ({"updates_skipped": self.skipped} if self.skipped else {})
