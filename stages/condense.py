@@ -28,7 +28,7 @@ from stages.label import PseudoLabels
 from stages.metering import measure, resumed_cost
 from stages.methods import METHODS, RealPool
 from stages.methods.base import MethodContext
-from stages.methods.loop import Loop, LoopSettings, iteration_generator
+from stages.methods.loop import Loop, LoopSettings, StateLoader, iteration_generator
 from stages.methods.sre2l import batch_norms
 from stages.methods.trajectories import ExpertStore
 from stages.models import create_model, embeds, list_models
@@ -325,12 +325,16 @@ def continuable(workspace: Workspace, config: CondenseConfig, inputs: dict[str, 
     return best
 
 
-def _final_state(art: Artifact) -> tuple[int, dict[str, torch.Tensor]] | None:
+def _final_state(art: Artifact) -> tuple[int, StateLoader] | None:
+    """(iterations, a loader of the final state) of a finished run; the state is read only when the loop uses it
+    (and not held by the caller through the run: at 64 px on 200 classes it is ~1 GiB)."""
+    path = str(art.path / FINAL_STATE)
     try:
-        state = safetensors.torch.load_file(str(art.path / FINAL_STATE))
+        with safetensors.safe_open(path, framework="pt") as fh:
+            fh.keys()  # the header and the data's extent are checked on opening
     except (OSError, safetensors.SafetensorError):
         return None  # damaged: start over rather than continue from garbage
-    return int(art.config["iterations"]), state
+    return int(art.config["iterations"]), lambda: safetensors.torch.load_file(path)
 
 
 def _expert_store(

@@ -87,6 +87,23 @@ def test_a_checkpoint_of_a_straight_run_claims_no_source(data, tmp_path) -> None
     assert longer.metrics["resumed_from"] == 3 and "continued_from" not in longer.metrics
 
 
+def test_a_shorter_runs_state_is_read_only_when_the_run_continues_from_it(data, tmp_path, monkeypatch) -> None:
+    import safetensors.torch
+
+    ds, labels = data
+    ws = Workspace(tmp_path / "ws")
+    with pytest.raises(KeyboardInterrupt):
+        run(ds, labels, _cfg(iterations=5), ws, stop_after=3)
+    run(ds, labels, _cfg(iterations=2), ws)
+    read, real_load = [], safetensors.torch.load_file
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda path, *a: read.append(path) or real_load(path, *a))
+    five, _ = run(ds, labels, _cfg(iterations=5), ws)  # its own checkpoint (3) is further along than the 2-run
+    assert [p for p in read if p.endswith(FINAL_STATE)] == []
+    seven, _ = run(ds, labels, _cfg(iterations=7), ws)
+    assert [p for p in read if p.endswith(FINAL_STATE)] == [str(five.path / FINAL_STATE)]
+    assert seven.metrics["continued_from"] == five.name
+
+
 def test_the_longest_shorter_run_is_continued(data, workspace) -> None:
     ds, labels = data
     run(ds, labels, _cfg(iterations=2), workspace)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,9 @@ class LoopSettings:
 # most SPILL_BUDGET of the time between two checks.
 SPILL_BYTES = 64 * 2**20
 SPILL_BUDGET = 0.02
+
+
+StateLoader = Callable[[], dict[str, torch.Tensor]]
 
 
 def iteration_generator(seed: int, iteration: int) -> torch.Generator:
@@ -243,12 +247,12 @@ class Loop:
         )
 
     # -- the loop ------------------------------------------------------------
-    def run(self, stop_after: int | None = None, start_from: tuple[int, dict[str, torch.Tensor]] | None = None) -> int:
+    def run(self, stop_after: int | None = None, start_from: tuple[int, StateLoader] | None = None) -> int:
         """Run to the end (resuming a checkpoint if one exists); returns the start iteration.
 
-        ``start_from`` is (iteration, :meth:`state`) of a finished shorter run
-        of the same settings: the loop continues from it, unless a checkpoint
-        of this run is further along.
+        ``start_from`` is (iteration, a function that loads its :meth:`state`) of
+        a finished shorter run of the same settings: the loop continues from it,
+        unless a checkpoint of this run is further along (then it is not loaded).
 
         Checkpoints every ``checkpoint_every`` iterations or ``checkpoint_minutes``,
         whichever comes first, and on interruption (KeyboardInterrupt) saves the
@@ -259,7 +263,7 @@ class Loop:
         start, on_disk = 0, False
         resumed = load_checkpoint(self.partial, self.key)
         if start_from is not None and (resumed is None or resumed[0] < start_from[0]):
-            start, saved = start_from
+            start, saved = start_from[0], start_from[1]()
             self.restore(saved)
             self.continued_at = start
             self.earlier_s = float(saved.get("elapsed_s", 0.0))
