@@ -358,6 +358,36 @@ def test_ctrl_c_with_the_state_on_disk_resumes_to_the_uninterrupted_result(data,
     assert torch.equal(_masks_of(full), _masks_of(resumed))
 
 
+def test_a_rollback_whose_checkpoint_is_gone_stops_in_one_line(data, workspace, monkeypatch) -> None:
+    from stages.methods import dm, loop
+
+    real_joint = dm.DM.joint_loss
+    monkeypatch.setattr(dm.DM, "joint_loss", lambda self, *a: tuple(v * float("nan") for v in real_joint(self, *a)))
+    _every_state_large_and_cheap_to_write(monkeypatch)
+    monkeypatch.setattr(loop, "load_checkpoint", lambda *a: None)  # e.g. the partial folder deleted by hand
+    with pytest.raises(ChddlError, match=r"checkpoint of iteration 0 to roll back to is gone .*; re-run") as err:
+        _run(data, workspace, domain_aware=True, nan_retries=1)
+    assert "\n" not in str(err.value)
+
+
+def test_a_run_with_its_state_on_disk_leaves_the_workspace_as_it_found_it(data, workspace, monkeypatch) -> None:
+    _every_state_large_and_cheap_to_write(monkeypatch)
+    mine = workspace.root / "notes.txt"
+    other = workspace.root / "partial" / "someone-else" / "checkpoint.safetensors"
+    other.parent.mkdir(parents=True)
+    mine.write_text("keep"), other.write_bytes(b"not ours")
+
+    def others() -> set:  # all but what a run adds: its artifact, the index, its lock
+        paths = {p.relative_to(workspace.root) for p in workspace.root.rglob("*")}
+        return {p for p in paths if p.parts[0] not in ("artifacts", "locks", "latest.yaml")}
+
+    before = others()
+    art = _run(data, workspace, domain_aware=True, iterations=4)
+    assert art.metrics["checkpoints_written"] == 4  # the start and iterations 1-3, in the run's own partial folder
+    after = others()
+    assert after == before and mine.read_text() == "keep" and other.read_bytes() == b"not ours"
+
+
 def test_a_finished_loop_holds_no_gradients_while_the_artifact_is_made(data, workspace, monkeypatch) -> None:
     from stages.methods import loop
 
