@@ -319,21 +319,30 @@ def test_compiled_student_gives_the_eager_gradients(data, experts, monkeypatch) 
     # traced without code generation (inductor's compile time stays out of the suite; tests/test_student_step.py)
     from stages.methods import mtt, student
 
-    monkeypatch.setattr(mtt, "CompiledStudentStep", lambda *a: student.CompiledStudentStep(*a, backend="aot_eager"))
+    monkeypatch.setattr(
+        mtt, "CompiledStudentStep", lambda *a, **k: student.CompiledStudentStep(*a, backend="aot_eager", **k)
+    )
     ds, labels = data
     grads = []
-    for compiled in ("off", "on"):
-        cfg = build(CondenseConfig, TINY_MTT, {"domain_aware": False, "syn_steps": 3, "compile": compiled}).resolved()
+    # eager; compiled, each step made again in its backward pass; compiled, each step's residuals kept
+    for compiled, checkpointed in (("off", True), ("on", True), ("on", False)):
+        cfg = build(
+            CondenseConfig,
+            TINY_MTT,
+            {"domain_aware": False, "syn_steps": 3, "compile": compiled, "checkpoint_student": checkpointed},
+        ).resolved()
         base, objective, images, _, _ = _build(
             ds, labels, cfg, torch.device("cpu"), _expert_store(experts, ds, labels, cfg)
         )
-        assert (base.compiled_step is not None) == (compiled == "on")
+        step = base.compiled_step
+        assert (step is not None) == (compiled == "on") and (step is None or step.keep == (not checkpointed))
         objective.class_loss(images, torch.Generator().manual_seed(0)).backward()
         grads.append((images.grad.clone(), base.syn_lr.grad.clone()))
-    (images_eager, lr_eager), (images_compiled, lr_compiled) = grads
+    (images_eager, lr_eager), *compiled_grads = grads
     assert images_eager.abs().max() > 0
-    assert (images_compiled - images_eager).abs().max() <= 1e-4 * images_eager.abs().max()
-    assert torch.allclose(lr_compiled, lr_eager, rtol=1e-4)
+    for images_compiled, lr_compiled in compiled_grads:
+        assert (images_compiled - images_eager).abs().max() <= 1e-4 * images_eager.abs().max()
+        assert torch.allclose(lr_compiled, lr_eager, rtol=1e-4)
 
 
 def test_summed_step_back_propagates_one_graph_at_a_time_with_the_same_gradient(data, workspace, experts) -> None:

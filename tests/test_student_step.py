@@ -88,6 +88,32 @@ def test_compiled_step_differentiates_learned_soft_labels():
     assert torch.allclose(glr_c, glr_e, rtol=1e-3)
 
 
+@pytest.mark.parametrize("labels", ["classes", "probabilities"])
+def test_a_step_keeping_its_residuals_gives_the_eager_gradients(labels: str) -> None:
+    net, unflatten, theta0, target = _student()
+    y_of = {"classes": lambda _: torch.tensor([0, 1, 2, 0, 1, 2]), "probabilities": lambda z: z.softmax(1)}[labels]
+    loss_e, grads_e = _gradients(_eager_step(net, unflatten), theta0, target, y_of)
+    kept = CompiledStudentStep(net, unflatten, backend=BACKEND, keep=True)
+    loss_k, grads_k = _gradients(kept, theta0, target, y_of)
+    assert torch.allclose(loss_k, loss_e, rtol=1e-5)
+    assert len(grads_k) == {"classes": 2, "probabilities": 3}[labels]
+    for g_k, g_e in zip(grads_k, grads_e):
+        assert _close(g_k, g_e, 1e-3) and g_e.abs().max() > 0
+
+
+def test_a_kept_step_holds_its_graph_until_its_backward_pass_and_not_after() -> None:
+    net, unflatten, theta0, _ = _student()
+    kept = CompiledStudentStep(net, unflatten, backend=BACKEND, keep=True)
+    x = torch.randn(6, 3, 8, 8, requires_grad=True)
+    theta = kept(theta0.clone().requires_grad_(True), x, torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor(0.05))
+    node = theta.grad_fn
+    assert node.name() == "_KeptStepBackward" and hasattr(node, "kept")
+    theta.sum().backward()
+    assert not hasattr(node, "kept") and x.grad.abs().max() > 0
+    with torch.no_grad():  # nothing to differentiate: the step keeps nothing
+        assert kept(theta0, x, torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor(0.05)).grad_fn is None
+
+
 @pytest.mark.parametrize("images_per_chunk", [1, 3])  # 7 chunks of one image; chunks of 3, 2 and 2 images
 def test_a_cpu_step_in_chunks_gives_the_whole_batch_gradients(images_per_chunk: int, monkeypatch) -> None:
     net, unflatten, theta0, target = _student()
@@ -100,13 +126,16 @@ def test_a_cpu_step_in_chunks_gives_the_whole_batch_gradients(images_per_chunk: 
     for name, step in [
         ("eager", _eager_step(net, unflatten)),
         ("chunked", CompiledStudentStep(net, unflatten, BACKEND)),
+        ("chunked, residuals kept", CompiledStudentStep(net, unflatten, BACKEND, keep=True)),
     ]:
         loss = _unrolled(step, theta0, target, x, logits.softmax(1), lr)
         grads[name] = (loss.detach(), *torch.autograd.grad(loss, [x, lr, logits]))
-    (loss_e, gx_e, glr_e, gy_e), (loss_c, gx_c, glr_c, gy_c) = grads["eager"], grads["chunked"]
-    assert torch.allclose(loss_c, loss_e, rtol=1e-5)
-    assert _close(gx_c, gx_e, 1e-3) and _close(gy_c, gy_e, 1e-3) and gx_e.abs().max() > 0
-    assert torch.allclose(glr_c, glr_e, rtol=1e-3)
+    loss_e, gx_e, glr_e, gy_e = grads.pop("eager")
+    assert gx_e.abs().max() > 0
+    for loss_c, gx_c, glr_c, gy_c in grads.values():
+        assert torch.allclose(loss_c, loss_e, rtol=1e-5)
+        assert _close(gx_c, gx_e, 1e-3) and _close(gy_c, gy_e, 1e-3)
+        assert torch.allclose(glr_c, glr_e, rtol=1e-3)
 
 
 @pytest.mark.parametrize(("images", "size", "expected"), [(100, 32, 4), (70, 64, 14), (70, 32, 5), (10, 32, 1)])

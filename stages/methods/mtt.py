@@ -11,7 +11,8 @@ the backward pass instead of stored: identical gradients; at IPC 10 with 50
 steps the peak falls from 16.1 to 1.9 GB for 12% more time. With
 ``compile_student`` (``--compile``; auto from 300 iterations) each step and
 its vector-Jacobian product are compiled graphs (stages/methods/student.py),
-recomputed like a checkpointed step: 0.72x the eager step's time at IPC 10. For CHDDL's
+recomputed like a checkpointed step: 0.72x the eager step's time at IPC 10 (without
+``checkpoint_student``, each compiled step keeps its residuals instead). For CHDDL's
 domain loss, the student starts from a domain expert of a random
 pseudo-domain d and trains on the domain-d views (Theta' = the domain
 experts, docs/design.md 1.3) for ``domain_syn_steps`` steps, by default
@@ -67,8 +68,11 @@ class MTT(BaseMethod):
         self.syn_lr = torch.tensor(float(syn_lr), device=device, requires_grad=True)
         self.min_syn_lr = min_syn_lr
         self.checkpoint_student = checkpoint_student
-        # compiled, a step is always made again in the backward pass (the memory of checkpoint_student)
-        self.compiled_step = CompiledStudentStep(self.net, store.unflatten) if compile_student else None
+        # compiled: a step is made again in the backward pass (the memory of checkpoint_student), or without
+        # checkpoint_student each step's compiled graph keeps its residuals (the reference's memory)
+        self.compiled_step = (
+            CompiledStudentStep(self.net, store.unflatten, keep=not checkpoint_student) if compile_student else None
+        )
         self.shared_theta = shared_theta
         self.clamped = 0
 
@@ -181,8 +185,8 @@ class MTTOptions:
     batch_syn: int | None = option(None, "mtt: synthetic images per student step [all]")
     checkpoint_student: bool = option(
         True,
-        "mtt: recompute student steps in the backward pass "
-        "(IPC 10: 0.12x the memory for 1.12x the time, BENCHMARKS.md; a compiled student always does)",
+        "mtt: recompute student steps in the backward pass (IPC 10: 0.12x the memory for 1.12x the time, "
+        "BENCHMARKS.md); off, a compiled student keeps each step's residuals instead",
     )
     min_syn_lr: float = option(1e-6, "mtt: the learned synthetic lr is kept at or above this (positive)")
 
