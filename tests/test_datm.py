@@ -122,16 +122,21 @@ def test_the_compiled_student_gives_the_eager_gradients_of_images_and_soft_label
     # traced without code generation, as in tests/test_student_step.py
     from stages.methods import mtt, student
 
-    monkeypatch.setattr(mtt, "CompiledStudentStep", lambda *a: student.CompiledStudentStep(*a, backend="aot_eager"))
+    monkeypatch.setattr(
+        mtt, "CompiledStudentStep", lambda *a, **k: student.CompiledStudentStep(*a, backend="aot_eager", **k)
+    )
     grads = []
-    for compiled in ("off", "on"):
-        base, objective, images, _, _ = _built(data, compile=compiled)
+    # eager; compiled and recomputed; compiled with each step's residuals kept (--no-checkpoint-student)
+    for compiled, checkpointed in (("off", True), ("on", True), ("on", False)):
+        base, objective, images, _, _ = _built(data, compile=compiled, checkpoint_student=checkpointed)
+        assert base.compiled_step is None or base.compiled_step.keep == (not checkpointed)
         objective.class_loss(images, torch.Generator().manual_seed(0)).backward()
         grads.append((images.grad.clone(), base.label_logits.grad.clone()))
-    (images_eager, labels_eager), (images_compiled, labels_compiled) = grads
+    (images_eager, labels_eager), *compiled_grads = grads
     assert images_eager.abs().max() > 0 and labels_eager.abs().max() > 0
-    assert (images_compiled - images_eager).abs().max() <= 1e-4 * images_eager.abs().max()
-    assert (labels_compiled - labels_eager).abs().max() <= 1e-4 * labels_eager.abs().max()
+    for images_compiled, labels_compiled in compiled_grads:
+        assert (images_compiled - images_eager).abs().max() <= 1e-4 * images_eager.abs().max()
+        assert (labels_compiled - labels_eager).abs().max() <= 1e-4 * labels_eager.abs().max()
 
 
 def test_a_set_stores_learned_soft_labels_and_evaluate_trains_on_them(data, workspace) -> None:
